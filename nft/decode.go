@@ -1,0 +1,353 @@
+package nft
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+
+	"github.com/portfw/portfw/compiler"
+	"github.com/portfw/portfw/policy"
+)
+
+// Read returns portfw's table as the kernel holds it, in the compiler's
+// vocabulary, so that comparing its text form with a compiled ruleset's
+// tells whether the kernel is in step with a policy. Anything portfw would
+// not have written reads back as compiler.Unknown.
+func (c *Conn) Read(name string) (*compiler.Ruleset, error) {
+	t, err := c.nc.ListTableOfFamily(name, nftables.TableFamilyINet)
+	if err != nil {
+		if isNotFound(err) {
+			return nil, fmt.Errorf("read table %s: %w", name, ErrNoTable)
+		}
+		return nil, fmt.Errorf("read table %s: %w", name, err)
+	}
+	rs := &compiler.Ruleset{Table: name}
+	ksets, err := c.nc.GetSets(t)
+	if err != nil {
+		return nil, fmt.Errorf("read sets of %s: %w", name, err)
+	}
+	sets := map[string]*compiler.Set{}
+	for _, ks := range ksets {
+		s, err := c.readSet(ks)
+		if err != nil {
+			return nil, err
+		}
+		sets[s.Name] = s
+		rs.Sets = append(rs.Sets, s)
+	}
+	chains, err := c.nc.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return nil, fmt.Errorf("read chains of %s: %w", name, err)
+	}
+	for _, kc := range chains {
+		if kc.Table.Name != name {
+			continue
+		}
+		ch := &compiler.Chain{Name: kc.Name}
+		if kc.Hooknum != nil {
+			ch.Hook = hookName(kc)
+		}
+		rules, err := c.nc.GetRules(t, kc)
+		if err != nil {
+			return nil, fmt.Errorf("read rules of %s/%s: %w", name, kc.Name, err)
+		}
+		for _, r := range rules {
+			ch.Rules = append(ch.Rules, decodeRule(r.Exprs, sets))
+		}
+		rs.Chains = append(rs.Chains, ch)
+	}
+	return rs, nil
+}
+
+func hookName(c *nftables.Chain) string {
+	prio := 0
+	if c.Priority != nil {
+		prio = int(*c.Priority)
+	}
+	policy := "accept"
+	if c.Policy != nil && *c.Policy == nftables.ChainPolicyDrop {
+		policy = "drop"
+	}
+	name := fmt.Sprintf("hook-%d", *c.Hooknum)
+	switch *c.Hooknum {
+	case *nftables.ChainHookInput:
+		name = "input"
+	case *nftables.ChainHookOutput:
+		name = "output"
+	}
+	if c.Type != nftables.ChainTypeFilter || prio != 0 || policy != "accept" {
+		// Not a chain portfw makes: keep the difference visible.
+		name += fmt.Sprintf(" (type %s priority %d policy %s)", c.Type, prio, policy)
+	}
+	return name
+}
+
+var fieldByType = map[string]compiler.Field{
+	"ipv4_addr": compiler.FieldIPv4, "ipv6_addr": compiler.FieldIPv6,
+	"inet_proto": compiler.FieldProto, "inet_service": compiler.FieldPort,
+	"uid": compiler.FieldUID, "gid": compiler.FieldGID,
+}
+
+func (c *Conn) readSet(ks *nftables.Set) (*compiler.Set, error) {
+	s := &compiler.Set{Name: ks.Name, Interval: ks.Interval}
+	for _, t := range nftables.ConcatSetTypeElements(ks.KeyType) {
+		f, ok := fieldByType[t.Name]
+		if !ok {
+			return nil, fmt.Errorf("read set %s: key type %q is not one portfw writes", ks.Name, ks.KeyType.Name)
+		}
+		s.Fields = append(s.Fields, f)
+	}
+	elems, err := c.nc.GetSetElements(ks)
+	if err != nil {
+		return nil, fmt.Errorf("read elements of set %s: %w", ks.Name, err)
+	}
+	for _, ke := range elems {
+		if ke.IntervalEnd {
+			continue
+		}
+		e, err := decodeElement(s, ke)
+		if err != nil {
+			return nil, fmt.Errorf("read set %s: %w", ks.Name, err)
+		}
+		if ke.Counter != nil {
+			s.Counter = true
+			e.Packets, e.Bytes = ke.Counter.Packets, ke.Counter.Bytes
+		}
+		s.Elements = append(s.Elements, e)
+	}
+	slices.SortFunc(s.Elements, func(a, b compiler.Element) int {
+		return compareText(s, a, b)
+	})
+	return s, nil
+}
+
+func compareText(s *compiler.Set, a, b compiler.Element) int {
+	// Same order as the compiler's: address, protocol, port, id.
+	if c := a.Addr.Addr().Compare(b.Addr.Addr()); c != 0 {
+		return c
+	}
+	switch {
+	case a.Addr.Bits() != b.Addr.Bits():
+		return a.Addr.Bits() - b.Addr.Bits()
+	case a.Proto != b.Proto:
+		if a.Proto < b.Proto {
+			return -1
+		}
+		return 1
+	case a.Ports.Lo != b.Ports.Lo:
+		return int(a.Ports.Lo) - int(b.Ports.Lo)
+	case a.ID.Lo < b.ID.Lo:
+		return -1
+	case a.ID.Lo > b.ID.Lo:
+		return 1
+	}
+	return 0
+}
+
+func decodeElement(s *compiler.Set, ke nftables.SetElement) (compiler.Element, error) {
+	e := compiler.Element{Comment: ke.Comment}
+	key, end := ke.Key, ke.KeyEnd
+	if end == nil {
+		end = key
+	}
+	bad := fmt.Errorf("element %x-%x does not fit the set's key", ke.Key, ke.KeyEnd)
+	for _, f := range s.Fields {
+		n := 4 * int(words(f))
+		if len(key) < n || len(end) < n {
+			return e, bad
+		}
+		lo, hi := key[:n], end[:n]
+		key, end = key[n:], end[n:]
+		switch f {
+		case compiler.FieldIPv4, compiler.FieldIPv6:
+			p, ok := rangeToPrefix(lo, hi)
+			if !ok {
+				return e, fmt.Errorf("element address range %x-%x is not a prefix", lo, hi)
+			}
+			e.Addr = p
+		case compiler.FieldProto:
+			if lo[0] != hi[0] {
+				return e, bad
+			}
+			switch lo[0] {
+			case unix.IPPROTO_TCP:
+				e.Proto = policy.TCP
+			case unix.IPPROTO_UDP:
+				e.Proto = policy.UDP
+			default:
+				e.Proto = policy.Protocol(fmt.Sprint(lo[0]))
+			}
+		case compiler.FieldPort:
+			e.Ports = policy.PortRange{Lo: binary.BigEndian.Uint16(lo), Hi: binary.BigEndian.Uint16(hi)}
+		default:
+			var order binary.ByteOrder = binary.NativeEndian
+			if s.Interval {
+				order = binary.BigEndian
+			}
+			e.ID = policy.IDRange{Lo: order.Uint32(lo), Hi: order.Uint32(hi)}
+		}
+	}
+	if len(key) != 0 {
+		return e, bad
+	}
+	return e, nil
+}
+
+func rangeToPrefix(lo, hi []byte) (netip.Prefix, bool) {
+	a, ok := netip.AddrFromSlice(lo)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	for bits := a.BitLen(); bits >= 0; bits-- {
+		p := netip.PrefixFrom(a, bits)
+		if p.Masked().Addr() != a {
+			break
+		}
+		if bytes.Equal(lastAddr(p).AsSlice(), hi) {
+			return p, true
+		}
+	}
+	return netip.Prefix{}, false
+}
+
+// decodeRule is the inverse of encodeRule on the expression patterns it
+// writes. Whatever else is found becomes one compiler.Unknown.
+func decodeRule(xs []expr.Any, sets map[string]*compiler.Set) compiler.Rule {
+	var r compiler.Rule
+	for len(xs) > 0 {
+		e, n := decodeOne(xs, sets)
+		if n == 0 {
+			return append(r, compiler.Unknown{Desc: fmt.Sprintf("%d expressions starting with %T", len(xs), xs[0])})
+		}
+		if e != nil {
+			r = append(r, e)
+		}
+		xs = xs[n:]
+	}
+	return r
+}
+
+func decodeOne(xs []expr.Any, sets map[string]*compiler.Set) (compiler.Expr, int) {
+	at := func(i int) expr.Any {
+		if i < len(xs) {
+			return xs[i]
+		}
+		return nil
+	}
+	switch x := xs[0].(type) {
+	case *expr.Verdict:
+		switch x.Kind {
+		case expr.VerdictAccept:
+			return compiler.Verdict{Kind: "accept"}, 1
+		case expr.VerdictDrop:
+			return compiler.Verdict{Kind: "drop"}, 1
+		case expr.VerdictGoto:
+			return compiler.Verdict{Kind: "goto", Chain: x.Chain}, 1
+		}
+	case *expr.Limit:
+		log, ok := at(1).(*expr.Log)
+		unit := map[expr.LimitTime]string{expr.LimitTimeSecond: "second", expr.LimitTimeMinute: "minute", expr.LimitTimeHour: "hour", expr.LimitTimeDay: "day"}[x.Unit]
+		if ok && x.Type == expr.LimitTypePkts && !x.Over && x.Burst == 5 && unit != "" && log.Flags == expr.LogFlagsUID {
+			return compiler.LimitLog{Rate: fmt.Sprintf("%d/%s", x.Rate, unit), Prefix: string(bytes.TrimRight(log.Data, "\x00"))}, 2
+		}
+	case *expr.Ct:
+		bw, ok1 := at(1).(*expr.Bitwise)
+		if x.Key != expr.CtKeyMARK || x.SourceRegister || !ok1 || len(bw.Mask) != 4 {
+			break
+		}
+		mask, xor := binaryutil.NativeEndian.Uint32(bw.Mask), binaryutil.NativeEndian.Uint32(bw.Xor)
+		if cmp, ok := at(2).(*expr.Cmp); ok && xor == 0 && cmp.Op == expr.CmpOpEq && bytes.Equal(cmp.Data, bw.Mask) {
+			return compiler.CtMarkHas{Bit: mask}, 3
+		}
+		if set, ok := at(2).(*expr.Ct); ok && set.SourceRegister && set.Key == expr.CtKeyMARK && mask == ^xor {
+			return compiler.CtMarkSet{Bit: xor}, 3
+		}
+	case *expr.Meta:
+		if x.Key == expr.MetaKeyNFPROTO {
+			// The dependency of an ip/ip6 address key: implied by the lookup.
+			if cmp, ok := at(1).(*expr.Cmp); ok && cmp.Op == expr.CmpOpEq {
+				return nil, 2
+			}
+			break
+		}
+		if cmp, ok := at(1).(*expr.Cmp); ok && x.Key == expr.MetaKeySKUID && len(cmp.Data) == 4 {
+			v := binaryutil.NativeEndian.Uint32(cmp.Data)
+			if cmp.Op == expr.CmpOpEq {
+				return compiler.SkUIDIs{UID: v}, 2
+			}
+			if cmp.Op == expr.CmpOpNeq && v == 0xffffffff {
+				return compiler.Attributed{}, 2
+			}
+		}
+		if x.Key == expr.MetaKeyL4PROTO && len(xs) >= 5 {
+			c1, ok1 := xs[1].(*expr.Cmp)
+			p, ok2 := xs[2].(*expr.Payload)
+			bw, ok3 := xs[3].(*expr.Bitwise)
+			c2, ok4 := xs[4].(*expr.Cmp)
+			if ok1 && ok2 && ok3 && ok4 && bytes.Equal(c1.Data, []byte{unix.IPPROTO_TCP}) &&
+				p.Base == expr.PayloadBaseTransportHeader && p.Offset == 13 && p.Len == 1 &&
+				bytes.Equal(bw.Mask, []byte{4}) && c2.Op == expr.CmpOpNeq && bytes.Equal(c2.Data, []byte{0}) {
+				return compiler.TCPRst{}, 5
+			}
+		}
+		return decodeLookup(xs, sets)
+	case *expr.Payload:
+		return decodeLookup(xs, sets)
+	}
+	return nil, 0
+}
+
+// decodeLookup reads a run of key loads (and nft's byteorder conversions)
+// ending in a set lookup.
+func decodeLookup(xs []expr.Any, sets map[string]*compiler.Set) (compiler.Expr, int) {
+	var keys []compiler.Key
+	for i, x := range xs {
+		switch x := x.(type) {
+		case *expr.Meta:
+			k, ok := map[expr.MetaKey]compiler.Key{expr.MetaKeyL4PROTO: compiler.KeyL4Proto, expr.MetaKeySKUID: compiler.KeySkUID, expr.MetaKeySKGID: compiler.KeySkGID}[x.Key]
+			if !ok {
+				return nil, 0
+			}
+			keys = append(keys, k)
+		case *expr.Payload:
+			k, ok := payloadKey(x)
+			if !ok {
+				return nil, 0
+			}
+			keys = append(keys, k)
+		case *expr.Byteorder:
+		case *expr.Lookup:
+			s := sets[x.SetName]
+			if s == nil || x.Invert || len(keys) == 0 {
+				return nil, 0
+			}
+			return compiler.Lookup{Keys: keys, Set: s}, i + 1
+		default:
+			return nil, 0
+		}
+	}
+	return nil, 0
+}
+
+func payloadKey(p *expr.Payload) (compiler.Key, bool) {
+	type pk struct {
+		base     expr.PayloadBase
+		off, len uint32
+	}
+	k, ok := map[pk]compiler.Key{
+		{expr.PayloadBaseTransportHeader, 0, 2}: compiler.KeySport,
+		{expr.PayloadBaseTransportHeader, 2, 2}: compiler.KeyDport,
+		{expr.PayloadBaseNetworkHeader, 12, 4}:  compiler.KeyIPSaddr,
+		{expr.PayloadBaseNetworkHeader, 16, 4}:  compiler.KeyIPDaddr,
+		{expr.PayloadBaseNetworkHeader, 8, 16}:  compiler.KeyIP6Saddr,
+		{expr.PayloadBaseNetworkHeader, 24, 16}: compiler.KeyIP6Daddr,
+	}[pk{p.Base, p.Offset, p.Len}]
+	return k, ok
+}

@@ -1,0 +1,291 @@
+package nft
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+
+	"github.com/portfw/portfw/compiler"
+)
+
+// The encoding below mirrors what nft 1.0.x emits for the same text, down
+// to register numbers and byteorder expressions, so that `nft list` prints
+// a table applied here exactly as one loaded from the text form.
+
+var fieldType = map[compiler.Field]nftables.SetDatatype{
+	compiler.FieldIPv4:  nftables.TypeIPAddr,
+	compiler.FieldIPv6:  nftables.TypeIP6Addr,
+	compiler.FieldProto: nftables.TypeInetProto,
+	compiler.FieldPort:  nftables.TypeInetService,
+	compiler.FieldUID:   nftables.TypeUID,
+	compiler.FieldGID:   nftables.TypeGID,
+}
+
+// words is the number of 32-bit registers a field takes in a concatenation.
+func words(f compiler.Field) uint32 {
+	if f == compiler.FieldIPv6 {
+		return 4
+	}
+	return 1
+}
+
+// hostEndian reports whether the kernel loads the field in host byte
+// order. Interval sets compare keys as big-endian bytes, so such fields
+// are converted (hton) before an interval lookup and stored big-endian in
+// interval set elements.
+func hostEndian(f compiler.Field) bool {
+	return f == compiler.FieldProto || f == compiler.FieldUID || f == compiler.FieldGID
+}
+
+func setKeyType(s *compiler.Set) (nftables.SetDatatype, error) {
+	types := make([]nftables.SetDatatype, len(s.Fields))
+	for i, f := range s.Fields {
+		types[i] = fieldType[f]
+	}
+	return nftables.ConcatSetType(types...)
+}
+
+func newSet(t *nftables.Table, s *compiler.Set) (*nftables.Set, []nftables.SetElement, error) {
+	kt, err := setKeyType(s)
+	if err != nil {
+		return nil, nil, fmt.Errorf("set %s: %w", s.Name, err)
+	}
+	set := &nftables.Set{
+		Table:         t,
+		Name:          s.Name,
+		KeyType:       kt,
+		Interval:      s.Interval,
+		Concatenation: len(s.Fields) > 1,
+		Counter:       s.Counter,
+	}
+	elems := make([]nftables.SetElement, len(s.Elements))
+	for i, e := range s.Elements {
+		elems[i] = encodeElement(s, e)
+	}
+	return set, elems, nil
+}
+
+func encodeElement(s *compiler.Set, e compiler.Element) nftables.SetElement {
+	var key, end []byte
+	for _, f := range s.Fields {
+		lo, hi := fieldBytes(f, e, s.Interval)
+		key = append(key, lo...)
+		end = append(end, hi...)
+	}
+	el := nftables.SetElement{Key: key, Comment: e.Comment}
+	if s.Interval {
+		el.KeyEnd = end
+	}
+	return el
+}
+
+// fieldBytes encodes one field of an element, padded to a register, as the
+// low and high end of its range.
+func fieldBytes(f compiler.Field, e compiler.Element, interval bool) (lo, hi []byte) {
+	switch f {
+	case compiler.FieldIPv4, compiler.FieldIPv6:
+		first := e.Addr.Masked().Addr()
+		last := lastAddr(e.Addr)
+		return first.AsSlice(), last.AsSlice()
+	case compiler.FieldProto:
+		p := e.Proto.Number()
+		return []byte{p, 0, 0, 0}, []byte{p, 0, 0, 0}
+	case compiler.FieldPort:
+		return pad4(binary.BigEndian.AppendUint16(nil, e.Ports.Lo)), pad4(binary.BigEndian.AppendUint16(nil, e.Ports.Hi))
+	default: // uid, gid
+		if interval {
+			return binary.BigEndian.AppendUint32(nil, e.ID.Lo), binary.BigEndian.AppendUint32(nil, e.ID.Hi)
+		}
+		return binary.NativeEndian.AppendUint32(nil, e.ID.Lo), binary.NativeEndian.AppendUint32(nil, e.ID.Hi)
+	}
+}
+
+func lastAddr(p netip.Prefix) netip.Addr {
+	b := p.Masked().Addr().AsSlice()
+	for i := p.Bits(); i < len(b)*8; i++ {
+		b[i/8] |= 0x80 >> (i % 8)
+	}
+	a, _ := netip.AddrFromSlice(b)
+	return a
+}
+
+// pad4 pads a value to a whole 32-bit register, as concatenations store it.
+func pad4(b []byte) []byte {
+	for len(b)%4 != 0 {
+		b = append(b, 0)
+	}
+	return b
+}
+
+// keyLoad is how a key is loaded: the expressions that put it in reg, and
+// the dependency it needs (ip saddr only exists in IPv4 packets).
+func keyLoad(k compiler.Key, reg uint32) []expr.Any {
+	switch k {
+	case compiler.KeyL4Proto:
+		return []expr.Any{&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg}}
+	case compiler.KeySkUID:
+		return []expr.Any{&expr.Meta{Key: expr.MetaKeySKUID, Register: reg}}
+	case compiler.KeySkGID:
+		return []expr.Any{&expr.Meta{Key: expr.MetaKeySKGID, Register: reg}}
+	case compiler.KeySport, compiler.KeyDport:
+		off := uint32(0)
+		if k == compiler.KeyDport {
+			off = 2
+		}
+		return []expr.Any{&expr.Payload{DestRegister: reg, Base: expr.PayloadBaseTransportHeader, Offset: off, Len: 2}}
+	case compiler.KeyIPSaddr, compiler.KeyIPDaddr:
+		off := uint32(12)
+		if k == compiler.KeyIPDaddr {
+			off = 16
+		}
+		return []expr.Any{&expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: 4}}
+	default: // ip6 saddr/daddr
+		off := uint32(8)
+		if k == compiler.KeyIP6Daddr {
+			off = 24
+		}
+		return []expr.Any{&expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: 16}}
+	}
+}
+
+func keyField(k compiler.Key) compiler.Field {
+	switch k {
+	case compiler.KeyL4Proto:
+		return compiler.FieldProto
+	case compiler.KeySport, compiler.KeyDport:
+		return compiler.FieldPort
+	case compiler.KeySkUID:
+		return compiler.FieldUID
+	case compiler.KeySkGID:
+		return compiler.FieldGID
+	case compiler.KeyIPSaddr, compiler.KeyIPDaddr:
+		return compiler.FieldIPv4
+	default:
+		return compiler.FieldIPv6
+	}
+}
+
+func nfprotoDep(proto byte) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
+	}
+}
+
+// register returns the register of the key starting at word offset off of
+// a concatenation: nft puts the first in reg 1 (the 128-bit register that
+// aliases the first 32-bit ones) and the rest in 32-bit registers 8+off.
+func register(off uint32) uint32 {
+	if off == 0 {
+		return 1
+	}
+	return 8 + off
+}
+
+func encodeRule(e []compiler.Expr, sets map[string]*nftables.Set) ([]expr.Any, error) {
+	var out []expr.Any
+	for _, x := range e {
+		switch x := x.(type) {
+		case compiler.Lookup:
+			for _, k := range x.Keys {
+				switch k {
+				case compiler.KeyIPSaddr, compiler.KeyIPDaddr:
+					out = append(out, nfprotoDep(unix.NFPROTO_IPV4)...)
+				case compiler.KeyIP6Saddr, compiler.KeyIP6Daddr:
+					out = append(out, nfprotoDep(unix.NFPROTO_IPV6)...)
+				}
+			}
+			off := uint32(0)
+			for _, k := range x.Keys {
+				reg := register(off)
+				out = append(out, keyLoad(k, reg)...)
+				f := keyField(k)
+				if x.Set.Interval && hostEndian(f) {
+					// nft converts host-endian fields before an interval lookup.
+					size, n := uint32(4), uint32(4)
+					if f == compiler.FieldProto {
+						size, n = 2, 1
+					}
+					out = append(out, &expr.Byteorder{SourceRegister: reg, DestRegister: reg, Op: expr.ByteorderHton, Len: n, Size: size})
+				}
+				off += words(f)
+			}
+			s, ok := sets[x.Set.Name]
+			if !ok {
+				return nil, fmt.Errorf("rule uses undeclared set %s", x.Set.Name)
+			}
+			out = append(out, &expr.Lookup{SourceRegister: 1, SetName: s.Name, SetID: s.ID})
+		case compiler.CtMarkHas:
+			out = append(out,
+				&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
+				&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: native32(x.Bit), Xor: native32(0)},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: native32(x.Bit)})
+		case compiler.SkUIDIs:
+			out = append(out,
+				&expr.Meta{Key: expr.MetaKeySKUID, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: native32(x.UID)})
+		case compiler.Attributed:
+			out = append(out,
+				&expr.Meta{Key: expr.MetaKeySKUID, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: native32(0xffffffff)})
+		case compiler.TCPRst:
+			out = append(out,
+				&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
+				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 13, Len: 1},
+				&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{0x04}, Xor: []byte{0}},
+				&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0}})
+		case compiler.CtMarkSet:
+			out = append(out,
+				&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
+				&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: native32(^x.Bit), Xor: native32(x.Bit)},
+				&expr.Ct{Key: expr.CtKeyMARK, Register: 1, SourceRegister: true})
+		case compiler.LimitLog:
+			rate, unit, err := parseRate(x.Rate)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out,
+				&expr.Limit{Type: expr.LimitTypePkts, Rate: rate, Unit: unit, Burst: 5},
+				&expr.Log{Key: 1<<unix.NFTA_LOG_PREFIX | 1<<unix.NFTA_LOG_FLAGS, Flags: expr.LogFlagsUID, Data: []byte(x.Prefix)})
+		case compiler.Verdict:
+			switch x.Kind {
+			case "accept":
+				out = append(out, &expr.Verdict{Kind: expr.VerdictAccept})
+			case "drop":
+				out = append(out, &expr.Verdict{Kind: expr.VerdictDrop})
+			case "goto":
+				out = append(out, &expr.Verdict{Kind: expr.VerdictGoto, Chain: x.Chain})
+			default:
+				return nil, fmt.Errorf("unknown verdict %q", x.Kind)
+			}
+		default:
+			return nil, fmt.Errorf("cannot encode %T", x)
+		}
+	}
+	return out, nil
+}
+
+func native32(v uint32) []byte { return binaryutil.NativeEndian.PutUint32(v) }
+
+var rateUnits = map[string]expr.LimitTime{
+	"second": expr.LimitTimeSecond, "minute": expr.LimitTimeMinute,
+	"hour": expr.LimitTimeHour, "day": expr.LimitTimeDay,
+}
+
+func parseRate(s string) (uint64, expr.LimitTime, error) {
+	n, unit, ok := strings.Cut(s, "/")
+	rate, err := strconv.ParseUint(n, 10, 64)
+	u, known := rateUnits[unit]
+	if !ok || err != nil || !known || rate == 0 {
+		return 0, 0, fmt.Errorf("bad log rate %q", s)
+	}
+	return rate, u, nil
+}

@@ -1,0 +1,96 @@
+package policy
+
+import (
+	"fmt"
+	"net/netip"
+)
+
+// Protocol is a transport protocol a reservation covers.
+type Protocol string
+
+const (
+	TCP Protocol = "tcp"
+	UDP Protocol = "udp"
+)
+
+// Number is the IANA protocol number, as nftables' meta l4proto sees it.
+func (p Protocol) Number() uint8 {
+	if p == TCP {
+		return 6
+	}
+	return 17
+}
+
+// PortRange is an inclusive range of ports, Lo <= Hi, both in 1..65535.
+// A single port has Lo == Hi.
+type PortRange struct{ Lo, Hi uint16 }
+
+func (r PortRange) String() string {
+	if r.Lo == r.Hi {
+		return fmt.Sprint(r.Lo)
+	}
+	return fmt.Sprintf("%d-%d", r.Lo, r.Hi)
+}
+
+// IDRange is an inclusive range of uids or gids, Lo <= Hi.
+type IDRange struct{ Lo, Hi uint32 }
+
+func (r IDRange) String() string {
+	if r.Lo == r.Hi {
+		return fmt.Sprint(r.Lo)
+	}
+	return fmt.Sprintf("%d-%d", r.Lo, r.Hi)
+}
+
+// Pos is a place in a policy file. The zero Pos means "no place" (for
+// entries portfw makes itself, such as the root-only guard).
+type Pos struct {
+	File      string
+	Line, Col int
+}
+
+func (p Pos) String() string { return fmt.Sprintf("%s:%d:%d", p.File, p.Line, p.Col) }
+
+// Resolved is a policy with every name turned into a number. It is a value:
+// the compiler turns it into a ruleset without looking at the host.
+//
+// Invariants (established by Resolve, relied on by the compiler):
+//   - Reservations are sorted by Name and names are unique.
+//   - In each reservation Protocols, Ports, UIDs, GIDs and Addresses are
+//     sorted, deduplicated and merged (no two ranges overlap or touch;
+//     no address prefix contains another); Protocols and Ports are non-empty;
+//     UIDs and GIDs are not both empty.
+//   - No two reservations share a (protocol, port, address): every packet on
+//     a reserved port belongs to exactly one reservation.
+type Resolved struct {
+	Settings     Settings
+	Reservations []Reservation
+}
+
+// Settings are the policy-wide settings, with defaults filled in.
+type Settings struct {
+	Table     string // nftables table name, family inet
+	AllowRoot bool   // uid 0 owns every reserved port too
+	// UnprivilegedPortStart is "auto", "keep", or a number 0..1024 as text.
+	UnprivilegedPortStart string
+	// LogRate is the kernel log rate for drops as nft writes it
+	// ("10/minute"); empty means no log.
+	LogRate string
+	// MarkOwned and MarkSquatted are the conntrack mark bits portfw uses;
+	// all other bits of the ct mark are left alone. Each is one bit.
+	MarkOwned, MarkSquatted uint32
+}
+
+// Reservation is one resolved reservation.
+type Reservation struct {
+	Name        string
+	Description string
+	Protocols   []Protocol
+	Ports       []PortRange
+	UIDs        []IDRange
+	GIDs        []IDRange
+	// Addresses limits the reservation to these local addresses; empty
+	// means every address. Single addresses are /32 or /128 prefixes.
+	Addresses []netip.Prefix
+	Pos       Pos // where the reservation starts in the policy file
+}
