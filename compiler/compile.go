@@ -134,13 +134,13 @@ func addElements(elems *[numSets][]Element, res *policy.Reservation) {
 		for _, ports := range res.Ports {
 			portRange := ports.Lo != ports.Hi
 			if len(res.Addresses) == 0 {
-				e := Element{Proto: proto, Ports: ports}
+				e := Element{Proto: proto, Ports: ports, Comment: res.Name}
 				membership, drop := setRes, setDrop
 				if portRange {
 					membership, drop = setResR, setDropR
 				}
 				add(membership, e)
-				add(drop, Element{Proto: proto, Ports: ports, Comment: res.Name})
+				add(drop, e)
 				for _, id := range res.UIDs {
 					e.ID = id
 					add(pick(portRange || id.Lo != id.Hi, setOwnUID, setOwnUIDR), e)
@@ -156,9 +156,9 @@ func addElements(elems *[numSets][]Element, res *policy.Reservation) {
 				if addr.Addr().Is6() {
 					membership, drop, ownU, ownG = setRes6, setDrop6, setOwn6UID, setOwn6GID
 				}
-				e := Element{Addr: addr, Proto: proto, Ports: ports}
+				e := Element{Addr: addr, Proto: proto, Ports: ports, Comment: res.Name}
 				add(membership, e)
-				add(drop, Element{Addr: addr, Proto: proto, Ports: ports, Comment: res.Name})
+				add(drop, e)
 				for _, id := range res.UIDs {
 					e.ID = id
 					add(ownU, e)

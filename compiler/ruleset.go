@@ -61,7 +61,8 @@ type Element struct {
 	Ports policy.PortRange
 	ID    policy.IDRange
 	// Comment names the reservation the element belongs to. It is kept in
-	// the kernel, so status can attribute counters without the policy file.
+	// the kernel, so the table explains itself (`nft list table`) and
+	// status and diff work per reservation without the policy file.
 	Comment string
 	// Packets and Bytes are the element's counter as read back from the
 	// kernel (package nft). Compile never sets them and the text form

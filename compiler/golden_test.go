@@ -1,0 +1,149 @@
+package compiler_test
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/portfw/portfw/compiler"
+	"github.com/portfw/portfw/policy"
+	"github.com/portfw/portfw/testenv"
+)
+
+var update = flag.Bool("update", false, "rewrite testdata/*/want.nft from the compiler's output")
+
+// users is the fake user database every golden policy resolves against, so
+// the goldens do not depend on the machine running the tests.
+var users = policy.Static{
+	Users:  map[string]uint32{"www-data": 33, "alice": 1000, "_sipd": 5060, "_dnsd": 5353},
+	Groups: map[string]uint32{"voip": 2000},
+}
+
+func compileFile(t testing.TB, path string) *compiler.Ruleset {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := policy.Parse(path, data)
+	if err != nil {
+		t.Fatalf("parse: %v", err)
+	}
+	r, err := policy.Resolve(p, users)
+	if err != nil {
+		t.Fatalf("resolve: %v", err)
+	}
+	return compiler.Compile(r)
+}
+
+func goldenDirs(t *testing.T) []string {
+	dirs, err := filepath.Glob("testdata/*/policy.yaml")
+	if err != nil || len(dirs) == 0 {
+		t.Fatalf("no golden cases: %v", err)
+	}
+	for i := range dirs {
+		dirs[i] = filepath.Dir(dirs[i])
+	}
+	return dirs
+}
+
+func TestGolden(t *testing.T) {
+	for _, dir := range goldenDirs(t) {
+		t.Run(filepath.Base(dir), func(t *testing.T) {
+			got := compileFile(t, filepath.Join(dir, "policy.yaml")).String()
+			// Deterministic: a second compile gives the same bytes.
+			if again := compileFile(t, filepath.Join(dir, "policy.yaml")).String(); again != got {
+				t.Fatal("two compiles of the same policy differ")
+			}
+			want := filepath.Join(dir, "want.nft")
+			if *update {
+				if err := os.WriteFile(want, []byte(got), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			w, err := os.ReadFile(want)
+			if err != nil {
+				t.Fatalf("%v (run go test ./compiler -update to create it)", err)
+			}
+			if diff := cmp.Diff(string(w), got); diff != "" {
+				t.Errorf("compile %s (-want +got):\n%s", dir, diff)
+			}
+		})
+	}
+}
+
+// TestGoldenAcceptedByNft checks every golden file with `nft -c -f` (the
+// kernel's own parser and a dry-run transaction) in a throwaway namespace.
+func TestGoldenAcceptedByNft(t *testing.T) {
+	testenv.RequireNetNS(t)
+	ns := testenv.NewNS(t)
+	for _, dir := range goldenDirs(t) {
+		t.Run(filepath.Base(dir), func(t *testing.T) {
+			if _, stderr, err := ns.Exec("nft", "-c", "-f", filepath.Join(dir, "want.nft")); err != nil {
+				t.Fatalf("nft -c -f %s/want.nft: %v\n%s", dir, err, stderr)
+			}
+		})
+	}
+}
+
+// bigPolicy writes a policy of n single-port reservations, each owned by its
+// own uid, plus a few ranges.
+func bigPolicy(t testing.TB, n int) string {
+	var b strings.Builder
+	b.WriteString("version: 1\nreservations:\n")
+	for i := 0; i < n; i++ {
+		fmt.Fprintf(&b, "  - name: r%d\n    ports: [%d]\n    owner: { users: [%d] }\n", i, 10000+i, 100000+i)
+	}
+	for i := 0; i < 4; i++ {
+		fmt.Fprintf(&b, "  - name: range%d\n    ports: [\"%d-%d\"]\n    owner: { users: [\"%d-%d\"] }\n", i, 40000+i*100, 40099+i*100, 200000+i*100, 200099+i*100)
+	}
+	path := filepath.Join(t.TempDir(), "policy.yaml")
+	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func ruleCount(rs *compiler.Ruleset) (rules, chains int) {
+	for _, c := range rs.Chains {
+		rules += len(c.Rules)
+	}
+	return rules, len(rs.Chains)
+}
+
+// TestScaleRulesConstant: 10k reservations compile to the same rules as 1;
+// only set elements grow, and exact keys stay out of interval sets.
+func TestScaleRulesConstant(t *testing.T) {
+	one := compileFile(t, bigPolicy(t, 1))
+	big := compileFile(t, bigPolicy(t, 10000))
+	r1, c1 := ruleCount(one)
+	r2, c2 := ruleCount(big)
+	if r1 != r2 || c1 != c2 {
+		t.Fatalf("1 reservation: %d rules in %d chains; 10000: %d rules in %d chains", r1, c1, r2, c2)
+	}
+	for _, s := range big.Sets {
+		if s.Interval && len(s.Elements) > 8 {
+			t.Errorf("interval set %s has %d elements; only the 4 range reservations (x2 protocols) belong there", s.Name, len(s.Elements))
+		}
+		if !s.Interval && len(s.Elements) != 20000 {
+			t.Errorf("hash set %s has %d elements, want 20000 (10k ports x tcp,udp)", s.Name, len(s.Elements))
+		}
+	}
+	if testing.Short() {
+		return
+	}
+	testenv.RequireNetNS(t)
+	ns := testenv.NewNS(t)
+	path := filepath.Join(t.TempDir(), "big.nft")
+	if err := os.WriteFile(path, []byte(big.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, stderr, err := ns.Exec("nft", "-c", "-f", path); err != nil {
+		t.Fatalf("nft -c -f (10k reservations): %v\n%s", err, stderr)
+	}
+}
