@@ -65,7 +65,20 @@ func (p Pos) String() string { return fmt.Sprintf("%s:%d:%d", p.File, p.Line, p.
 type Resolved struct {
 	Settings     Settings
 	Reservations []Reservation
+	// Guard reserves for uid 0 alone the ports that lowering
+	// net.ipv4.ip_unprivileged_port_start opens and that no reservation
+	// holds for every address, so a lowered threshold opens nothing to
+	// anyone else. At most one entry per protocol, named GuardName, owned
+	// by uid 0. It is filled from the host's sysctls (package tune), never
+	// from the policy file. A guard port may also be in an address-scoped
+	// reservation: the scoped owner passes on its addresses through the
+	// scoped owner set, and only root anywhere else.
+	Guard []Reservation
 }
+
+// GuardName is the reservation name of the root-only guard entries. It
+// cannot collide with a policy's names, which start with a letter.
+const GuardName = "_guard"
 
 // Settings are the policy-wide settings, with defaults filled in.
 type Settings struct {

@@ -1,0 +1,134 @@
+package policy
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestCheckPerms(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("CheckPerms wants root-owned files; run the tests as root to check it")
+	}
+	// setup returns a root-owned 0755 directory holding a 0644 policy.
+	setup := func(t *testing.T) (dir, file string) {
+		dir = filepath.Join(t.TempDir(), "etc")
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		file = filepath.Join(dir, "policy.yaml")
+		if err := os.WriteFile(file, []byte("version: 1\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return dir, file
+	}
+	must := func(t *testing.T, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	tests := []struct {
+		name  string
+		setup func(t *testing.T, dir, file string) string // returns the path to check
+		want  []string                                    // substrings; nil: no error
+	}{
+		{"good", func(t *testing.T, dir, file string) string { return file }, nil},
+		{"read-only file", func(t *testing.T, dir, file string) string {
+			must(t, os.Chmod(file, 0o400))
+			return file
+		}, nil},
+		{"group writable file", func(t *testing.T, dir, file string) string {
+			must(t, os.Chmod(file, 0o664))
+			return file
+		}, []string{"policy file " + "FILE is writable by its group (mode 0664); fix with: chmod go-w FILE"}},
+		{"world writable file", func(t *testing.T, dir, file string) string {
+			must(t, os.Chmod(file, 0o646))
+			return file
+		}, []string{"policy file FILE is writable by others (mode 0646); fix with: chmod go-w FILE"}},
+		{"file owned by a user", func(t *testing.T, dir, file string) string {
+			must(t, os.Chown(file, 1000, 0))
+			return file
+		}, []string{"policy file FILE is owned by uid 1000, not root; fix with: chown root FILE"}},
+		{"writable directory", func(t *testing.T, dir, file string) string {
+			must(t, os.Chmod(dir, 0o777))
+			return file
+		}, []string{"policy directory DIR is writable by group and others (mode 0777); fix with: chmod go-w DIR"}},
+		{"directory owned by a user", func(t *testing.T, dir, file string) string {
+			must(t, os.Chown(dir, 1000, 1000))
+			return file
+		}, []string{"policy directory DIR is owned by uid 1000, not root; fix with: chown root DIR"}},
+		{"every problem at once", func(t *testing.T, dir, file string) string {
+			must(t, os.Chmod(dir, 0o775))
+			must(t, os.Chmod(file, 0o666))
+			return file
+		}, []string{"policy directory DIR is writable by its group", "policy file FILE is writable by group and others"}},
+		{"good symlink", func(t *testing.T, dir, file string) string {
+			link := filepath.Join(dir, "current.yaml")
+			must(t, os.Symlink("policy.yaml", link))
+			return link
+		}, nil},
+		{"symlink to a bad target", func(t *testing.T, dir, file string) string {
+			other := filepath.Join(filepath.Dir(dir), "other")
+			must(t, os.Mkdir(other, 0o755))
+			must(t, os.WriteFile(filepath.Join(other, "p.yaml"), nil, 0o666))
+			must(t, os.Chmod(filepath.Join(other, "p.yaml"), 0o666))
+			link := filepath.Join(dir, "current.yaml")
+			must(t, os.Symlink(filepath.Join(other, "p.yaml"), link))
+			return link
+		}, []string{"policy file " + "OTHER/p.yaml is writable by group and others"}},
+		{"symlink to a target in a writable directory", func(t *testing.T, dir, file string) string {
+			other := filepath.Join(filepath.Dir(dir), "other")
+			must(t, os.Mkdir(other, 0o755))
+			must(t, os.Chmod(other, 0o757))
+			must(t, os.WriteFile(filepath.Join(other, "p.yaml"), nil, 0o644))
+			link := filepath.Join(dir, "current.yaml")
+			must(t, os.Symlink("../other/p.yaml", link))
+			return link
+		}, []string{"policy directory OTHER is writable by others (mode 0757)"}},
+		{"symlink in a writable directory", func(t *testing.T, dir, file string) string {
+			other := filepath.Join(filepath.Dir(dir), "other")
+			must(t, os.Mkdir(other, 0o755))
+			must(t, os.Chmod(other, 0o777))
+			link := filepath.Join(other, "policy.yaml")
+			must(t, os.Symlink(file, link))
+			return link
+		}, []string{"policy directory OTHER is writable by group and others"}},
+		{"chain of symlinks", func(t *testing.T, dir, file string) string {
+			other := filepath.Join(filepath.Dir(dir), "other")
+			must(t, os.Mkdir(other, 0o755))
+			must(t, os.Chown(other, 1000, 1000))
+			must(t, os.Symlink(file, filepath.Join(other, "hop")))
+			link := filepath.Join(dir, "current.yaml")
+			must(t, os.Symlink(filepath.Join(other, "hop"), link))
+			return link
+		}, []string{"policy directory OTHER is owned by uid 1000"}},
+		{"not a regular file", func(t *testing.T, dir, file string) string { return dir },
+			[]string{"policy file DIR is not a regular file"}},
+		{"missing", func(t *testing.T, dir, file string) string { return filepath.Join(dir, "nope.yaml") },
+			[]string{"check policy permissions: lstat DIR/nope.yaml: no such file or directory"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir, file := setup(t)
+			path := tt.setup(t, dir, file)
+			err := CheckPerms(path)
+			if tt.want == nil {
+				if err != nil {
+					t.Errorf("CheckPerms(%s) = %v, want nil", path, err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("CheckPerms(%s) = nil, want an error", path)
+			}
+			r := strings.NewReplacer("FILE", file, "DIR", dir, "OTHER", filepath.Join(filepath.Dir(dir), "other"))
+			for _, w := range tt.want {
+				if w = r.Replace(w); !strings.Contains(err.Error(), w) {
+					t.Errorf("CheckPerms(%s) = %v\nwant it to contain %q", path, err, w)
+				}
+			}
+		})
+	}
+}
