@@ -105,6 +105,9 @@ func Compile(r *policy.Resolved) *Ruleset {
 	for _, res := range r.Reservations {
 		addElements(&elems, &res)
 	}
+	for _, g := range r.Guard {
+		addElements(&elems, &g)
+	}
 	var sets [numSets]*Set
 	rs := &Ruleset{Table: r.Settings.Table}
 	for i, e := range elems {

@@ -93,15 +93,15 @@ type Expr interface{ text() string }
 type Key int
 
 const (
-	KeyL4Proto Key = iota // meta l4proto
-	KeySport              // th sport
-	KeyDport              // th dport
-	KeySkUID              // meta skuid
-	KeySkGID              // meta skgid
-	KeyIPSaddr            // ip saddr
-	KeyIPDaddr            // ip daddr
-	KeyIP6Saddr           // ip6 saddr
-	KeyIP6Daddr           // ip6 daddr
+	KeyL4Proto  Key = iota // meta l4proto
+	KeySport               // th sport
+	KeyDport               // th dport
+	KeySkUID               // meta skuid
+	KeySkGID               // meta skgid
+	KeyIPSaddr             // ip saddr
+	KeyIPDaddr             // ip daddr
+	KeyIP6Saddr            // ip6 saddr
+	KeyIP6Daddr            // ip6 daddr
 )
 
 func (k Key) text() string {
