@@ -1,16 +1,17 @@
 package compiler
 
 import (
-	"fmt"
 	"slices"
 	"sort"
+	"strconv"
+	"strings"
 )
 
 // Summary describes one reservation as a ruleset holds it: enough for
 // `portfw status` to explain the kernel's table without the policy file.
 type Summary struct {
 	Name           string   `json:"name"`
-	Ports          []string `json:"ports"`          // "tcp/80", "udp/5060-5069", "tcp/80@192.0.2.10"
+	Ports          []string `json:"ports"`          // "80,443/tcp", "5060,5070-5079/tcp+udp", "80/tcp@192.0.2.10"
 	UIDs           []string `json:"uids,omitempty"` // "33", "1200-1299"
 	GIDs           []string `json:"gids,omitempty"`
 	DroppedPackets uint64   `json:"dropped_packets"`
@@ -28,6 +29,8 @@ func Summarize(rs *Ruleset) []Summary {
 		}
 		return by[name]
 	}
+	// ports[name][address][protocol] lists port texts in element order.
+	ports := map[string]map[string]map[string][]string{}
 	for _, s := range rs.Sets {
 		for _, e := range s.Elements {
 			sum := get(e.Comment)
@@ -40,20 +43,34 @@ func Summarize(rs *Ruleset) []Summary {
 			case s.Has(FieldGID):
 				sum.GIDs = appendUniq(sum.GIDs, e.ID.String())
 			default:
-				p := fmt.Sprintf("%s/%s", e.Proto, e.Ports)
+				a := ""
 				if e.Addr.IsValid() {
-					a := e.Addr.String()
+					a = "@" + e.Addr.String()
 					if e.Addr.IsSingleIP() {
-						a = e.Addr.Addr().String()
+						a = "@" + e.Addr.Addr().String()
 					}
-					p += "@" + a
 				}
-				sum.Ports = appendUniq(sum.Ports, p)
+				if ports[sum.Name] == nil {
+					ports[sum.Name] = map[string]map[string][]string{}
+				}
+				if ports[sum.Name][a] == nil {
+					ports[sum.Name][a] = map[string][]string{}
+				}
+				byProto := ports[sum.Name][a]
+				byProto[string(e.Proto)] = appendUniq(byProto[string(e.Proto)], e.Ports.String())
 			}
 		}
 	}
 	out := make([]Summary, 0, len(by))
-	for _, s := range by {
+	for name, s := range by {
+		addrs := make([]string, 0, len(ports[name]))
+		for a := range ports[name] {
+			addrs = append(addrs, a)
+		}
+		sort.Strings(addrs)
+		for _, a := range addrs {
+			s.Ports = append(s.Ports, portsText(ports[name][a], a)...)
+		}
 		out = append(out, *s)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
@@ -65,4 +82,30 @@ func appendUniq(list []string, s string) []string {
 		return list
 	}
 	return append(list, s)
+}
+
+// portsText writes the ports of one address per protocol, and once for
+// both when TCP and UDP have the same ports: "5060,5070-5079/tcp+udp".
+func portsText(byProto map[string][]string, addr string) []string {
+	for _, ps := range byProto {
+		sort.Slice(ps, func(i, j int) bool { return portLo(ps[i]) < portLo(ps[j]) })
+	}
+	tcp, udp := strings.Join(byProto["tcp"], ","), strings.Join(byProto["udp"], ",")
+	switch {
+	case tcp != "" && tcp == udp:
+		return []string{tcp + "/tcp+udp" + addr}
+	case tcp != "" && udp != "":
+		return []string{tcp + "/tcp" + addr, udp + "/udp" + addr}
+	case tcp != "":
+		return []string{tcp + "/tcp" + addr}
+	case udp != "":
+		return []string{udp + "/udp" + addr}
+	}
+	return nil
+}
+
+func portLo(s string) int {
+	lo, _, _ := strings.Cut(s, "-")
+	n, _ := strconv.Atoi(lo)
+	return n
 }

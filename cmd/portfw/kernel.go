@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/portfw/portfw/compiler"
+	"github.com/portfw/portfw/internal/tune"
 	"github.com/portfw/portfw/nft"
 	"github.com/portfw/portfw/policy"
 )
@@ -93,6 +94,10 @@ func runApply(a *app, args []string) int {
 	if l == nil {
 		return code
 	}
+	if l.hostErr != nil {
+		// Without the sysctls there is no safe plan for the threshold.
+		return a.kernelError("apply", l.hostErr)
+	}
 	ws := warnings(l.resolved)
 	if !*asJSON {
 		a.printWarnings(ws)
@@ -106,21 +111,32 @@ func runApply(a *app, args []string) int {
 		return a.kernelError("apply", err)
 	}
 	c := compiler.Diff(cur, l.ruleset)
-	// An identical table is left alone: re-applying would reset its drop
-	// counters for nothing.
+	sysctls := sysctlChanges(l)
 	applied := false
-	if !*dryRun && !c.InSync() {
-		if err := k.Apply(l.ruleset); err != nil {
+	if !*dryRun && (!c.InSync() || len(sysctls) > 0) {
+		_, err := tune.Apply(l.plan, l.state, l.statePath, l.ruleset.Table, func() error {
+			// An identical table is left alone: re-applying would reset
+			// its drop counters for nothing.
+			if c.InSync() {
+				return nil
+			}
+			return k.Apply(l.ruleset)
+		})
+		if err != nil {
 			return a.kernelError("apply", err)
 		}
 		applied = true
 	}
 	if *asJSON {
-		writeJSON(a.stdout, newChangesJSON(l, c, applied, ws))
+		out := newChangesJSON(l, c, applied, ws)
+		writeJSON(a.stdout, struct {
+			changesJSON
+			Sysctls []string `json:"sysctls"`
+		}{out, nonNil(sysctls)})
 		return exitOK
 	}
 	switch {
-	case c.InSync():
+	case c.InSync() && len(sysctls) == 0:
 		fmt.Fprintf(a.stdout, "table inet %s already enforces %s (%d reservations); nothing to do\n", l.ruleset.Table, l.path, len(l.resolved.Reservations))
 	case *dryRun:
 		fmt.Fprintf(a.stdout, "dry run: applying %s to table inet %s would change: %s\n", l.path, l.ruleset.Table, summary(c))
@@ -129,7 +145,26 @@ func runApply(a *app, args []string) int {
 		fmt.Fprintf(a.stdout, "applied %s to table inet %s: %d reservations (%s)\n", l.path, l.ruleset.Table, len(l.resolved.Reservations), summary(c))
 		a.printChanges(c)
 	}
+	for _, n := range sysctls {
+		fmt.Fprintf(a.stdout, "  sysctl %s\n", n)
+	}
+	if g := guardText(l.plan.Guard); g != "" {
+		fmt.Fprintf(a.stdout, "  guard: %s reserved for root (opened by %s=%d)\n", g, tune.UnprivPortStart, l.plan.Threshold)
+	}
 	return exitOK
+}
+
+// sysctlChanges lists the sysctl writes a plan makes, "name: old -> new".
+func sysctlChanges(l *loaded) []string {
+	var out []string
+	p := l.plan
+	if p.Threshold != p.Current {
+		out = append(out, fmt.Sprintf("%s: %d -> %d", tune.UnprivPortStart, p.Current, p.Threshold))
+	}
+	if h, err := tune.ReadHost(); err == nil && tune.FormatPorts(h.ReservedPorts) != tune.FormatPorts(p.ReservedPorts) {
+		out = append(out, fmt.Sprintf("%s: %q -> %q", tune.ReservedPorts, tune.FormatPorts(h.ReservedPorts), tune.FormatPorts(p.ReservedPorts)))
+	}
+	return out
 }
 
 func runDiff(a *app, args []string) int {
@@ -174,7 +209,7 @@ func runDiff(a *app, args []string) int {
 
 // tableFor picks the table a command works on: --table if given, else
 // the policy's when -f was given or the default policy file exists, else
-// the default name.
+// the one portfw's state for this namespace names, else the default.
 func (a *app) tableFor(fs *flag.FlagSet, path, table string) (string, *loaded, int) {
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
@@ -193,6 +228,9 @@ func (a *app) tableFor(fs *flag.FlagSet, path, table string) (string, *loaded, i
 			return l.ruleset.Table, l, exitOK
 		}
 	}
+	if st, _, err := tune.LoadState(); err == nil && st.Table != "" {
+		return st.Table, nil, exitOK
+	}
 	return table, nil, exitOK
 }
 
@@ -207,11 +245,22 @@ func runRemove(a *app, args []string) int {
 	if name == "" {
 		return code
 	}
+	st, statePath, err := tune.LoadState()
+	if err != nil {
+		return a.kernelError("remove", err)
+	}
 	k, err := openKernel()
 	if err != nil {
 		return a.kernelError("remove", err)
 	}
-	found, err := k.Remove(name)
+	found := false
+	// tune.Remove raises the threshold back before the table (and its
+	// guard) goes, then takes portfw's ports out of the reserved list.
+	err = tune.Remove(st, statePath, func() error {
+		var err error
+		found, err = k.Remove(name)
+		return err
+	})
 	if err != nil {
 		return a.kernelError("remove", err)
 	}
@@ -219,6 +268,12 @@ func runRemove(a *app, args []string) int {
 		fmt.Fprintf(a.stdout, "removed table inet %s\n", name)
 	} else {
 		fmt.Fprintf(a.stdout, "table inet %s is not installed; nothing to remove\n", name)
+	}
+	if st.UnprivPortStartOriginal != nil {
+		fmt.Fprintf(a.stdout, "  sysctl %s restored to %d\n", tune.UnprivPortStart, *st.UnprivPortStartOriginal)
+	}
+	if len(st.ReservedPortsAdded) > 0 {
+		fmt.Fprintf(a.stdout, "  sysctl %s: removed %s\n", tune.ReservedPorts, tune.FormatPorts(st.ReservedPortsAdded))
 	}
 	return exitOK
 }
@@ -229,7 +284,31 @@ type statusJSON struct {
 	Policy       string             `json:"policy,omitempty"`
 	InSync       *bool              `json:"in_sync,omitempty"`
 	Reservations []compiler.Summary `json:"reservations"`
+	Guard        *compiler.Summary  `json:"guard,omitempty"`
+	Sysctls      *sysctlsJSON       `json:"sysctls,omitempty"`
 	Changes      *compiler.Changes  `json:"changes,omitempty"`
+}
+
+// sysctlsJSON is the state of the sysctls portfw manages in this namespace.
+type sysctlsJSON struct {
+	UnprivPortStart         int    `json:"ip_unprivileged_port_start"`
+	UnprivPortStartOriginal *int   `json:"ip_unprivileged_port_start_original"` // null: portfw has not changed it
+	LocalPortRange          string `json:"ip_local_port_range"`
+	ReservedPorts           string `json:"ip_local_reserved_ports"`
+	ReservedPortsAdded      string `json:"ip_local_reserved_ports_added"` // by portfw
+}
+
+func readSysctls() *sysctlsJSON {
+	h, err := tune.ReadHost()
+	if err != nil {
+		return nil
+	}
+	st, _, _ := tune.LoadState()
+	return &sysctlsJSON{
+		UnprivPortStart: h.UnprivPortStart, UnprivPortStartOriginal: st.UnprivPortStartOriginal,
+		LocalPortRange: h.LocalPortRange.String(), ReservedPorts: tune.FormatPorts(h.ReservedPorts),
+		ReservedPortsAdded: tune.FormatPorts(st.ReservedPortsAdded),
+	}
 }
 
 func runStatus(a *app, args []string) int {
@@ -252,9 +331,15 @@ func runStatus(a *app, args []string) int {
 	if err != nil {
 		return a.kernelError("status", err)
 	}
-	st := statusJSON{Table: name, Installed: cur != nil, Reservations: []compiler.Summary{}}
+	st := statusJSON{Table: name, Installed: cur != nil, Reservations: []compiler.Summary{}, Sysctls: readSysctls()}
 	if cur != nil {
-		st.Reservations = compiler.Summarize(cur)
+		for _, r := range compiler.Summarize(cur) {
+			if r.Name == policy.GuardName {
+				st.Guard = &r
+				continue
+			}
+			st.Reservations = append(st.Reservations, r)
+		}
 	}
 	if l != nil {
 		c := compiler.Diff(cur, l.ruleset)
@@ -268,29 +353,47 @@ func runStatus(a *app, args []string) int {
 		writeJSON(a.stdout, st)
 		return exitOK
 	}
-	if cur == nil {
-		fmt.Fprintf(a.stdout, "table inet %s: not installed\n", name)
-		return exitOK
+	a.printStatus(st)
+	return exitOK
+}
+
+func (a *app) printStatus(st statusJSON) {
+	w := a.stdout
+	if !st.Installed {
+		fmt.Fprintf(w, "table inet %s: not installed\n", st.Table)
+	} else {
+		sync := ""
+		if st.InSync != nil {
+			if *st.InSync {
+				sync = ", in sync with " + st.Policy
+			} else {
+				sync = ", NOT in sync with " + st.Policy + " (see portfw diff)"
+			}
+		}
+		fmt.Fprintf(w, "table inet %s: installed, %d reservations%s\n", st.Table, len(st.Reservations), sync)
 	}
-	sync := ""
-	if st.InSync != nil {
-		if *st.InSync {
-			sync = ", in sync with " + st.Policy
-		} else {
-			sync = ", NOT in sync with " + st.Policy + " (see portfw diff)"
+	if s := st.Sysctls; s != nil {
+		was := "not changed by portfw"
+		if s.UnprivPortStartOriginal != nil {
+			was = fmt.Sprintf("lowered by portfw from %d", *s.UnprivPortStartOriginal)
+		}
+		fmt.Fprintf(w, "%s = %d (%s)\n", tune.UnprivPortStart, s.UnprivPortStart, was)
+		if s.ReservedPortsAdded != "" {
+			fmt.Fprintf(w, "%s = %q (portfw added %s)\n", tune.ReservedPorts, s.ReservedPorts, s.ReservedPortsAdded)
 		}
 	}
-	fmt.Fprintf(a.stdout, "table inet %s: installed, %d reservations%s\n", name, len(st.Reservations), sync)
-	if len(st.Reservations) == 0 {
-		return exitOK
+	if g := st.Guard; g != nil {
+		fmt.Fprintf(w, "guard: %s reserved for root; %d packets, %d bytes dropped\n", strings.Join(g.Ports, ","), g.DroppedPackets, g.DroppedBytes)
 	}
-	fmt.Fprintf(a.stdout, "\n%-16s %-28s %-20s %s\n", "RESERVATION", "PORTS", "OWNERS", "DROPPED")
+	if len(st.Reservations) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\n%-16s %-28s %-20s %s\n", "RESERVATION", "PORTS", "OWNERS", "DROPPED")
 	for _, r := range st.Reservations {
 		owners := append(prefixAll("uid ", r.UIDs), prefixAll("gid ", r.GIDs)...)
-		fmt.Fprintf(a.stdout, "%-16s %-28s %-20s %d packets, %d bytes\n", r.Name, clip(strings.Join(r.Ports, ","), 28),
+		fmt.Fprintf(w, "%-16s %-28s %-20s %d packets, %d bytes\n", r.Name, clip(strings.Join(r.Ports, ","), 28),
 			clip(strings.Join(owners, ","), 20), r.DroppedPackets, r.DroppedBytes)
 	}
-	return exitOK
 }
 
 func prefixAll(p string, xs []string) []string {

@@ -6,20 +6,26 @@ import (
 	"fmt"
 	"io"
 	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/portfw/portfw/compiler"
 	"github.com/portfw/portfw/internal/sysctl"
+	"github.com/portfw/portfw/internal/tune"
 	"github.com/portfw/portfw/policy"
 )
 
-// loaded is a policy taken through parse, resolve and compile.
+// loaded is a policy taken through parse, resolve and compile, with the
+// plan for this namespace's sysctls (whose guard entries the ruleset holds).
 type loaded struct {
 	path     string
 	policy   *policy.Policy
 	resolved *policy.Resolved
 	ruleset  *compiler.Ruleset
+
+	plan      tune.Plan
+	state     tune.State
+	statePath string
+	hostErr   error // the sysctls or the state could not be read: no plan
 }
 
 // load runs the pure half of the pipeline. On failure it prints every
@@ -34,7 +40,62 @@ func (a *app) load(path string) (*loaded, int) {
 }
 
 func (a *app) loadedFrom(path string, pol *policy.Policy, res *policy.Resolved) *loaded {
-	return &loaded{path: path, policy: pol, resolved: res, ruleset: compiler.Compile(res)}
+	l := &loaded{path: path, policy: pol, resolved: res}
+	l.plan, l.state, l.statePath, l.hostErr = planHost(res)
+	if l.hostErr == nil {
+		res.Guard = l.plan.Guard
+	}
+	l.ruleset = compiler.Compile(res)
+	return l
+}
+
+// planHost reads this namespace's sysctls and portfw's state for it, and
+// plans the sysctls for the policy. This is the resolve step's host read;
+// the compiler only sees its result (the guard entries).
+func planHost(res *policy.Resolved) (tune.Plan, tune.State, string, error) {
+	h, err := tune.ReadHost()
+	if err != nil {
+		return tune.Plan{}, tune.State{}, "", err
+	}
+	st, path, err := tune.LoadState()
+	if err != nil {
+		return tune.Plan{}, st, path, err
+	}
+	p, err := tune.Compute(res, h, st)
+	return p, st, path, err
+}
+
+// planNotes says what apply will do to the sysctls, for check and apply.
+func planNotes(l *loaded) []string {
+	if l.hostErr != nil {
+		return []string{fmt.Sprintf("cannot read this namespace's sysctls (%v): guard entries and sysctl changes are not shown", l.hostErr)}
+	}
+	var n []string
+	p := l.plan
+	if p.Threshold != p.Current {
+		n = append(n, fmt.Sprintf("%s: %d -> %d", tune.UnprivPortStart, p.Current, p.Threshold))
+	}
+	if g := guardText(p.Guard); g != "" {
+		n = append(n, "root-only guard on the ports it opens that no reservation holds: "+g)
+	}
+	if len(p.Added) > 0 {
+		n = append(n, fmt.Sprintf("%s gets reserved ports in the ephemeral range: %s", tune.ReservedPorts, tune.FormatPorts(p.Added)))
+	}
+	return n
+}
+
+// guardText is the guard as one line: "81-442,444-1023/tcp+udp".
+func guardText(g []policy.Reservation) string {
+	var parts []string
+	for i, r := range g {
+		ports := tune.FormatPorts(r.Ports)
+		if i+1 < len(g) && tune.FormatPorts(g[i+1].Ports) == ports {
+			parts = append(parts, ports+"/"+string(r.Protocols[0])+"+"+string(g[i+1].Protocols[0]))
+			break
+		}
+		parts = append(parts, ports+"/"+string(r.Protocols[0]))
+	}
+	return strings.Join(parts, " ")
 }
 
 func (a *app) printPolicyError(path string, err error) {
@@ -61,73 +122,29 @@ func warnings(r *policy.Resolved) []string {
 	for _, res := range r.Reservations {
 		hasTCP = hasTCP || slices.Contains(res.Protocols, policy.TCP)
 	}
-	if v, err := sysctl.Get("net.ipv4.tcp_syncookies"); err == nil && v == "2" && hasTCP {
+	if v, err := sysctl.Get(tune.Syncookies); err == nil && v == "2" && hasTCP {
 		w = append(w, "net.ipv4.tcp_syncookies=2 (cookies always): reserved TCP ports never get syncookie SYN-ACKs "+
 			"(a squatter could use them unattributed), so they may serve nothing; set it to 1")
 	}
-	rng, err := sysctl.GetInts("net.ipv4.ip_local_port_range")
-	if err != nil || len(rng) != 2 {
+	h, err := tune.ReadHost()
+	if err != nil {
 		return w
 	}
-	reserved := parsePortList(mustGet("net.ipv4.ip_local_reserved_ports"))
+	rng := h.LocalPortRange
 	for _, res := range r.Reservations {
 		var in []string
 		for _, p := range res.Ports {
-			lo, hi := max(int(p.Lo), rng[0]), min(int(p.Hi), rng[1])
-			if lo > hi || covered(reserved, lo, hi) {
-				continue
+			if lo, hi := max(p.Lo, rng.Lo), min(p.Hi, rng.Hi); lo <= hi {
+				in = append(in, policy.PortRange{Lo: lo, Hi: hi}.String())
 			}
-			in = append(in, policy.PortRange{Lo: uint16(lo), Hi: uint16(hi)}.String())
 		}
 		if len(in) > 0 {
-			w = append(w, fmt.Sprintf("reservation %q: ports %s are in the ephemeral range %d-%d (net.ipv4.ip_local_port_range) "+
-				"and not in net.ipv4.ip_local_reserved_ports: the kernel may give them to any process as the local port "+
-				"of an outgoing connection, whose traffic portfw would then drop", res.Name, strings.Join(in, ","), rng[0], rng[1]))
+			w = append(w, fmt.Sprintf("reservation %q: ports %s are in the ephemeral range %s (%s); apply adds them to %s "+
+				"so the kernel never picks them as the local port of an outgoing connection (whose traffic portfw would drop)",
+				res.Name, strings.Join(in, ","), rng, tune.LocalPortRange, tune.ReservedPorts))
 		}
 	}
 	return w
-}
-
-func mustGet(name string) string {
-	v, _ := sysctl.Get(name)
-	return v
-}
-
-// parsePortList parses the kernel's "1,2,10-20" port list format.
-func parsePortList(s string) []policy.PortRange {
-	var out []policy.PortRange
-	for _, f := range strings.Split(s, ",") {
-		f = strings.TrimSpace(f)
-		if f == "" {
-			continue
-		}
-		lo, hi, isRange := strings.Cut(f, "-")
-		l, err1 := strconv.Atoi(lo)
-		h, err2 := l, error(nil)
-		if isRange {
-			h, err2 = strconv.Atoi(hi)
-		}
-		if err1 == nil && err2 == nil {
-			out = append(out, policy.PortRange{Lo: uint16(l), Hi: uint16(h)})
-		}
-	}
-	return out
-}
-
-func covered(rs []policy.PortRange, lo, hi int) bool {
-	for p := lo; p <= hi; p++ {
-		in := false
-		for _, r := range rs {
-			if int(r.Lo) <= p && p <= int(r.Hi) {
-				in = true
-				break
-			}
-		}
-		if !in {
-			return false
-		}
-	}
-	return true
 }
 
 func (a *app) printWarnings(ws []string) {

@@ -41,7 +41,19 @@ type State struct {
 	UnprivPortStartOriginal *int `json:"unprivileged_port_start_original,omitempty"`
 	// ReservedPortsAdded are the ports portfw added to
 	// ip_local_reserved_ports; the admin's own entries are never in it.
-	ReservedPortsAdded []policy.PortRange `json:"ip_local_reserved_ports_added,omitempty"`
+	ReservedPortsAdded PortList `json:"ip_local_reserved_ports_added,omitempty"`
+}
+
+// PortList is a list of port ranges kept in the kernel's text format
+// ("8080,30000-30999"), in the state file too.
+type PortList []policy.PortRange
+
+func (l PortList) MarshalText() ([]byte, error) { return []byte(FormatPorts(l)), nil }
+
+func (l *PortList) UnmarshalText(b []byte) error {
+	rs, err := ParsePorts(string(b))
+	*l = rs
+	return err
 }
 
 // Plan is what applying a policy does to the sysctls of a namespace.
