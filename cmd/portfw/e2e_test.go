@@ -195,29 +195,56 @@ func TestSquatterTCP(t *testing.T) {
 	testenv.Delivered(t, w.Client.Dial(t, testenv.DialConfig{Addr: w.v4(9090)}), free.Reply)
 }
 
-// TestSquatterSyncookies: with listen(fd, 0) and a delayed accept, the
-// kernel answers SYNs with syncookies, which carry no socket. Several
-// clients at once get nothing, and the squatter reads nothing.
+// TestSquatterSyncookies: SYN-ACKs sent as syncookies carry no socket.
+// A squatter forces them with listen(fd, 0) and a delayed accept (whether
+// the kernel then sends cookies depends on timing), and tcp_syncookies=2
+// makes every SYN-ACK a cookie, deterministically (the kernel's counter
+// proves the path was taken). Several clients at once get nothing, and the
+// squatter reads nothing. TestNaiveRuleLeaks shows the same squatter
+// getting through a plain skuid rule.
 func TestSquatterSyncookies(t *testing.T) {
 	w := setup(t, webPolicy)
-	sq := w.Server.Serve(t, testenv.ServeConfig{Addr: any6(8080), As: w.squat, ZeroBacklog: true, AcceptDelay: 2 * time.Second})
-	for _, addr := range []netip.AddrPort{w.v4(8080), w.v6(8080)} {
-		for _, r := range w.Client.DialN(t, testenv.DialConfig{Addr: addr, Request: "secret", Timeout: 4 * time.Second}, 6) {
-			testenv.Blocked(t, r)
+	run := func(t *testing.T, port uint16) {
+		sq := w.Server.Serve(t, testenv.ServeConfig{Addr: any6(port), As: w.squat, ZeroBacklog: true, AcceptDelay: 2 * time.Second})
+		for _, addr := range []netip.AddrPort{w.v4(port), w.v6(port)} {
+			for _, r := range w.Client.DialN(t, testenv.DialConfig{Addr: addr, Request: "secret", Timeout: 4 * time.Second}, 6) {
+				testenv.Blocked(t, r)
+			}
+		}
+		if got := sq.Received(t); len(got) != 0 {
+			t.Errorf("squatter read %q through the syncookie path", got)
 		}
 	}
-	if got := sq.Received(t); len(got) != 0 {
-		t.Errorf("squatter read %q through the syncookie path", got)
-	}
+	t.Run("backlog 0", func(t *testing.T) { run(t, 8080) })
+	t.Run("syncookies=2", func(t *testing.T) {
+		w.Server.Sysctl(t, "net.ipv4.tcp_syncookies", "2")
+		before := w.Server.Counter(t, "TcpExtSyncookiesSent")
+		run(t, 8443)
+		if w.Server.Counter(t, "TcpExtSyncookiesSent") == before {
+			t.Error("no syncookie was sent; the test did not exercise the cookie path")
+		}
+	})
 }
 
-// TestSquatterOrphan: a squatter that writes and closes at once leaves its
-// data to an orphaned socket (retransmits, FIN): none of it arrives.
+// TestSquatterOrphan: a squatter that writes its reply and closes at once
+// leaves the reply's retransmits and its FIN to an orphaned socket, which
+// carries no owner. With a cookie handshake (listen(fd, 0)) this leaks
+// through a plain skuid rule (TestNaiveRuleLeaks); here nothing arrives.
 func TestSquatterOrphan(t *testing.T) {
 	w := setup(t, webPolicy)
-	w.Server.Serve(t, testenv.ServeConfig{Addr: any6(8080), As: w.squat, ReplyAndClose: true})
-	for _, addr := range []netip.AddrPort{w.v4(8080), w.v6(8080)} {
-		testenv.Blocked(t, w.Client.Dial(t, testenv.DialConfig{Addr: addr, Timeout: 3 * time.Second}))
+	for _, zero := range []bool{false, true} {
+		t.Run(fmt.Sprintf("backlog0=%t", zero), func(t *testing.T) {
+			port := uint16(8080)
+			if zero {
+				port = 8443
+			}
+			w.Server.Serve(t, testenv.ServeConfig{Addr: any6(port), As: w.squat, ZeroBacklog: zero, ReplyAndClose: true})
+			for _, addr := range []netip.AddrPort{w.v4(port), w.v6(port)} {
+				for _, r := range w.Client.DialN(t, testenv.DialConfig{Addr: addr, Timeout: 3 * time.Second}, 4) {
+					testenv.Blocked(t, r)
+				}
+			}
+		})
 	}
 }
 

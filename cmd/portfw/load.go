@@ -108,7 +108,7 @@ func (a *app) printPolicyError(path string, err error) {
 		if len(es) == 1 {
 			noun = "problem"
 		}
-		fmt.Fprintf(a.stderr, "portfw: %s: %d %s; nothing was changed\n", path, len(es), noun)
+		fmt.Fprintf(a.stderr, "portfw: %s: %d %s; the kernel was not touched\n", path, len(es), noun)
 		return
 	}
 	fmt.Fprintf(a.stderr, "portfw: %v\n", err)

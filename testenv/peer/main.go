@@ -1,0 +1,536 @@
+// Command peer is the process the testenv harness runs inside a network
+// namespace: a TCP or UDP server, or a client, running as a given uid.
+//
+// It is started as root (by nsenter, already inside the namespace) and drops
+// privileges itself, because the order of "create the socket" and "drop to
+// uid W" is what the tests are about: netfilter's meta skuid sees the
+// credentials of whoever created the socket (or accepted it), not of whoever
+// uses it later.
+//
+// Usage:
+//
+//	peer serve -proto tcp|udp -addr IP:PORT -uid U -gid G [-listen-uid O -listen-gid OG] ...
+//	peer dial  -proto tcp|udp -addr IP:PORT -uid U -gid G [-sport P] [-parallel N] ...
+//
+// It speaks the line protocol of package wire on stdout. A server exits when
+// its stdin closes, so it never outlives the harness that started it.
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/portfw/portfw/testenv/internal/wire"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		fatal(errors.New("usage: peer serve|dial [flags]"))
+	}
+	var err error
+	switch os.Args[1] {
+	case "serve":
+		err = serve(os.Args[2:])
+	case "dial":
+		err = dial(os.Args[2:])
+	case "bind":
+		err = tryBind(os.Args[2:])
+	default:
+		err = fmt.Errorf("unknown command %q", os.Args[1])
+	}
+	if err != nil {
+		fatal(err)
+	}
+}
+
+// tryBind binds a socket as uid/gid and prints the outcome: "ok", or the
+// errno's name. Not being allowed to bind is the answer, not a failure.
+func tryBind(args []string) error {
+	fs := flag.NewFlagSet("bind", flag.ContinueOnError)
+	proto := fs.String("proto", "tcp", "tcp or udp")
+	addr := fs.String("addr", "", "address:port to bind")
+	uid := fs.Int("uid", -1, "uid to bind as")
+	gid := fs.Int("gid", -1, "gid to bind as")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	ap, err := netip.ParseAddrPort(*addr)
+	if err != nil {
+		return err
+	}
+	if err := become(*uid, *gid); err != nil {
+		return err
+	}
+	family, typ := syscall.AF_INET6, syscall.SOCK_STREAM
+	if ap.Addr().Is4() {
+		family = syscall.AF_INET
+	}
+	if *proto == "udp" {
+		typ = syscall.SOCK_DGRAM
+	}
+	fd, err := syscall.Socket(family, typ, 0)
+	if err != nil {
+		return fmt.Errorf("socket: %w", err)
+	}
+	defer syscall.Close(fd)
+	var sa syscall.Sockaddr = &syscall.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+	if family == syscall.AF_INET {
+		sa = &syscall.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
+	}
+	result := "ok"
+	if err := syscall.Bind(fd, sa); err != nil {
+		var errno syscall.Errno
+		if !errors.As(err, &errno) {
+			return fmt.Errorf("bind: %w", err)
+		}
+		result = errnoName(errno)
+	}
+	fmt.Println(result)
+	return nil
+}
+
+func errnoName(e syscall.Errno) string {
+	switch e {
+	case syscall.EACCES:
+		return "EACCES"
+	case syscall.EPERM:
+		return "EPERM"
+	case syscall.EADDRINUSE:
+		return "EADDRINUSE"
+	}
+	return fmt.Sprintf("errno %d (%v)", int(e), e)
+}
+
+func fatal(err error) {
+	fmt.Fprintln(os.Stderr, "peer:", err)
+	os.Exit(1)
+}
+
+// out serialises stdout: each line is written by one Write, so lines from
+// concurrent connections never interleave.
+var out struct {
+	sync.Mutex
+	enc *json.Encoder
+}
+
+func emit(v any) {
+	out.Lock()
+	defer out.Unlock()
+	if out.enc == nil {
+		out.enc = json.NewEncoder(os.Stdout)
+	}
+	if err := out.enc.Encode(v); err != nil {
+		// The harness is gone; nobody is left to serve.
+		os.Exit(2)
+	}
+}
+
+// become drops to uid/gid for good. Go's syscall package applies these to
+// every thread of the process, so no goroutine keeps root.
+func become(uid, gid int) error {
+	if uid < 0 {
+		return nil
+	}
+	if err := syscall.Setgroups(nil); err != nil {
+		return fmt.Errorf("drop groups: %w", err)
+	}
+	if err := syscall.Setgid(gid); err != nil {
+		return fmt.Errorf("set gid %d: %w", gid, err)
+	}
+	if err := syscall.Setuid(uid); err != nil {
+		return fmt.Errorf("set uid %d: %w", uid, err)
+	}
+	return nil
+}
+
+// asEffective runs f with effective uid/gid set to uid/gid while the saved ids
+// stay 0, so a socket created in f carries uid's credentials and the process
+// can become root again afterwards (to drop to another uid, as a
+// socket-activated service or an owner handing its listener to a worker would).
+func asEffective(uid, gid int, f func() error) error {
+	if err := syscall.Setgroups(nil); err != nil {
+		return fmt.Errorf("drop groups: %w", err)
+	}
+	if err := syscall.Setresgid(-1, gid, -1); err != nil {
+		return fmt.Errorf("set egid %d: %w", gid, err)
+	}
+	if err := syscall.Setresuid(-1, uid, -1); err != nil {
+		return fmt.Errorf("set euid %d: %w", uid, err)
+	}
+	ferr := f()
+	if err := syscall.Setresuid(-1, 0, -1); err != nil {
+		return fmt.Errorf("restore euid: %w", err)
+	}
+	if err := syscall.Setresgid(-1, 0, -1); err != nil {
+		return fmt.Errorf("restore egid: %w", err)
+	}
+	return ferr
+}
+
+func creds() wire.Cred {
+	c := wire.Cred{
+		UID:    uint32(syscall.Getuid()),
+		EUID:   uint32(syscall.Geteuid()),
+		GID:    uint32(syscall.Getgid()),
+		EGID:   uint32(syscall.Getegid()),
+		Groups: []uint32{},
+	}
+	gs, _ := syscall.Getgroups()
+	for _, g := range gs {
+		c.Groups = append(c.Groups, uint32(g))
+	}
+	return c
+}
+
+// socket opens and binds a socket by hand rather than with net.Listen, to
+// control the listen backlog (0 forces syncookies) and the moment the socket
+// is created (that is when its credentials are fixed).
+func socket(ap netip.AddrPort, typ int) (int, error) {
+	family := syscall.AF_INET6
+	if ap.Addr().Is4() {
+		family = syscall.AF_INET
+	}
+	fd, err := syscall.Socket(family, typ|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("create socket: %w", err)
+	}
+	if err := syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1); err != nil {
+		syscall.Close(fd)
+		return -1, fmt.Errorf("set SO_REUSEADDR: %w", err)
+	}
+	var sa syscall.Sockaddr
+	if family == syscall.AF_INET {
+		sa = &syscall.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
+	} else {
+		// "::" means both families, anything else only IPv6: the kernel
+		// default depends on a sysctl, so say it.
+		v6only := 1
+		if ap.Addr().IsUnspecified() {
+			v6only = 0
+		}
+		if err := syscall.SetsockoptInt(fd, syscall.IPPROTO_IPV6, syscall.IPV6_V6ONLY, v6only); err != nil {
+			syscall.Close(fd)
+			return -1, fmt.Errorf("set IPV6_V6ONLY: %w", err)
+		}
+		sa = &syscall.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+	}
+	if err := syscall.Bind(fd, sa); err != nil {
+		syscall.Close(fd)
+		return -1, fmt.Errorf("bind %s: %w", ap, err)
+	}
+	return fd, nil
+}
+
+type serveConfig struct {
+	proto         string
+	addr          netip.AddrPort
+	uid, gid      int
+	listenUID     int
+	listenGID     int
+	reply         string
+	backlog       int
+	acceptDelay   time.Duration
+	replyAndClose bool
+	readTimeout   time.Duration
+}
+
+func serve(args []string) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	var c serveConfig
+	var addr string
+	fs.StringVar(&c.proto, "proto", "tcp", "tcp or udp")
+	fs.StringVar(&addr, "addr", "", "address to listen on, IP:PORT")
+	fs.IntVar(&c.uid, "uid", -1, "uid to serve as (-1: stay root)")
+	fs.IntVar(&c.gid, "gid", -1, "gid to serve as")
+	fs.IntVar(&c.listenUID, "listen-uid", -1, "uid that creates the socket, if not -uid")
+	fs.IntVar(&c.listenGID, "listen-gid", -1, "gid that creates the socket, if not -gid")
+	fs.StringVar(&c.reply, "reply", "", "reply to each request (default \"hello from UID\")")
+	fs.IntVar(&c.backlog, "backlog", 128, "listen backlog; 0 makes the kernel answer with syncookies")
+	fs.DurationVar(&c.acceptDelay, "accept-delay", 0, "wait this long after listening before accepting")
+	fs.BoolVar(&c.replyAndClose, "reply-and-close", false, "read the request, write the reply and close at once (orphan retransmits)")
+	fs.DurationVar(&c.readTimeout, "read-timeout", 2*time.Second, "give up reading a connection after this long")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	var err error
+	if c.addr, err = netip.ParseAddrPort(addr); err != nil {
+		return fmt.Errorf("parse addr: %w", err)
+	}
+	if c.reply == "" {
+		uid := c.uid
+		if uid < 0 {
+			uid = syscall.Getuid()
+		}
+		c.reply = fmt.Sprintf("hello from %d", uid)
+	}
+	if c.listenUID < 0 {
+		c.listenUID, c.listenGID = c.uid, c.gid
+	}
+
+	typ := syscall.SOCK_STREAM
+	if c.proto == "udp" {
+		typ = syscall.SOCK_DGRAM
+	} else if c.proto != "tcp" {
+		return fmt.Errorf("unknown proto %q", c.proto)
+	}
+	fd := -1
+	open := func() error {
+		var err error
+		if fd, err = socket(c.addr, typ); err != nil {
+			return err
+		}
+		if typ == syscall.SOCK_STREAM {
+			if err := syscall.Listen(fd, c.backlog); err != nil {
+				return fmt.Errorf("listen: %w", err)
+			}
+		}
+		return nil
+	}
+	if c.listenUID == c.uid && c.listenGID == c.gid {
+		err = become(c.uid, c.gid)
+		if err == nil {
+			err = open()
+		}
+	} else {
+		err = asEffective(c.listenUID, c.listenGID, open)
+		if err == nil {
+			err = become(c.uid, c.gid)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	f := os.NewFile(uintptr(fd), "socket")
+	cred := creds()
+
+	if typ == syscall.SOCK_DGRAM {
+		pc, err := net.FilePacketConn(f)
+		if err != nil {
+			return fmt.Errorf("wrap socket: %w", err)
+		}
+		f.Close()
+		emit(wire.Event{Ev: wire.EvReady, Addr: pc.LocalAddr().String(), Cred: &cred})
+		go serveUDP(pc.(*net.UDPConn), c)
+	} else {
+		ln, err := net.FileListener(f)
+		if err != nil {
+			return fmt.Errorf("wrap socket: %w", err)
+		}
+		f.Close()
+		emit(wire.Event{Ev: wire.EvReady, Addr: ln.Addr().String(), Cred: &cred})
+		go serveTCP(ln, c)
+	}
+	return control()
+}
+
+// control answers sync requests and returns when stdin closes.
+func control() error {
+	sc := bufio.NewScanner(os.Stdin)
+	for sc.Scan() {
+		if strings.TrimSpace(sc.Text()) == wire.SyncRequest {
+			emit(wire.Event{Ev: wire.EvSync})
+		}
+	}
+	return nil
+}
+
+func serveTCP(ln net.Listener, c serveConfig) {
+	if c.acceptDelay > 0 {
+		time.Sleep(c.acceptDelay)
+	}
+	for id := 1; ; id++ {
+		conn, err := ln.Accept()
+		if err != nil {
+			emit(wire.Event{Ev: wire.EvError, Err: fmt.Sprintf("accept: %v", err)})
+			return
+		}
+		emit(wire.Event{Ev: wire.EvAccept, Conn: id, Remote: conn.RemoteAddr().String()})
+		go handleTCP(conn, id, c)
+	}
+}
+
+func handleTCP(conn net.Conn, id int, c serveConfig) {
+	defer conn.Close()
+	if c.replyAndClose {
+		// Read the request first: closing with unread data would send an
+		// RST and discard the reply, while a clean close queues a FIN
+		// behind it, so the reply's retransmits leave from the orphan.
+		conn.SetReadDeadline(time.Now().Add(c.readTimeout))
+		buf := make([]byte, 64<<10)
+		if n, _ := conn.Read(buf); n > 0 {
+			emit(wire.Event{Ev: wire.EvRead, Conn: id, Data: append([]byte(nil), buf[:n]...)})
+		}
+		if _, err := io.WriteString(conn, c.reply); err != nil {
+			emit(wire.Event{Ev: wire.EvError, Conn: id, Err: fmt.Sprintf("write reply: %v", err)})
+		}
+		return
+	}
+	conn.SetDeadline(time.Now().Add(c.readTimeout))
+	replied := false
+	reply := func() {
+		replied = true
+		if _, err := io.WriteString(conn, c.reply); err != nil {
+			emit(wire.Event{Ev: wire.EvError, Conn: id, Err: fmt.Sprintf("write reply: %v", err)})
+		}
+	}
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := conn.Read(buf)
+		if n > 0 {
+			// Report before replying: once a client holds the reply,
+			// the harness is sure to find this event when it syncs.
+			emit(wire.Event{Ev: wire.EvRead, Conn: id, Data: append([]byte(nil), buf[:n]...)})
+			if !replied {
+				reply()
+			}
+		}
+		if err != nil {
+			if !errors.Is(err, io.EOF) {
+				emit(wire.Event{Ev: wire.EvError, Conn: id, Err: fmt.Sprintf("read: %v", err)})
+			}
+			break
+		}
+	}
+	// Reading to EOF before closing means the close sends a FIN, not an
+	// RST that could discard the reply at the client.
+	if !replied {
+		reply()
+	}
+}
+
+func serveUDP(pc *net.UDPConn, c serveConfig) {
+	buf := make([]byte, 64<<10)
+	for {
+		n, from, err := pc.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			emit(wire.Event{Ev: wire.EvError, Err: fmt.Sprintf("read: %v", err)})
+			return
+		}
+		emit(wire.Event{Ev: wire.EvRead, Remote: from.String(), Data: append([]byte(nil), buf[:n]...)})
+		if _, err := pc.WriteToUDPAddrPort([]byte(c.reply), from); err != nil {
+			emit(wire.Event{Ev: wire.EvError, Remote: from.String(), Err: fmt.Sprintf("write reply: %v", err)})
+		}
+	}
+}
+
+type dialConfig struct {
+	proto          string
+	addr           string
+	uid, gid       int
+	sport          int
+	send           string
+	connectTimeout time.Duration
+	timeout        time.Duration
+	parallel       int
+}
+
+func dial(args []string) error {
+	fs := flag.NewFlagSet("dial", flag.ContinueOnError)
+	var c dialConfig
+	fs.StringVar(&c.proto, "proto", "tcp", "tcp or udp")
+	fs.StringVar(&c.addr, "addr", "", "address to connect to, IP:PORT")
+	fs.IntVar(&c.uid, "uid", -1, "uid to connect as (-1: stay root)")
+	fs.IntVar(&c.gid, "gid", -1, "gid to connect as")
+	fs.IntVar(&c.sport, "sport", 0, "local (source) port; 0 lets the kernel choose")
+	fs.StringVar(&c.send, "send", "hello", "request to send")
+	fs.DurationVar(&c.connectTimeout, "connect-timeout", 1500*time.Millisecond, "TCP connect timeout")
+	fs.DurationVar(&c.timeout, "timeout", 2*time.Second, "how long to wait for the reply once connected (UDP: once sent)")
+	fs.IntVar(&c.parallel, "parallel", 1, "number of clients at once")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if c.proto != "tcp" && c.proto != "udp" {
+		return fmt.Errorf("unknown proto %q", c.proto)
+	}
+	if err := become(c.uid, c.gid); err != nil {
+		return err
+	}
+	cred := creds()
+	results := make([]wire.Result, c.parallel)
+	var wg sync.WaitGroup
+	for i := range results {
+		wg.Go(func() {
+			results[i] = dialOne(c)
+			results[i].Cred = cred
+		})
+	}
+	wg.Wait()
+	for _, r := range results {
+		emit(r)
+	}
+	return nil
+}
+
+func dialOne(c dialConfig) wire.Result {
+	var r wire.Result
+	d := net.Dialer{
+		Timeout: c.connectTimeout,
+		// A fixed source port may still be held by TIME_WAIT from an
+		// earlier client; SO_REUSEADDR lets the bind succeed anyway.
+		Control: func(_, _ string, rc syscall.RawConn) error {
+			var serr error
+			err := rc.Control(func(fd uintptr) {
+				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1)
+			})
+			return errors.Join(err, serr)
+		},
+	}
+	if c.sport != 0 {
+		if c.proto == "tcp" {
+			d.LocalAddr = &net.TCPAddr{Port: c.sport}
+		} else {
+			d.LocalAddr = &net.UDPAddr{Port: c.sport}
+		}
+	}
+	conn, err := d.Dial(c.proto, c.addr)
+	if err != nil {
+		r.Err = fmt.Sprintf("dial: %v", err)
+		return r
+	}
+	defer conn.Close()
+	r.Local, r.Remote = conn.LocalAddr().String(), conn.RemoteAddr().String()
+	// For UDP, "connected" means the datagram went out.
+	r.Connected = c.proto == "tcp"
+	conn.SetDeadline(time.Now().Add(c.timeout))
+	if c.proto == "udp" {
+		if _, err := io.WriteString(conn, c.send); err != nil {
+			r.Err = fmt.Sprintf("write request: %v", err)
+			return r
+		}
+		r.Connected = true
+		buf := make([]byte, 64<<10)
+		n, err := conn.Read(buf)
+		r.Received = buf[:n]
+		if err != nil {
+			r.Err = fmt.Sprintf("read reply: %v", err)
+		}
+		return r
+	}
+	// A server may have replied and reset the connection before the
+	// request is out; the reply still waits in the receive queue, so read
+	// whatever happens on the way.
+	var errs []string
+	if _, err := io.WriteString(conn, c.send); err != nil {
+		errs = append(errs, fmt.Sprintf("write request: %v", err))
+	} else if err := conn.(*net.TCPConn).CloseWrite(); err != nil {
+		// Half-close so the server sees the whole request end with EOF.
+		errs = append(errs, fmt.Sprintf("close write: %v", err))
+	}
+	r.Received, err = io.ReadAll(conn)
+	if err != nil {
+		errs = append(errs, fmt.Sprintf("read reply: %v", err))
+	}
+	r.Err = strings.Join(errs, "; ")
+	return r
+}
