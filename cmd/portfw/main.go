@@ -39,7 +39,7 @@ func init() {
 		{"apply", "[-f FILE] [--dry-run] [--json]", "make the kernel enforce a policy (one atomic transaction)", runApply},
 		{"diff", "[-f FILE] [--json]", "show what apply would change; exit 0 when in sync, 1 when not", runDiff},
 		{"status", "[-f FILE] [--table NAME] [--json]", "show what is installed, with drop counters", runStatus},
-		{"audit", "[-f FILE] [--json]", "list the sockets on reserved ports; exit 1 when a squatter holds one", runAudit}, // TEMP-AUDIT
+		{"audit", "[-f FILE] [--json]", "list the sockets on reserved ports; exit 1 when a squatter holds one", runAudit},
 		{"remove", "[-f FILE] [--table NAME]", "delete portfw's table", runRemove},
 		{"version", "", "print the version", func(a *app, _ []string) int { fmt.Fprintln(a.stdout, "portfw", version); return exitOK }},
 	}
