@@ -156,8 +156,10 @@ func Apply(p Plan, st State, statePath, table string, applyRules func() error) (
 			return pending, err
 		}
 	}
-	if err := sysctl.Set(ReservedPorts, FormatPorts(p.ReservedPorts)); err != nil {
-		return pending, err
+	if FormatPorts(p.ReservedPorts) != FormatPorts(p.CurrentReserved) {
+		if err := sysctl.Set(ReservedPorts, FormatPorts(p.ReservedPorts)); err != nil {
+			return pending, err
+		}
 	}
 	st.ReservedPortsAdded = p.Added
 	if p.Threshold == p.Original {

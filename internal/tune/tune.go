@@ -64,8 +64,21 @@ type Plan struct {
 	// Guard is the root-only guard (see policy.Resolved.Guard).
 	Guard []policy.Reservation
 	// ReservedPorts is the new ip_local_reserved_ports; Added is the part
-	// of it that portfw adds over the admin's own entries.
-	ReservedPorts, Added []policy.PortRange
+	// of it that portfw adds over the admin's own entries; CurrentReserved
+	// is what the kernel holds now.
+	ReservedPorts, Added, CurrentReserved []policy.PortRange
+}
+
+// Changes lists the sysctl writes the plan makes, as "name: old -> new".
+func (p Plan) Changes() []string {
+	var out []string
+	if p.Threshold != p.Current {
+		out = append(out, fmt.Sprintf("%s: %d -> %d", UnprivPortStart, p.Current, p.Threshold))
+	}
+	if cur, next := FormatPorts(p.CurrentReserved), FormatPorts(p.ReservedPorts); cur != next {
+		out = append(out, fmt.Sprintf("%s: %q -> %q", ReservedPorts, cur, next))
+	}
+	return out
 }
 
 // Compute plans the sysctls for a policy. It fails only for a threshold
@@ -100,6 +113,7 @@ func Compute(r *policy.Resolved, h Host, st State) (Plan, error) {
 		p.Guard = guard(r, p.Threshold, p.Original)
 	}
 	p.ReservedPorts, p.Added = reservedPorts(r, h, st)
+	p.CurrentReserved = h.ReservedPorts
 	return p, nil
 }
 
