@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 
 	"github.com/google/nftables"
 	"golang.org/x/sys/unix"
@@ -20,6 +21,9 @@ type Kernel interface {
 	// Apply makes the kernel's table equal to rs in one transaction: on
 	// error the previous table, or its absence, is left exactly in place.
 	Apply(rs *compiler.Ruleset) error
+	// ApplyDelta deletes and adds set elements in one transaction. Every
+	// set it names must exist; on error nothing changed.
+	ApplyDelta(d compiler.Delta) error
 	// Read returns the table as the kernel holds it, with set element
 	// counters filled in, or an error wrapping ErrNoTable.
 	Read(table string) (*compiler.Ruleset, error)
@@ -88,6 +92,51 @@ func (c *Conn) Apply(rs *compiler.Ruleset) error {
 		return fmt.Errorf("apply table %s: %w", rs.Table, err)
 	}
 	return nil
+}
+
+// ApplyDelta applies element changes to existing sets in one transaction:
+// deletions first, so an element whose key stays and whose comment changes
+// is replaced.
+func (c *Conn) ApplyDelta(d compiler.Delta) error {
+	t := table(d.Table)
+	for _, pass := range []struct {
+		elems map[string][]compiler.Element
+		op    func(*nftables.Set, []nftables.SetElement) error
+	}{{d.Del, c.nc.SetDeleteElements}, {d.Add, c.nc.SetAddElements}} {
+		for _, name := range sortedKeys(pass.elems) {
+			s := d.Sets[name]
+			set, elems, err := newSet(t, &compiler.Set{Name: s.Name, Fields: s.Fields, Interval: s.Interval, Counter: s.Counter, Elements: pass.elems[name]})
+			if err != nil {
+				return fmt.Errorf("apply delta: %w", err)
+			}
+			if err := pass.op(set, elems); err != nil {
+				return fmt.Errorf("apply delta to set %s: %w", name, err)
+			}
+		}
+	}
+	if err := c.nc.Flush(); err != nil {
+		return fmt.Errorf("apply delta to table %s: %w", d.Table, err)
+	}
+	return nil
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+// ReadOrNil is Read that returns nil, not an error, when the table is
+// not installed.
+func ReadOrNil(k Kernel, table string) (*compiler.Ruleset, error) {
+	rs, err := k.Read(table)
+	if errors.Is(err, ErrNoTable) {
+		return nil, nil
+	}
+	return rs, err
 }
 
 func newChain(t *nftables.Table, ch *compiler.Chain) *nftables.Chain {

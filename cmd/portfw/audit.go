@@ -34,23 +34,23 @@ func runAudit(a *app, args []string) int {
 	if l == nil {
 		return exitUsage
 	}
-	if l.hostErr != nil {
-		fmt.Fprintf(a.stderr, "warning: cannot read this namespace's sysctls (%v): the root-only guard ports are not audited\n", l.hostErr)
+	if l.HostErr != nil {
+		fmt.Fprintf(a.stderr, "warning: cannot read this namespace's sysctls (%v): the root-only guard ports are not audited\n", l.HostErr)
 	}
 	socks, err := scanSockets()
 	if err != nil {
 		fmt.Fprintf(a.stderr, "portfw audit: %v\n", err)
 		return exitUsage
 	}
-	rep := audit.Classify(l.resolved, socks)
+	rep := audit.Classify(l.Resolved, socks)
 	if missingHolders(rep) && os.Geteuid() != 0 {
 		fmt.Fprintln(a.stderr, "warning: not running as root: processes of other users are not shown, and sockets whose owner is a group may show as squatters")
 	}
 	n := rep.Squatters()
 	if *asJSON {
-		writeJSON(a.stdout, auditJSON{Policy: l.path, Sockets: rep.Findings, Free: rep.Free, Squatters: n})
+		writeJSON(a.stdout, auditJSON{Policy: l.Path, Sockets: rep.Findings, Free: rep.Free, Squatters: n})
 	} else {
-		a.printAudit(l.path, rep, n)
+		a.printAudit(l.Path, rep, n)
 	}
 	if n > 0 {
 		return exitNo

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/portfw/portfw/internal/engine"
 	"github.com/portfw/portfw/policy"
 )
 
@@ -26,28 +27,32 @@ func runCheck(a *app, args []string) int {
 	if l == nil {
 		return code
 	}
-	ws := warnings(l.resolved)
+	ws := warnings(l.Resolved)
 	if *asJSON {
 		writeJSON(a.stdout, map[string]any{
-			"file": *path, "valid": true, "table": l.resolved.Settings.Table,
-			"reservations": len(l.resolved.Reservations), "errors": []jsonError{}, "warnings": nonNil(ws),
+			"file": *path, "valid": true, "table": l.Resolved.Settings.Table,
+			"reservations": len(l.Resolved.Reservations), "errors": []jsonError{}, "warnings": nonNil(ws),
+			"apply_would": nonNil(planNotes(l)),
 		})
 		return exitOK
 	}
 	a.printWarnings(ws)
 	fmt.Fprintf(a.stdout, "%s: valid: %d reservations, %d nftables elements, table inet %s\n",
-		*path, len(l.resolved.Reservations), elementCount(l), l.resolved.Settings.Table)
+		*path, len(l.Resolved.Reservations), elementCount(l), l.Resolved.Settings.Table)
+	for _, n := range planNotes(l) {
+		fmt.Fprintf(a.stdout, "  apply: %s\n", n)
+	}
 	return exitOK
 }
 
 // loadQuiet is load, but with --json the errors go to stdout as data.
-func (a *app) loadQuiet(path string, asJSON bool) (*loaded, int) {
+func (a *app) loadQuiet(path string, asJSON bool) (*engine.Prepared, int) {
 	if !asJSON {
 		return a.load(path)
 	}
 	res, pol, err := policy.Load(path, policy.System{})
 	if err == nil {
-		return a.loadedFrom(path, pol, res), exitOK
+		return engine.Prepare(path, pol, res), exitOK
 	}
 	errs := []jsonError{}
 	var es policy.Errors
@@ -62,9 +67,9 @@ func (a *app) loadQuiet(path string, asJSON bool) (*loaded, int) {
 	return nil, exitNo
 }
 
-func elementCount(l *loaded) int {
+func elementCount(l *engine.Prepared) int {
 	n := 0
-	for _, s := range l.ruleset.Sets {
+	for _, s := range l.Ruleset.Sets {
 		n += len(s.Elements)
 	}
 	return n
@@ -87,6 +92,6 @@ func runCompile(a *app, args []string) int {
 	if l == nil {
 		return code
 	}
-	fmt.Fprint(a.stdout, l.ruleset.String())
+	fmt.Fprint(a.stdout, l.Ruleset.String())
 	return exitOK
 }

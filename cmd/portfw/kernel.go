@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/portfw/portfw/compiler"
+	"github.com/portfw/portfw/internal/engine"
 	"github.com/portfw/portfw/internal/tune"
 	"github.com/portfw/portfw/nft"
 	"github.com/portfw/portfw/policy"
@@ -27,15 +28,6 @@ func (a *app) kernelError(what string, err error) int {
 	return exitNo
 }
 
-// readKernel returns the installed table, or nil when there is none.
-func readKernel(k nft.Kernel, table string) (*compiler.Ruleset, error) {
-	cur, err := k.Read(table)
-	if errors.Is(err, nft.ErrNoTable) {
-		return nil, nil
-	}
-	return cur, err
-}
-
 type changesJSON struct {
 	Table        string   `json:"table"`
 	Policy       string   `json:"policy"`
@@ -48,9 +40,9 @@ type changesJSON struct {
 	Warnings     []string `json:"warnings"`
 }
 
-func newChangesJSON(l *loaded, c compiler.Changes, applied bool, ws []string) changesJSON {
+func newChangesJSON(l *engine.Prepared, c compiler.Changes, applied bool, ws []string) changesJSON {
 	return changesJSON{
-		Table: l.ruleset.Table, Policy: l.path, InSync: c.InSync(), Applied: applied,
+		Table: l.Ruleset.Table, Policy: l.Path, InSync: c.InSync(), Applied: applied,
 		Added: nonNil(c.Added), Removed: nonNil(c.Removed), Changed: nonNil(c.Changed),
 		RulesChanged: c.RulesChanged, Warnings: nonNil(ws),
 	}
@@ -94,11 +86,7 @@ func runApply(a *app, args []string) int {
 	if l == nil {
 		return code
 	}
-	if l.hostErr != nil {
-		// Without the sysctls there is no safe plan for the threshold.
-		return a.kernelError("apply", l.hostErr)
-	}
-	ws := warnings(l.resolved)
+	ws := warnings(l.Resolved)
 	if !*asJSON {
 		a.printWarnings(ws)
 	}
@@ -106,65 +94,36 @@ func runApply(a *app, args []string) int {
 	if err != nil {
 		return a.kernelError("apply", err)
 	}
-	cur, err := readKernel(k, l.ruleset.Table)
+	res, err := engine.Sync(k, l, *dryRun)
 	if err != nil {
 		return a.kernelError("apply", err)
 	}
-	c := compiler.Diff(cur, l.ruleset)
-	sysctls := sysctlChanges(l)
-	applied := false
-	if !*dryRun && (!c.InSync() || len(sysctls) > 0) {
-		_, err := tune.Apply(l.plan, l.state, l.statePath, l.ruleset.Table, func() error {
-			// An identical table is left alone: re-applying would reset
-			// its drop counters for nothing.
-			if c.InSync() {
-				return nil
-			}
-			return k.Apply(l.ruleset)
-		})
-		if err != nil {
-			return a.kernelError("apply", err)
-		}
-		applied = true
-	}
+	c := res.Changes
 	if *asJSON {
-		out := newChangesJSON(l, c, applied, ws)
 		writeJSON(a.stdout, struct {
 			changesJSON
-			Sysctls []string `json:"sysctls"`
-		}{out, nonNil(sysctls)})
+			Mode    engine.Mode `json:"mode"`
+			Sysctls []string    `json:"sysctls"`
+		}{newChangesJSON(l, c, !*dryRun && !res.InSync(), ws), res.Mode, nonNil(res.Sysctls)})
 		return exitOK
 	}
 	switch {
-	case c.InSync() && len(sysctls) == 0:
-		fmt.Fprintf(a.stdout, "table inet %s already enforces %s (%d reservations); nothing to do\n", l.ruleset.Table, l.path, len(l.resolved.Reservations))
+	case res.InSync():
+		fmt.Fprintf(a.stdout, "table inet %s already enforces %s (%d reservations); nothing to do\n", l.Ruleset.Table, l.Path, len(l.Resolved.Reservations))
 	case *dryRun:
-		fmt.Fprintf(a.stdout, "dry run: applying %s to table inet %s would change: %s\n", l.path, l.ruleset.Table, summary(c))
+		fmt.Fprintf(a.stdout, "dry run: applying %s to table inet %s would change: %s\n", l.Path, l.Ruleset.Table, summary(c))
 		a.printChanges(c)
 	default:
-		fmt.Fprintf(a.stdout, "applied %s to table inet %s: %d reservations (%s)\n", l.path, l.ruleset.Table, len(l.resolved.Reservations), summary(c))
+		fmt.Fprintf(a.stdout, "applied %s to table inet %s: %d reservations (%s)\n", l.Path, l.Ruleset.Table, len(l.Resolved.Reservations), summary(c))
 		a.printChanges(c)
 	}
-	for _, n := range sysctls {
+	for _, n := range res.Sysctls {
 		fmt.Fprintf(a.stdout, "  sysctl %s\n", n)
 	}
-	if g := guardText(l.plan.Guard); g != "" {
-		fmt.Fprintf(a.stdout, "  guard: %s reserved for root (opened by %s=%d)\n", g, tune.UnprivPortStart, l.plan.Threshold)
+	if g := guardText(l.Plan.Guard); g != "" {
+		fmt.Fprintf(a.stdout, "  guard: %s reserved for root (opened by %s=%d)\n", g, tune.UnprivPortStart, l.Plan.Threshold)
 	}
 	return exitOK
-}
-
-// sysctlChanges lists the sysctl writes a plan makes, "name: old -> new".
-func sysctlChanges(l *loaded) []string {
-	var out []string
-	p := l.plan
-	if p.Threshold != p.Current {
-		out = append(out, fmt.Sprintf("%s: %d -> %d", tune.UnprivPortStart, p.Current, p.Threshold))
-	}
-	if h, err := tune.ReadHost(); err == nil && tune.FormatPorts(h.ReservedPorts) != tune.FormatPorts(p.ReservedPorts) {
-		out = append(out, fmt.Sprintf("%s: %q -> %q", tune.ReservedPorts, tune.FormatPorts(h.ReservedPorts), tune.FormatPorts(p.ReservedPorts)))
-	}
-	return out
 }
 
 func runDiff(a *app, args []string) int {
@@ -183,21 +142,21 @@ func runDiff(a *app, args []string) int {
 		a.kernelError("diff", err)
 		return exitUsage
 	}
-	cur, err := readKernel(k, l.ruleset.Table)
+	cur, err := nft.ReadOrNil(k, l.Ruleset.Table)
 	if err != nil {
 		a.kernelError("diff", err)
 		return exitUsage
 	}
-	c := compiler.Diff(cur, l.ruleset)
+	c := compiler.Diff(cur, l.Ruleset)
 	if *asJSON {
 		writeJSON(a.stdout, newChangesJSON(l, c, false, nil))
 	} else if c.InSync() {
-		fmt.Fprintf(a.stdout, "in sync: table inet %s enforces %s\n", l.ruleset.Table, l.path)
+		fmt.Fprintf(a.stdout, "in sync: table inet %s enforces %s\n", l.Ruleset.Table, l.Path)
 	} else {
 		if cur == nil {
-			fmt.Fprintf(a.stdout, "table inet %s is not installed; apply would add: %s\n", l.ruleset.Table, summary(c))
+			fmt.Fprintf(a.stdout, "table inet %s is not installed; apply would add: %s\n", l.Ruleset.Table, summary(c))
 		} else {
-			fmt.Fprintf(a.stdout, "table inet %s differs from %s: %s\n", l.ruleset.Table, l.path, summary(c))
+			fmt.Fprintf(a.stdout, "table inet %s differs from %s: %s\n", l.Ruleset.Table, l.Path, summary(c))
 		}
 		a.printChanges(c)
 	}
@@ -210,7 +169,7 @@ func runDiff(a *app, args []string) int {
 // tableFor picks the table a command works on: --table if given, else
 // the policy's when -f was given or the default policy file exists, else
 // the one portfw's state for this namespace names, else the default.
-func (a *app) tableFor(fs *flag.FlagSet, path, table string) (string, *loaded, int) {
+func (a *app) tableFor(fs *flag.FlagSet, path, table string) (string, *engine.Prepared, int) {
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	if set["table"] {
@@ -221,11 +180,11 @@ func (a *app) tableFor(fs *flag.FlagSet, path, table string) (string, *loaded, i
 		if l == nil {
 			return "", nil, code
 		}
-		return l.ruleset.Table, l, exitOK
+		return l.Ruleset.Table, l, exitOK
 	}
 	if _, err := os.Stat(path); err == nil {
 		if l, _ := a.load(path); l != nil {
-			return l.ruleset.Table, l, exitOK
+			return l.Ruleset.Table, l, exitOK
 		}
 	}
 	if st, _, err := tune.LoadState(); err == nil && st.Table != "" {
@@ -245,22 +204,12 @@ func runRemove(a *app, args []string) int {
 	if name == "" {
 		return code
 	}
-	st, statePath, err := tune.LoadState()
-	if err != nil {
-		return a.kernelError("remove", err)
-	}
 	k, err := openKernel()
 	if err != nil {
 		return a.kernelError("remove", err)
 	}
-	found := false
-	// tune.Remove raises the threshold back before the table (and its
-	// guard) goes, then takes portfw's ports out of the reserved list.
-	err = tune.Remove(st, statePath, func() error {
-		var err error
-		found, err = k.Remove(name)
-		return err
-	})
+	// The threshold goes back up before the table (and its guard) goes.
+	found, st, err := engine.Remove(k, name)
 	if err != nil {
 		return a.kernelError("remove", err)
 	}
@@ -327,7 +276,7 @@ func runStatus(a *app, args []string) int {
 	if err != nil {
 		return a.kernelError("status", err)
 	}
-	cur, err := readKernel(k, name)
+	cur, err := nft.ReadOrNil(k, name)
 	if err != nil {
 		return a.kernelError("status", err)
 	}
@@ -342,9 +291,9 @@ func runStatus(a *app, args []string) int {
 		}
 	}
 	if l != nil {
-		c := compiler.Diff(cur, l.ruleset)
+		c := compiler.Diff(cur, l.Ruleset)
 		in := c.InSync()
-		st.Policy, st.InSync = l.path, &in
+		st.Policy, st.InSync = l.Path, &in
 		if !in {
 			st.Changes = &c
 		}

@@ -8,78 +8,31 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/portfw/portfw/compiler"
+	"github.com/portfw/portfw/internal/engine"
 	"github.com/portfw/portfw/internal/sysctl"
 	"github.com/portfw/portfw/internal/tune"
 	"github.com/portfw/portfw/policy"
 )
 
-// loaded is a policy taken through parse, resolve and compile, with the
-// plan for this namespace's sysctls (whose guard entries the ruleset holds).
-type loaded struct {
-	path     string
-	policy   *policy.Policy
-	resolved *policy.Resolved
-	ruleset  *compiler.Ruleset
-
-	plan      tune.Plan
-	state     tune.State
-	statePath string
-	hostErr   error // the sysctls or the state could not be read: no plan
-}
-
-// load runs the pure half of the pipeline. On failure it prints every
+// load runs parse, resolve, plan and compile. On failure it prints every
 // problem to stderr and returns the exit code; nothing touched the kernel.
-func (a *app) load(path string) (*loaded, int) {
-	res, pol, err := policy.Load(path, policy.System{})
+func (a *app) load(path string) (*engine.Prepared, int) {
+	res, pol, err := engine.Load(path, policy.System{})
 	if err != nil {
 		a.printPolicyError(path, err)
 		return nil, exitNo
 	}
-	return a.loadedFrom(path, pol, res), exitOK
+	return engine.Prepare(path, pol, res), exitOK
 }
 
-func (a *app) loadedFrom(path string, pol *policy.Policy, res *policy.Resolved) *loaded {
-	l := &loaded{path: path, policy: pol, resolved: res}
-	l.plan, l.state, l.statePath, l.hostErr = planHost(res)
-	if l.hostErr == nil {
-		res.Guard = l.plan.Guard
+// planNotes says what apply will do to the sysctls, for check.
+func planNotes(l *engine.Prepared) []string {
+	if l.HostErr != nil {
+		return []string{fmt.Sprintf("cannot read this namespace's sysctls (%v): guard entries and sysctl changes are not shown", l.HostErr)}
 	}
-	l.ruleset = compiler.Compile(res)
-	return l
-}
-
-// planHost reads this namespace's sysctls and portfw's state for it, and
-// plans the sysctls for the policy. This is the resolve step's host read;
-// the compiler only sees its result (the guard entries).
-func planHost(res *policy.Resolved) (tune.Plan, tune.State, string, error) {
-	h, err := tune.ReadHost()
-	if err != nil {
-		return tune.Plan{}, tune.State{}, "", err
-	}
-	st, path, err := tune.LoadState()
-	if err != nil {
-		return tune.Plan{}, st, path, err
-	}
-	p, err := tune.Compute(res, h, st)
-	return p, st, path, err
-}
-
-// planNotes says what apply will do to the sysctls, for check and apply.
-func planNotes(l *loaded) []string {
-	if l.hostErr != nil {
-		return []string{fmt.Sprintf("cannot read this namespace's sysctls (%v): guard entries and sysctl changes are not shown", l.hostErr)}
-	}
-	var n []string
-	p := l.plan
-	if p.Threshold != p.Current {
-		n = append(n, fmt.Sprintf("%s: %d -> %d", tune.UnprivPortStart, p.Current, p.Threshold))
-	}
-	if g := guardText(p.Guard); g != "" {
-		n = append(n, "root-only guard on the ports it opens that no reservation holds: "+g)
-	}
-	if len(p.Added) > 0 {
-		n = append(n, fmt.Sprintf("%s gets reserved ports in the ephemeral range: %s", tune.ReservedPorts, tune.FormatPorts(p.Added)))
+	n := l.Plan.Changes()
+	if g := guardText(l.Plan.Guard); g != "" {
+		n = append(n, "guard: "+g+" reserved for root (ports the lowered threshold opens that no reservation holds)")
 	}
 	return n
 }
