@@ -66,7 +66,7 @@ func TestParseResolveFull(t *testing.T) {
 				Name:      "sip",
 				Protocols: []Protocol{TCP, UDP},
 				Ports:     []PortRange{{5060, 5060}, {5070, 5079}},
-				UIDs:      []IDRange{{999, 999}, {1001, 1001}, {1200, 1300}},
+				UIDs:      []IDRange{{999, 999}, {1001, 1001}, {1200, 1299}, {1300, 1300}},
 				GIDs:      []IDRange{{200, 200}, {300, 300}},
 				Pos:       Pos{"policy.yaml", 16, 5},
 			},
@@ -74,7 +74,7 @@ func TestParseResolveFull(t *testing.T) {
 				Name:        "web",
 				Description: "nginx",
 				Protocols:   []Protocol{TCP},
-				Ports:       []PortRange{{80, 81}, {443, 443}, {8000, 8081}},
+				Ports:       []PortRange{{80, 80}, {81, 81}, {443, 443}, {8000, 8080}, {8081, 8081}},
 				UIDs:        []IDRange{{33, 33}},
 				Addresses: []netip.Prefix{
 					netip.MustParsePrefix("192.0.2.0/24"),

@@ -185,14 +185,22 @@ func (l *lookups) resolve(refs []OwnerRef, field string, errs *Errors) []IDRange
 	return out
 }
 
-// mergeRanges sorts ranges and merges those that overlap or touch, so
-// that equal sets of ids or ports always have one representation.
-func mergeRanges(rs []IDRange) []IDRange {
+// mergeRanges sorts ranges and merges those that overlap. Ranges that
+// only touch stay apart: single ports and ids the admin listed one by one
+// must stay exact, since the compiler puts exact values in hash sets and
+// only true ranges in the (costlier) interval sets.
+func mergeRanges(rs []IDRange) []IDRange { return merge(rs, 0) }
+
+// mergeTouching also merges ranges that touch: one representation for
+// equal sets of ids, for comparing owners.
+func mergeTouching(rs []IDRange) []IDRange { return merge(rs, 1) }
+
+func merge(rs []IDRange, touch uint64) []IDRange {
 	rs = slices.Clone(rs)
 	slices.SortFunc(rs, func(a, b IDRange) int { return cmp.Or(cmp.Compare(a.Lo, b.Lo), cmp.Compare(a.Hi, b.Hi)) })
 	var out []IDRange
 	for _, r := range rs {
-		if n := len(out); n > 0 && uint64(r.Lo) <= uint64(out[n-1].Hi)+1 {
+		if n := len(out); n > 0 && uint64(r.Lo) <= uint64(out[n-1].Hi)+touch {
 			out[n-1].Hi = max(out[n-1].Hi, r.Hi)
 			continue
 		}
@@ -288,14 +296,14 @@ func overlaps(res []Reservation) Errors {
 		var where []string
 		for _, proto := range []Protocol{TCP, UDP} {
 			if rs := o.ports[proto]; len(rs) > 0 {
-				where = append(where, string(proto)+"/"+rangeList(mergeRanges(rs)))
+				where = append(where, string(proto)+"/"+rangeList(mergeTouching(rs)))
 			}
 		}
 		msg := fmt.Sprintf("reservation %q overlaps reservation %q (%s) on %s", later.Name, first.Name, first.Pos, strings.Join(where, " and "))
 		if o.addrs != nil {
 			msg += " at " + prefixList(o.addrs)
 		}
-		if slices.Equal(first.UIDs, later.UIDs) && slices.Equal(first.GIDs, later.GIDs) {
+		if slices.Equal(mergeTouching(first.UIDs), mergeTouching(later.UIDs)) && slices.Equal(mergeTouching(first.GIDs), mergeTouching(later.GIDs)) {
 			msg += "; merge them into one reservation"
 		} else {
 			msg += " with different owners"

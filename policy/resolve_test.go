@@ -33,9 +33,9 @@ func TestNormalise(t *testing.T) {
 		want Reservation
 	}{
 		{
-			name: "adjacent and overlapping ports merge",
+			name: "overlapping ports merge, touching ones stay exact",
 			yaml: res("name: a", `ports: [81, 80, "82-90", "85-86", 100, "92-95", 91, 65535, "65534-65535"]`, "owner: {users: [1]}"),
-			want: Reservation{Ports: []PortRange{{80, 95}, {100, 100}, {65534, 65535}}},
+			want: Reservation{Ports: []PortRange{{80, 80}, {81, 81}, {82, 90}, {91, 91}, {92, 95}, {100, 100}, {65534, 65535}}},
 		},
 		{
 			name: "spaces in a range",
@@ -43,14 +43,14 @@ func TestNormalise(t *testing.T) {
 			want: Reservation{Ports: []PortRange{{8000, 8080}}},
 		},
 		{
-			name: "uids and names merge",
+			name: "uids and names: duplicates merge, single ids stay exact",
 			yaml: res("name: a", "ports: [1]", `owner: {users: [bob, 1000, alice, "0", "4294967294", "1002-1010", 999]}`),
-			want: Reservation{UIDs: []IDRange{{0, 0}, {999, 1010}, {4294967294, 4294967294}}},
+			want: Reservation{UIDs: []IDRange{{0, 0}, {999, 999}, {1000, 1000}, {1001, 1001}, {1002, 1010}, {4294967294, 4294967294}}},
 		},
 		{
 			name: "gids only",
 			yaml: res("name: a", "ports: [1]", `owner: {groups: [voip, web, "30-32"]}`),
-			want: Reservation{GIDs: []IDRange{{30, 33}, {300, 300}}},
+			want: Reservation{GIDs: []IDRange{{30, 32}, {33, 33}, {300, 300}}},
 		},
 		{
 			name: "protocols sorted and deduplicated",

@@ -57,9 +57,11 @@ func (p Pos) String() string { return fmt.Sprintf("%s:%d:%d", p.File, p.Line, p.
 // Invariants (established by Resolve, relied on by the compiler):
 //   - Reservations are sorted by Name and names are unique.
 //   - In each reservation Protocols, Ports, UIDs, GIDs and Addresses are
-//     sorted, deduplicated and merged (no two ranges overlap or touch;
-//     no address prefix contains another); Protocols and Ports are non-empty;
-//     UIDs and GIDs are not both empty.
+//     sorted and deduplicated; overlapping ranges are merged but ranges that
+//     only touch are not, so values listed one by one stay exact (the
+//     compiler keeps exact values in hash sets); no address prefix contains
+//     another; Protocols and Ports are non-empty; UIDs and GIDs are not both
+//     empty.
 //   - No two reservations share a (protocol, port, address): every packet on
 //     a reserved port belongs to exactly one reservation.
 type Resolved struct {

@@ -40,7 +40,8 @@ func init() {
 		{"diff", "[-f FILE] [--json]", "show what apply would change; exit 0 when in sync, 1 when not", runDiff},
 		{"status", "[-f FILE] [--table NAME] [--json]", "show what is installed, with drop counters", runStatus},
 		{"audit", "[-f FILE] [--json]", "list the sockets on reserved ports; exit 1 when a squatter holds one", runAudit},
-		{"remove", "[-f FILE] [--table NAME]", "delete portfw's table", runRemove},
+		{"remove", "[-f FILE] [--table NAME]", "delete portfw's table and restore the sysctls it changed", runRemove},
+		{"watch", "[-f FILE] [--log-format text|json] [--remove-on-exit]", "run as a daemon: apply, reload on change, repair drift", runWatch},
 		{"version", "", "print the version", func(a *app, _ []string) int { fmt.Fprintln(a.stdout, "portfw", version); return exitOK }},
 	}
 }
