@@ -66,7 +66,7 @@ var (
 
 var (
 	topKeys         = []string{"version", "settings", "reservations"}
-	settingsKeys    = []string{"table", "allow_root", "unprivileged_port_start", "log", "marks"}
+	settingsKeys    = []string{"table", "allow_root", "unprivileged_port_start", "log", "marks", "bind_guard"}
 	logKeys         = []string{"rate"}
 	marksKeys       = []string{"owned", "squatted"}
 	reservationKeys = []string{"name", "description", "ports", "protocols", "owner", "addresses"}
@@ -430,7 +430,38 @@ func (p *parser) settings(n *yaml.Node) Settings {
 	if v := vals["marks"]; v != nil && !isNull(v) {
 		p.marks(v, &s)
 	}
+	if v := vals["bind_guard"]; v != nil {
+		s.BindGuard = p.bindGuard(v)
+	}
 	return s
+}
+
+func (p *parser) bindGuard(n *yaml.Node) BindGuardMode {
+	const field, want = "settings.bind_guard", "off, on or auto"
+	v, ok := p.scalar(n, field, want, "!!str", "!!bool")
+	if !ok {
+		return BindGuardOff
+	}
+	// YAML 1.1 readers take on and off for booleans; accept true and
+	// false too, so that both readings of the file mean the same.
+	if deref(n).ShortTag() == "!!bool" {
+		var on bool
+		if err := deref(n).Decode(&on); err == nil && on {
+			return BindGuardOn
+		} else if err == nil {
+			return BindGuardOff
+		}
+	}
+	switch v {
+	case "off":
+		return BindGuardOff
+	case "on":
+		return BindGuardOn
+	case "auto":
+		return BindGuardAuto
+	}
+	p.wrongType(n, field, want)
+	return BindGuardOff
 }
 
 func (p *parser) portStart(n *yaml.Node) string {

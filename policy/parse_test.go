@@ -183,7 +183,7 @@ func TestParseErrors(t *testing.T) {
 		{"unknown top key", "version: 1\nreservation: []\n",
 			`p.yaml:2:1: unknown key "reservation" (did you mean "reservations"?); valid keys are version, settings, reservations`},
 		{"unknown settings key", "version: 1\nsettings:\n  tabel: x\n",
-			`p.yaml:3:3: settings: unknown key "tabel" (did you mean "table"?); valid keys are table, allow_root, unprivileged_port_start, log, marks`},
+			`p.yaml:3:3: settings: unknown key "tabel" (did you mean "table"?); valid keys are table, allow_root, unprivileged_port_start, log, marks, bind_guard`},
 		{"unknown log key", "version: 1\nsettings:\n  log: {burst: 5}\n",
 			`p.yaml:3:9: settings.log: unknown key "burst"; valid keys are rate`},
 		{"unknown marks key", "version: 1\nsettings:\n  marks: {own: 1}\n",

@@ -94,6 +94,33 @@ type Settings struct {
 	// MarkOwned and MarkSquatted are the conntrack mark bits portfw uses;
 	// all other bits of the ct mark are left alone. Each is one bit.
 	MarkOwned, MarkSquatted uint32
+	// BindGuard says whether an eBPF bind guard (package bindguard) also
+	// refuses bind() on reserved ports to other uids.
+	BindGuard BindGuardMode
+}
+
+// BindGuardMode is settings.bind_guard. The zero value, off, is the
+// default.
+type BindGuardMode uint8
+
+const (
+	BindGuardOff BindGuardMode = iota
+	BindGuardOn
+	// BindGuardAuto runs the guard where the kernel supports it and relies
+	// on nftables alone elsewhere.
+	BindGuardAuto
+)
+
+func (m BindGuardMode) String() string {
+	switch m {
+	case BindGuardOff:
+		return "off"
+	case BindGuardOn:
+		return "on"
+	case BindGuardAuto:
+		return "auto"
+	}
+	return fmt.Sprintf("BindGuardMode(%d)", uint8(m))
 }
 
 // Reservation is one resolved reservation.

@@ -73,6 +73,7 @@ func runApply(a *app, args []string) int {
 	dryRun := fs.Bool("dry-run", false, "show what would change without changing anything")
 	asJSON := fs.Bool("json", false, "print the result as JSON")
 	insecure := fs.Bool("insecure-policy-perms", false, "accept a policy file writable by users other than root")
+	bg := addBindGuardFlags(fs)
 	if code, done := a.parse(fs, args); done {
 		return code
 	}
@@ -86,7 +87,11 @@ func runApply(a *app, args []string) int {
 	if l == nil {
 		return code
 	}
+	l.BindGuardCgroup = *bg.cgroup
 	ws := warnings(l.Resolved)
+	if l.BindGuardNote != "" {
+		ws = append(ws, l.BindGuardNote)
+	}
 	if !*asJSON {
 		a.printWarnings(ws)
 	}
@@ -94,17 +99,23 @@ func runApply(a *app, args []string) int {
 	if err != nil {
 		return a.kernelError("apply", err)
 	}
+	if l.BindGuardErr != nil {
+		fmt.Fprintf(a.stderr, "portfw apply: %v; nothing was changed (bind_guard: auto runs without it)\n", l.BindGuardErr)
+		return exitNo
+	}
 	res, err := engine.Sync(k, l, *dryRun)
 	if err != nil {
 		return a.kernelError("apply", err)
 	}
 	c := res.Changes
 	if *asJSON {
+		g, _ := a.bindGuardStatus(l.Resolved.Settings.BindGuard.String())
 		writeJSON(a.stdout, struct {
 			changesJSON
-			Mode    engine.Mode `json:"mode"`
-			Sysctls []string    `json:"sysctls"`
-		}{newChangesJSON(l, c, !*dryRun && !res.InSync(), ws), res.Mode, nonNil(res.Sysctls)})
+			Mode      engine.Mode    `json:"mode"`
+			Sysctls   []string       `json:"sysctls"`
+			BindGuard *bindGuardJSON `json:"bind_guard,omitempty"`
+		}{newChangesJSON(l, c, !*dryRun && !res.InSync(), ws), res.Mode, nonNil(res.Sysctls), g})
 		return exitOK
 	}
 	switch {
@@ -122,6 +133,11 @@ func runApply(a *app, args []string) int {
 	}
 	if g := guardText(l.Plan.Guard); g != "" {
 		fmt.Fprintf(a.stdout, "  guard: %s reserved for root (opened by %s=%d)\n", g, tune.UnprivPortStart, l.Plan.Threshold)
+	}
+	if res.BindGuard {
+		if g, err := a.bindGuardStatus(l.Resolved.Settings.BindGuard.String()); err == nil {
+			fmt.Fprintf(a.stdout, "  bind guard: %s\n", describeBindGuard(g))
+		}
 	}
 	return exitOK
 }
@@ -235,6 +251,7 @@ type statusJSON struct {
 	Reservations []compiler.Summary `json:"reservations"`
 	Guard        *compiler.Summary  `json:"guard,omitempty"`
 	Sysctls      *sysctlsJSON       `json:"sysctls,omitempty"`
+	BindGuard    *bindGuardJSON     `json:"bind_guard,omitempty"`
 	Changes      *compiler.Changes  `json:"changes,omitempty"`
 }
 
@@ -290,6 +307,13 @@ func runStatus(a *app, args []string) int {
 			st.Reservations = append(st.Reservations, r)
 		}
 	}
+	mode := ""
+	if l != nil {
+		mode = l.Resolved.Settings.BindGuard.String()
+	}
+	if g, err := a.bindGuardStatus(mode); err == nil {
+		st.BindGuard = g
+	}
 	if l != nil {
 		c := compiler.Diff(cur, l.Ruleset)
 		in := c.InSync()
@@ -333,6 +357,9 @@ func (a *app) printStatus(st statusJSON) {
 	}
 	if g := st.Guard; g != nil {
 		fmt.Fprintf(w, "guard: %s reserved for root; %d packets, %d bytes dropped\n", strings.Join(g.Ports, ","), g.DroppedPackets, g.DroppedBytes)
+	}
+	if st.BindGuard != nil {
+		a.printBindGuardStatus(st.BindGuard)
 	}
 	if len(st.Reservations) == 0 {
 		return

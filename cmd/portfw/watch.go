@@ -25,6 +25,7 @@ func runWatch(a *app, args []string) int {
 	debounce := fs.Duration("debounce", 100*time.Millisecond, "quiet time before acting on a burst of file or kernel events")
 	recheck := fs.Duration("recheck", 30*time.Second, "how often to compare the kernel with the policy even without events")
 	auditEvery := fs.Duration("audit-interval", time.Minute, "how often to look for squatters (0: never)")
+	bg := addBindGuardFlags(fs)
 	if code, done := a.parse(fs, args); done {
 		return code
 	}
@@ -70,7 +71,7 @@ func runWatch(a *app, args []string) int {
 		Path: *path, Kernel: k, Log: log, KernelChanges: changes, Reload: hup,
 		Notify:   func(s string) { daemon.SdNotify(false, s) },
 		Debounce: *debounce, Recheck: *recheck, AuditInterval: audit,
-		InsecurePerms: *insecure, RemoveOnExit: *removeOnExit,
+		InsecurePerms: *insecure, RemoveOnExit: *removeOnExit, BindGuardCgroup: *bg.cgroup,
 	})
 	if err != nil {
 		log.Error("start", "err", err)

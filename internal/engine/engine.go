@@ -10,6 +10,7 @@ package engine
 import (
 	"fmt"
 
+	"github.com/portfw/portfw/bindguard"
 	"github.com/portfw/portfw/compiler"
 	"github.com/portfw/portfw/internal/tune"
 	"github.com/portfw/portfw/nft"
@@ -30,7 +31,21 @@ type Prepared struct {
 	// HostErr is set when the sysctls or the state file could not be read:
 	// the ruleset then has no guard and Sync refuses to run.
 	HostErr error
+
+	// BindGuard says whether the eBPF bind guard runs (settings.bind_guard
+	// and what the kernel supports); BindGuardNote says why auto left it
+	// off; BindGuardErr is set when the policy asks for it (on) and the
+	// kernel cannot: Sync then refuses before touching anything.
+	BindGuard     bool
+	BindGuardNote string
+	BindGuardErr  error
+	// BindGuardCgroup narrows the guard to a cgroup v2 subtree; empty is
+	// the whole hierarchy. Set by the caller.
+	BindGuardCgroup string
 }
+
+// bindGuardSupported is bindguard.Supported; tests replace it.
+var bindGuardSupported = bindguard.Supported
 
 // Load parses, validates and resolves a policy file. Policy problems come
 // back as policy.Errors.
@@ -43,7 +58,8 @@ func Load(path string, r policy.Resolver) (*policy.Resolved, *policy.Policy, err
 func Prepare(path string, pol *policy.Policy, res *policy.Resolved) *Prepared {
 	r := *res
 	p := &Prepared{Path: path, Policy: pol, Resolved: &r}
-	p.Plan, p.State, p.StatePath, p.HostErr = planHost(&r)
+	p.BindGuard, p.BindGuardNote, p.BindGuardErr = bindguard.Decide(r.Settings.BindGuard, bindGuardSupported)
+	p.Plan, p.State, p.StatePath, p.HostErr = planHost(&r, p.BindGuard)
 	if p.HostErr == nil {
 		r.Guard = p.Plan.Guard
 	}
@@ -51,11 +67,12 @@ func Prepare(path string, pol *policy.Policy, res *policy.Resolved) *Prepared {
 	return p
 }
 
-func planHost(res *policy.Resolved) (tune.Plan, tune.State, string, error) {
+func planHost(res *policy.Resolved, bindGuard bool) (tune.Plan, tune.State, string, error) {
 	h, err := tune.ReadHost()
 	if err != nil {
 		return tune.Plan{}, tune.State{}, "", err
 	}
+	h.BindGuard = bindGuard
 	st, path, err := tune.LoadState()
 	if err != nil {
 		return tune.Plan{}, st, path, err
@@ -78,6 +95,8 @@ type Result struct {
 	Changes compiler.Changes
 	Sysctls []string // "name: old -> new"
 	Mode    Mode
+	// BindGuard is set when the bind guard was installed or updated.
+	BindGuard bool
 }
 
 // InSync reports whether nothing needed to change.
@@ -91,12 +110,28 @@ func Sync(k nft.Kernel, p *Prepared, dry bool) (Result, error) {
 	if p.HostErr != nil {
 		return Result{}, fmt.Errorf("read sysctls: %w", p.HostErr)
 	}
+	if p.BindGuardErr != nil {
+		return Result{}, fmt.Errorf("bind_guard: on: %w", p.BindGuardErr)
+	}
 	cur, err := nft.ReadOrNil(k, p.Ruleset.Table)
 	if err != nil {
 		return Result{}, err
 	}
 	res := Result{Changes: compiler.Diff(cur, p.Ruleset), Sysctls: p.Plan.Changes(), Mode: ModeNone}
-	if dry || res.InSync() {
+	if dry {
+		return res, nil
+	}
+	// The guard goes on before the table and the sysctls change, so owners
+	// keep their low ports while a threshold portfw had lowered goes back
+	// up; it refuses binds and grants owners theirs, so it is safe ahead
+	// of the table. It is rewritten only when something changed or it is
+	// missing (an update at 10k reservations takes ~0.2 s).
+	if p.BindGuard {
+		if res.BindGuard, err = syncBindGuard(p, !res.InSync()); err != nil {
+			return res, err
+		}
+	}
+	if res.InSync() {
 		return res, nil
 	}
 	_, err = tune.Apply(p.Plan, p.State, p.StatePath, p.Ruleset.Table, func() error {
@@ -110,7 +145,29 @@ func Sync(k nft.Kernel, p *Prepared, dry bool) (Result, error) {
 		res.Mode = ModeReplace
 		return k.Apply(p.Ruleset)
 	})
-	return res, err
+	if err != nil {
+		return res, err
+	}
+	// A guard the policy no longer asks for goes once the table and the
+	// threshold are in place.
+	if !p.BindGuard && bindGuardSupported() == nil {
+		if _, err := bindguard.Remove(); err != nil {
+			return res, err
+		}
+	}
+	return res, nil
+}
+
+func syncBindGuard(p *Prepared, changed bool) (bool, error) {
+	if !changed {
+		if st, err := bindguard.Status(); err == nil && st.Installed {
+			return false, nil
+		}
+	}
+	if err := bindguard.Apply(bindguard.FromResolved(p.Resolved), p.BindGuardCgroup); err != nil {
+		return false, fmt.Errorf("apply bind guard: %w", err)
+	}
+	return true, nil
 }
 
 // Remove restores the sysctls portfw changed in this namespace and deletes
@@ -119,6 +176,12 @@ func Remove(k nft.Kernel, table string) (bool, tune.State, error) {
 	st, statePath, err := tune.LoadState()
 	if err != nil {
 		return false, st, err
+	}
+	// The guard goes first: remove leaves no layer behind.
+	if bindGuardSupported() == nil {
+		if _, err := bindguard.Remove(); err != nil {
+			return false, st, err
+		}
 	}
 	found := false
 	err = tune.Remove(st, statePath, func() error {

@@ -28,6 +28,9 @@ const (
 
 // Host is the sysctl state of one network namespace.
 type Host struct {
+	// BindGuard is set when the eBPF bind guard is on: it grants owners
+	// their low ports itself, so auto leaves the threshold alone.
+	BindGuard       bool
 	UnprivPortStart int
 	LocalPortRange  policy.PortRange
 	ReservedPorts   []policy.PortRange // merged
@@ -94,6 +97,9 @@ func Compute(r *policy.Resolved, h Host, st State) (Plan, error) {
 		// portfw does not manage the threshold: it undoes its own earlier
 		// change, if any, since no guard will cover a lowered one.
 	case "auto", "":
+		if h.BindGuard {
+			break // the threshold goes back to (or stays at) its original
+		}
 		for _, res := range r.Reservations {
 			if len(res.Addresses) > 0 || !hasNonRootOwner(res) {
 				continue

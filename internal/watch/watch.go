@@ -48,6 +48,9 @@ type Config struct {
 	RemoveOnExit  bool          // remove the table and restore sysctls on SIGTERM
 	// UserDB are the files names resolve through; a change re-resolves.
 	UserDB []string
+	// BindGuardCgroup narrows the bind guard (settings.bind_guard) to a
+	// cgroup v2 subtree; empty is the whole hierarchy.
+	BindGuardCgroup string
 
 	// Sync and Scan are engine.Sync and audit.Scan; tests replace them.
 	Sync func(nft.Kernel, *engine.Prepared, bool) (engine.Result, error)
@@ -265,6 +268,10 @@ func (d *Daemon) enforce(reason string) {
 	}
 	start := time.Now()
 	p := engine.Prepare(d.cfg.Path, d.goodPol, d.good)
+	p.BindGuardCgroup = d.cfg.BindGuardCgroup
+	if p.BindGuardNote != "" && reason == "start" {
+		d.cfg.Log.Warn(p.BindGuardNote)
+	}
 	r, err := d.cfg.Sync(d.cfg.Kernel, p, false)
 	took := time.Since(start)
 	if err != nil {
@@ -281,7 +288,7 @@ func (d *Daemon) enforce(reason string) {
 	attrs := []any{"reason", reason, "policy", d.cfg.Path, "table", p.Ruleset.Table, "mode", r.Mode,
 		"reservations", len(d.good.Reservations),
 		"added", r.Changes.Added, "removed", r.Changes.Removed, "changed", r.Changes.Changed,
-		"sysctls", r.Sysctls, "took_ms", took.Milliseconds()}
+		"sysctls", r.Sysctls, "bind_guard_updated", r.BindGuard, "took_ms", took.Milliseconds()}
 	if reason == "kernel changed" || reason == "periodic check" {
 		d.cfg.Log.Warn("drift repaired: portfw's table or sysctls were changed by someone else", attrs...)
 		return

@@ -1,0 +1,269 @@
+// Command bindguard measures what the bind guard adds to bind(): 10,000
+// reservations (one port each, TCP and UDP, each its own owner uid) guarded
+// by the eBPF program, against the same binds with no guard, side by side
+// in one run. Run as root:
+//
+//	go run ./bench/bindguard [-n 200000] [-rounds 5] [-reservations 10000]
+//
+// It makes a throwaway network namespace and cgroup, applies the guard to
+// that cgroup, and runs each bind loop in a child process (this binary
+// again) that joins the namespace, drops to the uid under test on its own
+// locked thread, and times each bind() alone (socket() and close() are not
+// timed). "no guard" children run outside the cgroup; "guard" ones inside.
+// Rounds alternate the two, and the median round is reported.
+package main
+
+import (
+	"bytes"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/portfw/portfw/bindguard"
+	"github.com/portfw/portfw/policy"
+)
+
+const workerEnv = "PORTFW_BENCH_WORKER"
+
+func main() {
+	if os.Getenv(workerEnv) != "" {
+		runtime.LockOSThread()
+		if err := worker(os.Args[1:]); err != nil {
+			fmt.Fprintln(os.Stderr, "worker:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	n := flag.Int("n", 200000, "binds per measurement")
+	rounds := flag.Int("rounds", 5, "rounds per case (alternating guard and no guard)")
+	reservations := flag.Int("reservations", 10000, "reservations in the policy")
+	flag.Parse()
+	if err := run(*n, *rounds, *reservations); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+const (
+	firstPort = 20000
+	firstUID  = 100000
+	freePort  = 40000 // reserved by nobody
+)
+
+func run(n, rounds, count int) error {
+	if err := bindguard.Supported(); err != nil {
+		return err
+	}
+	name := fmt.Sprintf("pfw-bench-%d", os.Getpid())
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		return fmt.Errorf("add netns: %v: %s", err, out)
+	}
+	defer exec.Command("ip", "netns", "del", name).Run()
+	nsPath := "/run/netns/" + name
+	exec.Command("ip", "-n", name, "link", "set", "lo", "up").Run()
+	other := name + "-other"
+	if out, err := exec.Command("ip", "netns", "add", other).CombinedOutput(); err != nil {
+		return fmt.Errorf("add netns: %v: %s", err, out)
+	}
+	defer exec.Command("ip", "netns", "del", other).Run()
+
+	root, err := bindguard.CgroupRoot()
+	if err != nil {
+		return err
+	}
+	cgPath := filepath.Join(root, name)
+	if err := os.Mkdir(cgPath, 0o755); err != nil {
+		return fmt.Errorf("create cgroup: %w", err)
+	}
+	defer os.Remove(cgPath)
+	cg, err := unix.Open(cgPath, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open cgroup: %w", err)
+	}
+	defer unix.Close(cg)
+
+	r := &policy.Resolved{Settings: policy.Settings{AllowRoot: true}}
+	for i := range count {
+		r.Reservations = append(r.Reservations, policy.Reservation{
+			Name:      fmt.Sprintf("r%05d", i),
+			Protocols: []policy.Protocol{policy.TCP, policy.UDP},
+			Ports:     []policy.PortRange{{Lo: uint16(firstPort + i), Hi: uint16(firstPort + i)}},
+			UIDs:      []policy.IDRange{{Lo: uint32(firstUID + i), Hi: uint32(firstUID + i)}},
+		})
+	}
+	spec := bindguard.FromResolved(r)
+	var first, second time.Duration
+	err = inNS(nsPath, func() error {
+		t0 := time.Now()
+		if err := bindguard.Apply(spec, cgPath); err != nil {
+			return err
+		}
+		t1 := time.Now()
+		err := bindguard.Apply(spec, cgPath) // in place: the other generation
+		first, second = t1.Sub(t0), time.Since(t1)
+		return err
+	})
+	defer inNS(nsPath, func() error { _, err := bindguard.Remove(); return err })
+	if err != nil {
+		return err
+	}
+
+	var u unix.Utsname
+	unix.Uname(&u)
+	fmt.Printf("bind guard, %d reservations (%d port keys, %d owner sets), kernel %s, %d CPUs\n",
+		count, len(spec.Ports), len(spec.Owners), unix.ByteSliceToString(u.Release[:]), runtime.NumCPU())
+	fmt.Printf("apply: first %v, update in place %v\n\n", first.Round(time.Millisecond), second.Round(time.Millisecond))
+	fmt.Printf("%-40s %12s %12s %8s\n", "case (tcp4, ns per bind)", "no guard", "guard", "ratio")
+
+	owner := strconv.Itoa(firstUID + count/2)
+	port := strconv.Itoa(firstPort + count/2)
+	cases := []struct {
+		name, uid, port, proto string
+		outsideNS              bool // both run in another namespace: the guard's cookie check alone
+		want                   string
+	}{
+		{"unreserved port", owner, strconv.Itoa(freePort), "tcp4", false, "ok"},
+		{"reserved port, owner", owner, port, "tcp4", false, "ok"},
+		{"reserved port, other uid (EPERM)", "99999", port, "tcp4", false, "EPERM"},
+		{"reserved port, owner, udp", owner, port, "udp4", false, "ok"},
+		{"another namespace (cookie check only)", "99999", port, "tcp4", true, "ok"},
+	}
+	for _, c := range cases {
+		var without, with []float64
+		ns := nsPath
+		if c.outsideNS {
+			ns = "/run/netns/" + other
+		}
+		for range rounds {
+			a, err := measure(ns, -1, c.uid, c.proto, c.port, n, "ok")
+			if err != nil {
+				return fmt.Errorf("%s, no guard: %w", c.name, err)
+			}
+			b, err := measure(ns, cg, c.uid, c.proto, c.port, n, c.want)
+			if err != nil {
+				return fmt.Errorf("%s, guard: %w", c.name, err)
+			}
+			without, with = append(without, a), append(with, b)
+		}
+		a, b := median(without), median(with)
+		fmt.Printf("%-40s %12.0f %12.0f %7.2fx\n", c.name, a, b, b/a)
+	}
+	return nil
+}
+
+func median(xs []float64) float64 {
+	slices.Sort(xs)
+	return xs[len(xs)/2]
+}
+
+// measure runs one worker and returns its ns per bind.
+func measure(nsPath string, cgroup int, uid, proto, port string, n int, want string) (float64, error) {
+	cmd := exec.Command("/proc/self/exe", nsPath, uid, proto, port, strconv.Itoa(n), want)
+	cmd.Env = append(os.Environ(), workerEnv+"=1")
+	if cgroup >= 0 {
+		cmd.SysProcAttr = &unix.SysProcAttr{UseCgroupFD: true, CgroupFD: cgroup}
+	}
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		return 0, fmt.Errorf("%v: %s", err, strings.TrimSpace(errb.String()))
+	}
+	return strconv.ParseFloat(strings.TrimSpace(out.String()), 64)
+}
+
+// worker: NSPATH UID PROTO PORT N WANT. It joins the namespace and drops
+// to UID on this (locked) thread only, and exits when done.
+func worker(args []string) error {
+	if len(args) != 6 {
+		return fmt.Errorf("usage: NSPATH UID PROTO PORT N WANT")
+	}
+	uid, _ := strconv.Atoi(args[1])
+	port, _ := strconv.Atoi(args[3])
+	n, _ := strconv.Atoi(args[4])
+	fd, err := unix.Open(args[0], unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
+		return fmt.Errorf("join netns: %w", err)
+	}
+	for _, call := range [][4]uintptr{
+		{unix.SYS_SETGROUPS, 0, 0, 0},
+		{unix.SYS_SETRESGID, uintptr(uid), uintptr(uid), uintptr(uid)},
+		{unix.SYS_SETRESUID, uintptr(uid), uintptr(uid), uintptr(uid)},
+	} {
+		if _, _, e := unix.RawSyscall(call[0], call[1], call[2], call[3]); e != 0 {
+			return fmt.Errorf("drop privileges: %w", e)
+		}
+	}
+	typ := unix.SOCK_STREAM
+	if args[2] == "udp4" {
+		typ = unix.SOCK_DGRAM
+	}
+	sa := &unix.SockaddrInet4{Port: port}
+	var total time.Duration
+	for i := -n / 10; i < n; i++ { // the first tenth warms up
+		s, err := unix.Socket(unix.AF_INET, typ|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		t0 := time.Now()
+		err = unix.Bind(s, sa)
+		d := time.Since(t0)
+		unix.Close(s)
+		got := "ok"
+		if err != nil {
+			got = unix.ErrnoName(err.(unix.Errno))
+		}
+		if got != args[5] {
+			return fmt.Errorf("bind %s port %d as uid %d: %s, want %s", args[2], port, uid, got, args[5])
+		}
+		if i >= 0 {
+			total += d
+		}
+	}
+	fmt.Println(float64(total.Nanoseconds()) / float64(n))
+	return nil
+}
+
+// inNS runs fn on a thread in the namespace at path; the thread returns to
+// the scheduler only after it is back in its own namespace.
+func inNS(path string, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer unix.Close(orig)
+		target, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer unix.Close(target)
+		if err := unix.Setns(target, unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("join netns: %w", err)
+			return
+		}
+		ferr := fn()
+		if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("return to own netns: %w", err) // the thread stays locked and dies
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
+	}()
+	return <-errc
+}
