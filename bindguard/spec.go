@@ -94,11 +94,11 @@ func FromResolved(r *policy.Resolved) Spec {
 	defaults := map[key]*Owners{}
 	scopes := map[key][]scope{}
 	add := func(res policy.Reservation) {
-		o := Owners{UIDs: res.UIDs, GIDs: mergeIDs(res.GIDs)}
+		o := Owners{UIDs: res.UIDs, GIDs: policy.MergeIDs(res.GIDs)}
 		if r.Settings.AllowRoot {
 			o.UIDs = append(slices.Clone(o.UIDs), policy.IDRange{})
 		}
-		o.UIDs = mergeIDs(o.UIDs)
+		o.UIDs = policy.MergeIDs(o.UIDs)
 		for _, proto := range res.Protocols {
 			for _, pr := range res.Ports {
 				for p := int(pr.Lo); p <= int(pr.Hi); p++ {
@@ -229,20 +229,6 @@ func intersectIDs(a, b []policy.IDRange) []policy.IDRange {
 	return out
 }
 
-// mergeIDs sorts ranges and merges overlapping or adjacent ones.
-func mergeIDs(rs []policy.IDRange) []policy.IDRange {
-	rs = slices.Clone(rs)
-	slices.SortFunc(rs, func(a, b policy.IDRange) int { return cmp.Compare(a.Lo, b.Lo) })
-	var out []policy.IDRange
-	for _, r := range rs {
-		if n := len(out); n > 0 && uint64(r.Lo) <= uint64(out[n-1].Hi)+1 {
-			out[n-1].Hi = max(out[n-1].Hi, r.Hi)
-			continue
-		}
-		out = append(out, r)
-	}
-	return out
-}
 
 func compareOwners(a, b Owners) int {
 	return cmp.Or(compareIDs(a.UIDs, b.UIDs), compareIDs(a.GIDs, b.GIDs))

@@ -11,35 +11,13 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/portfw/portfw/compiler"
-	"github.com/portfw/portfw/policy"
+	"github.com/portfw/portfw/internal/testpolicy"
 	"github.com/portfw/portfw/testenv"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/*/want.nft from the compiler's output")
 
-// users is the fake user database every golden policy resolves against, so
-// the goldens do not depend on the machine running the tests.
-var users = policy.Static{
-	Users:  map[string]uint32{"www-data": 33, "alice": 1000, "_sipd": 5060, "_dnsd": 5353},
-	Groups: map[string]uint32{"voip": 2000},
-}
-
-func compileFile(t testing.TB, path string) *compiler.Ruleset {
-	t.Helper()
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := policy.Parse(path, data)
-	if err != nil {
-		t.Fatalf("parse: %v", err)
-	}
-	r, err := policy.Resolve(p, users)
-	if err != nil {
-		t.Fatalf("resolve: %v", err)
-	}
-	return compiler.Compile(r)
-}
+var compileFile = testpolicy.CompileFile
 
 func goldenDirs(t *testing.T) []string {
 	dirs, err := filepath.Glob("testdata/*/policy.yaml")

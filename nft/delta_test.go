@@ -1,25 +1,17 @@
 package nft_test
 
 import (
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/portfw/portfw/compiler"
+	"github.com/portfw/portfw/internal/testpolicy"
 	"github.com/portfw/portfw/testenv"
 )
 
-func compileText(t *testing.T, text string) *compiler.Ruleset {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "policy.yaml")
-	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return compileFile(t, path)
-}
+var compileText = testpolicy.Compile
 
 // TestApplyDelta: a membership-only change goes in as element adds and
 // deletes; the table then reads back as the new ruleset, and the counter of

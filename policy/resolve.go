@@ -191,9 +191,9 @@ func (l *lookups) resolve(refs []OwnerRef, field string, errs *Errors) []IDRange
 // only true ranges in the (costlier) interval sets.
 func mergeRanges(rs []IDRange) []IDRange { return merge(rs, 0) }
 
-// mergeTouching also merges ranges that touch: one representation for
-// equal sets of ids, for comparing owners.
-func mergeTouching(rs []IDRange) []IDRange { return merge(rs, 1) }
+// MergeIDs sorts ranges and merges those that overlap or touch: one
+// representation for equal sets of ids, for comparing owners.
+func MergeIDs(rs []IDRange) []IDRange { return merge(rs, 1) }
 
 func merge(rs []IDRange, touch uint64) []IDRange {
 	rs = slices.Clone(rs)
@@ -296,14 +296,14 @@ func overlaps(res []Reservation) Errors {
 		var where []string
 		for _, proto := range []Protocol{TCP, UDP} {
 			if rs := o.ports[proto]; len(rs) > 0 {
-				where = append(where, string(proto)+"/"+rangeList(mergeTouching(rs)))
+				where = append(where, string(proto)+"/"+rangeList(MergeIDs(rs)))
 			}
 		}
 		msg := fmt.Sprintf("reservation %q overlaps reservation %q (%s) on %s", later.Name, first.Name, first.Pos, strings.Join(where, " and "))
 		if o.addrs != nil {
 			msg += " at " + prefixList(o.addrs)
 		}
-		if slices.Equal(mergeTouching(first.UIDs), mergeTouching(later.UIDs)) && slices.Equal(mergeTouching(first.GIDs), mergeTouching(later.GIDs)) {
+		if slices.Equal(MergeIDs(first.UIDs), MergeIDs(later.UIDs)) && slices.Equal(MergeIDs(first.GIDs), MergeIDs(later.GIDs)) {
 			msg += "; merge them into one reservation"
 		} else {
 			msg += " with different owners"

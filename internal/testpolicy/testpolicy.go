@@ -1,0 +1,47 @@
+// Package testpolicy compiles policies for tests against a fixed user
+// database, so goldens and kernel round trips do not depend on the users
+// of the machine running them.
+package testpolicy
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/portfw/portfw/compiler"
+	"github.com/portfw/portfw/policy"
+)
+
+// Users is the fake user database every test policy resolves against.
+var Users = policy.Static{
+	Users:  map[string]uint32{"www-data": 33, "alice": 1000, "_sipd": 5060, "_dnsd": 5353},
+	Groups: map[string]uint32{"voip": 2000},
+}
+
+// CompileFile parses, resolves and compiles the policy at path.
+func CompileFile(t testing.TB, path string) *compiler.Ruleset {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := policy.Parse(path, data)
+	if err != nil {
+		t.Fatalf("parse: %v", err)
+	}
+	r, err := policy.Resolve(p, Users)
+	if err != nil {
+		t.Fatalf("resolve: %v", err)
+	}
+	return compiler.Compile(r)
+}
+
+// Compile writes text to a temporary policy file and compiles it.
+func Compile(t testing.TB, text string) *compiler.Ruleset {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "policy.yaml")
+	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return CompileFile(t, path)
+}
