@@ -229,7 +229,6 @@ func intersectIDs(a, b []policy.IDRange) []policy.IDRange {
 	return out
 }
 
-
 func compareOwners(a, b Owners) int {
 	return cmp.Or(compareIDs(a.UIDs, b.UIDs), compareIDs(a.GIDs, b.GIDs))
 }
