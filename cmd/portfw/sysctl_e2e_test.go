@@ -10,7 +10,8 @@ import (
 
 func sysctlIn(t *testing.T, ns *testenv.NS, name string) string {
 	t.Helper()
-	return strings.TrimSpace(ns.Run(t, "sysctl", "-n", name))
+	// cat, not sysctl(8): procps is not on a minimal Debian.
+	return strings.TrimSpace(ns.Run(t, "cat", "/proc/sys/"+strings.ReplaceAll(name, ".", "/")))
 }
 
 const lowPortPolicy = `version: 1
