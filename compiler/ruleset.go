@@ -70,13 +70,14 @@ type Element struct {
 	Packets, Bytes uint64
 }
 
-// Chain is a base chain (Hook set) or a regular chain.
+// Chain is a base chain (Hook set) or a regular chain. Base chains are
+// filter chains at priority filter (0) with policy accept: portfw only
+// ever drops what it recognises and never decides for traffic it does not
+// own. (Accept is not final across tables: another table's chain on the
+// same hook still sees what portfw accepts.)
 type Chain struct {
-	Name string
-	Hook string // "input" or "output"; empty for a regular chain
-	// Priority is the filter priority offset; base chains are "filter"
-	// chains (priority 0) with policy accept: portfw only ever drops what
-	// it recognises and never decides for traffic it does not own.
+	Name  string
+	Hook  string // "input" or "output"; empty for a regular chain
 	Rules []Rule
 }
 
