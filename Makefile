@@ -9,7 +9,7 @@ LDFLAGS   := -X main.version=$(VERSION)
 FUZZTIME  ?= 15s
 # Debian packages the tests, the demo and the benchmarks use: nft is the
 # oracle of what the kernel holds, ip/nsenter build the namespaces,
-# useradd makes the test users, sockperf drives the benchmarks.
+# useradd makes the test users. (bench/run.sh installs sockperf itself.)
 DEB_PKGS  := nftables iproute2 util-linux passwd
 
 .DEFAULT_GOAL := help

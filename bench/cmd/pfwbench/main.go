@@ -1,0 +1,82 @@
+// Command pfwbench is the Go half of `make bench`; bench/run.sh drives it.
+//
+//	pfwbench gen     write a synthetic policy and its naive one-rule-per-port form
+//	pfwbench phases  time each step of an apply, and a one-membership delta
+//	                 against a full apply, in the calling network namespace
+//	pfwbench reload  time `portfw watch` reloads: policy renamed -> change committed
+//	pfwbench report  turn a results directory into docs/performance.md
+//
+// phases and reload talk to the kernel of the namespace they run in, so
+// run.sh starts them with nsenter inside a throwaway namespace.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+
+	"github.com/portfw/portfw/bench/gen"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: pfwbench gen|phases|reload|report [flags]")
+		os.Exit(2)
+	}
+	cmds := map[string]func([]string) error{
+		"gen": runGen, "phases": runPhases, "reload": runReload, "report": runReport,
+	}
+	run, ok := cmds[os.Args[1]]
+	if !ok {
+		fmt.Fprintf(os.Stderr, "pfwbench: unknown command %q\n", os.Args[1])
+		os.Exit(2)
+	}
+	if err := run(os.Args[2:]); err != nil {
+		fmt.Fprintf(os.Stderr, "pfwbench %s: %v\n", os.Args[1], err)
+		os.Exit(1)
+	}
+}
+
+// specFlags are the flags that describe a synthetic policy.
+type specFlags struct {
+	n, ranges int
+	port, uid uint
+}
+
+func (f *specFlags) register(fs *flag.FlagSet) {
+	fs.IntVar(&f.n, "n", 1, "reservations of one exact port (tcp+udp), the measured one included")
+	fs.IntVar(&f.ranges, "ranges", 0, "extra reservations of one port range owned by a uid range")
+	fs.UintVar(&f.port, "port", 11111, "the measured port, reserved for -uid")
+	fs.UintVar(&f.uid, "uid", 65534, "owner of the measured port (the server's uid)")
+}
+
+func (f *specFlags) spec() (gen.Spec, error) {
+	s := gen.Spec{N: f.n, Ranges: f.ranges, Port: uint16(f.port), UID: uint32(f.uid)}
+	return s, s.Check()
+}
+
+func runGen(args []string) error {
+	fs := flag.NewFlagSet("gen", flag.ContinueOnError)
+	var sf specFlags
+	sf.register(fs)
+	policyOut := fs.String("policy", "", "write the policy YAML here")
+	naiveOut := fs.String("naive", "", "write the naive nft ruleset here")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	s, err := sf.spec()
+	if err != nil {
+		return err
+	}
+	if *policyOut != "" {
+		if err := os.WriteFile(*policyOut, s.YAML(nil), 0o644); err != nil {
+			return err
+		}
+	}
+	if *naiveOut != "" {
+		if err := os.WriteFile(*naiveOut, []byte(s.Naive()), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,548 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"flag"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// The datapath variants, in table order, as run.sh names them.
+var variants = []struct{ Key, Desc string }{
+	{"none", "no table"},
+	{"ct", "conntrack only: `ct mark` read on input and output"},
+	{"pfw1", "portfw, 1 reservation"},
+	{"pfw1k", "portfw, 1,000 reservations + 4 ranges"},
+	{"pfw10k", "portfw, 10,000 reservations + 4 ranges"},
+	{"pfw10kfree", "portfw, 10,000 + 4, traffic on an unreserved port"},
+	{"naive10k", "naive: one rule per port and protocol (20,008 rules)"},
+}
+
+// run is one sockperf ping-pong.
+type run struct {
+	round                  int
+	meanRTT, p50, p99, tps float64
+}
+
+var (
+	reValid = regexp.MustCompile(`\[Valid Duration\] RunTime=([\d.]+) sec; SentMessages=(\d+); ReceivedMessages=(\d+)`)
+	reMean  = regexp.MustCompile(`Summary: Round trip is ([\d.]+) usec`)
+	reP50   = regexp.MustCompile(`percentile 50\.000 =\s+([\d.]+)`)
+	reP99   = regexp.MustCompile(`percentile 99\.000 =\s+([\d.]+)`)
+	reDrop  = regexp.MustCompile(`# dropped messages = (\d+)`)
+)
+
+func parseSockperf(path string) (run, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return run{}, err
+	}
+	s := string(b)
+	num := func(re *regexp.Regexp, i int) (float64, error) {
+		m := re.FindStringSubmatch(s)
+		if m == nil {
+			return 0, fmt.Errorf("%s: no %q in sockperf output", path, re)
+		}
+		return strconv.ParseFloat(m[i], 64)
+	}
+	var r run
+	var errs []error
+	secs, err := num(reValid, 1)
+	errs = append(errs, err)
+	recv, err := num(reValid, 3)
+	errs = append(errs, err)
+	r.meanRTT, err = num(reMean, 1)
+	errs = append(errs, err)
+	r.p50, err = num(reP50, 1)
+	errs = append(errs, err)
+	r.p99, err = num(reP99, 1)
+	errs = append(errs, err)
+	dropped, err := num(reDrop, 1)
+	errs = append(errs, err)
+	if err := errors.Join(errs...); err != nil {
+		return r, err
+	}
+	if recv == 0 || dropped > 0 {
+		// A variant that drops the server's traffic would measure nothing.
+		return r, fmt.Errorf("%s: %v messages received, %v dropped", path, recv, dropped)
+	}
+	r.tps = recv / secs
+	return r, nil
+}
+
+// report is everything report reads from a results directory.
+type report struct {
+	dir      string
+	machine  [][2]string
+	commands string
+	runs     map[string][]run // "variant/proto"
+	apply    map[string][]float64
+	setup    map[string]float64
+	sanity   []string
+	phases   Phases
+	reloads  []Reload
+	gobench  map[string][]float64 // benchmark name -> ns/op per count
+	rounds   int
+	seconds  string
+	pinned   string
+}
+
+func runReport(args []string) error {
+	fs := flag.NewFlagSet("report", flag.ContinueOnError)
+	dir := fs.String("results", "", "results directory written by bench/run.sh")
+	out := fs.String("o", "docs/performance.md", "the Markdown file to write")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	r := &report{dir: *dir, runs: map[string][]run{}, apply: map[string][]float64{}, setup: map[string]float64{}, gobench: map[string][]float64{}}
+	if err := r.load(); err != nil {
+		return err
+	}
+	return os.WriteFile(*out, []byte(r.markdown()), 0o644)
+}
+
+func (r *report) load() error {
+	kv, err := readKV(filepath.Join(r.dir, "machine.txt"))
+	if err != nil {
+		return err
+	}
+	r.machine = kv
+	for _, p := range kv {
+		switch p[0] {
+		case "datapath rounds":
+			r.rounds, _ = strconv.Atoi(p[1])
+		case "seconds per run":
+			r.seconds = p[1]
+		case "client and server pinned to CPU":
+			r.pinned = p[1]
+		}
+	}
+	b, err := os.ReadFile(filepath.Join(r.dir, "commands.txt"))
+	if err != nil {
+		return err
+	}
+	r.commands = string(b)
+	files, _ := filepath.Glob(filepath.Join(r.dir, "datapath", "*.txt"))
+	for _, f := range files {
+		// variant-proto-round.txt
+		parts := strings.Split(strings.TrimSuffix(filepath.Base(f), ".txt"), "-")
+		if len(parts) != 3 {
+			continue
+		}
+		x, err := parseSockperf(f)
+		if err != nil {
+			return err
+		}
+		if x.round, err = strconv.Atoi(parts[2]); err != nil {
+			return fmt.Errorf("%s: bad round", f)
+		}
+		k := parts[0] + "/" + parts[1]
+		r.runs[k] = append(r.runs[k], x)
+	}
+	if err := readTSV(filepath.Join(r.dir, "apply.tsv"), func(f []string) error {
+		v, err := strconv.ParseFloat(f[len(f)-1], 64)
+		r.apply[strings.Join(f[:len(f)-1], "/")] = append(r.apply[strings.Join(f[:len(f)-1], "/")], v)
+		return err
+	}); err != nil {
+		return err
+	}
+	if err := readTSV(filepath.Join(r.dir, "setup.tsv"), func(f []string) error {
+		v, err := strconv.ParseFloat(f[1], 64)
+		r.setup[f[0]] = v
+		return err
+	}); err != nil {
+		return err
+	}
+	// sanity.tsv: variant, proto, conntrack entries seen after a run, OWNED.
+	type tally struct{ runs, seen, owned int }
+	san := map[string]*tally{}
+	if err := readTSV(filepath.Join(r.dir, "sanity.tsv"), func(f []string) error {
+		seen, err1 := strconv.Atoi(f[2])
+		owned, err2 := strconv.Atoi(f[3])
+		k := f[0] + "/" + f[1]
+		if san[k] == nil {
+			san[k] = &tally{}
+		}
+		t := san[k]
+		t.runs++
+		t.seen += min(seen, 1)
+		t.owned += min(owned, 1)
+		return errors.Join(err1, err2)
+	}); err != nil {
+		return err
+	}
+	cell := func(t *tally) string {
+		if t == nil {
+			return "-"
+		}
+		return fmt.Sprintf("%d / %d / %d", t.runs, t.seen, t.owned)
+	}
+	for _, v := range variants {
+		if san[v.Key+"/tcp"] != nil || san[v.Key+"/udp"] != nil {
+			r.sanity = append(r.sanity, fmt.Sprintf("| %s | %s | %s |", v.Desc, cell(san[v.Key+"/tcp"]), cell(san[v.Key+"/udp"])))
+		}
+	}
+	if err := readJSON(filepath.Join(r.dir, "phases.json"), &r.phases); err != nil {
+		return err
+	}
+	reloads, _ := filepath.Glob(filepath.Join(r.dir, "reload-*.json"))
+	for _, f := range reloads {
+		var rl Reload
+		if err := readJSON(f, &rl); err != nil {
+			return err
+		}
+		r.reloads = append(r.reloads, rl)
+	}
+	slices.SortFunc(r.reloads, func(a, b Reload) int { return a.Reservations - b.Reservations })
+	return r.loadGoBench(filepath.Join(r.dir, "gobench.txt"))
+}
+
+var reBench = regexp.MustCompile(`^(Benchmark\S+?)(-\d+)?\s+\d+\s+([\d.]+) ns/op`)
+
+func (r *report) loadGoBench(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if m := reBench.FindStringSubmatch(sc.Text()); m != nil {
+			v, _ := strconv.ParseFloat(m[3], 64)
+			r.gobench[m[1]] = append(r.gobench[m[1]], v)
+		}
+	}
+	return sc.Err()
+}
+
+func readKV(path string) ([][2]string, error) {
+	var kv [][2]string
+	err := readLines(path, func(line string) error {
+		k, v, ok := strings.Cut(line, ": ")
+		if !ok {
+			return fmt.Errorf("%s: bad line %q", path, line)
+		}
+		kv = append(kv, [2]string{k, v})
+		return nil
+	})
+	return kv, err
+}
+
+func readTSV(path string, f func([]string) error) error {
+	return readLines(path, func(line string) error { return f(strings.Split(line, "\t")) })
+}
+
+func readLines(path string, f func(string) error) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		if err := f(line); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// med is the median of one field over the runs of variant/proto.
+func (r *report) med(key string, field func(run) float64) float64 {
+	var xs []float64
+	for _, x := range r.runs[key] {
+		xs = append(xs, field(x))
+	}
+	return median(xs)
+}
+
+func meanRTT(x run) float64 { return x.meanRTT }
+
+// spread is (max-min)/median of the mean round trips: how much a variant's
+// runs disagree with each other, to read a ratio against.
+func (r *report) spread(key string) float64 {
+	var xs []float64
+	for _, x := range r.runs[key] {
+		xs = append(xs, x.meanRTT)
+	}
+	if len(xs) == 0 {
+		return math.NaN()
+	}
+	return (slices.Max(xs) - slices.Min(xs)) / median(xs)
+}
+
+func (r *report) ratio(v, base, proto string) float64 {
+	return r.med(v+"/"+proto, meanRTT) / r.med(base+"/"+proto, meanRTT)
+}
+
+// paired is the median over rounds of the ratio of v's mean round trip to
+// base's in the same round: the two ran within a minute of each other, so
+// slow drift of the machine cancels out.
+func (r *report) paired(v, base, proto string) float64 {
+	baseRTT := map[int]float64{}
+	for _, x := range r.runs[base+"/"+proto] {
+		baseRTT[x.round] = x.meanRTT
+	}
+	var xs []float64
+	for _, x := range r.runs[v+"/"+proto] {
+		if b, ok := baseRTT[x.round]; ok {
+			xs = append(xs, x.meanRTT/b)
+		}
+	}
+	return median(xs)
+}
+
+func (r *report) goMS(name string) float64 { return median(r.gobench[name]) / 1e6 }
+
+func (r *report) phase(key string) float64 { return median(r.phases.Samples[key]) }
+
+func verdict(ok bool) string {
+	if ok {
+		return "**met**"
+	}
+	return "**not met**"
+}
+
+func f1(x float64) string { return strconv.FormatFloat(x, 'f', 1, 64) }
+func f2(x float64) string { return strconv.FormatFloat(x, 'f', 2, 64) }
+func f3(x float64) string { return strconv.FormatFloat(x, 'f', 3, 64) }
+
+func (r *report) markdown() string {
+	var b strings.Builder
+	w := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
+	w("# Performance\n\n")
+	w("Written by `make bench` (`bench/run.sh`, as root); every number below comes from one run of it. ")
+	w("Timings were taken on a **2-core shared VM** while other jobs ran on it, so absolute numbers are ")
+	w("noisy (round trips vary about +-10%% from run to run); compare variants *within* this run, not with ")
+	w("another machine. Datapath variants are interleaved (A B C D E F G, then again, starting one later each ")
+	w("round) and each is measured %d times; the tables show medians.\n\n", r.rounds)
+
+	w("## Machine\n\n| | |\n|---|---|\n")
+	for _, p := range r.machine {
+		w("| %s | %s |\n", p[0], p[1])
+	}
+
+	w("\n## Targets\n\n")
+	w("| target | measured | |\n|---|---|---|\n")
+	for _, proto := range []string{"tcp", "udp"} {
+		for _, t := range []struct {
+			base, desc string
+			limit      float64
+		}{{"none", "no table", 1.05}, {"ct", "conntrack only", 1.03}} {
+			rm, rp := r.ratio("pfw10k", t.base, proto), r.paired("pfw10k", t.base, proto)
+			v := verdict(rm <= t.limit)
+			if (rp <= t.limit) != (rm <= t.limit) {
+				v += " (the per-round ratio says otherwise: within the noise)"
+			}
+			w("| datapath at 10k, %s: round trip <= %.2f x %s | %s (per round: %s) | %s |\n",
+				strings.ToUpper(proto), t.limit, t.desc, f3(rm), f3(rp), v)
+		}
+	}
+	ap, nf := median(r.apply["10000/portfw"]), median(r.apply["10000/nft"])
+	w("| `portfw apply` at 10k <= 0.3 s (fresh namespace) | %s s | %s |\n", f3(ap/1000), verdict(ap <= 300))
+	w("| `portfw apply` at 10k no slower than `nft -f` of the same ruleset | %s s vs %s s | %s |\n", f3(ap/1000), f3(nf/1000), verdict(ap <= nf))
+	cm := r.goMS("BenchmarkCompile/10000")
+	w("| compile at 10k <= 50 ms (`compiler.Compile`) | %s ms | %s |\n", f1(cm), verdict(cm <= 50))
+	for _, rl := range r.reloads {
+		p99 := quantile(rl.LatencyMS, 0.99)
+		w("| reload p99 <= 50 ms (`portfw watch`, %d reservations, %d edits) | %s ms | %s |\n", rl.Reservations, len(rl.LatencyMS), f1(p99), verdict(p99 <= 50))
+	}
+	dl := r.phase("apply_delta")
+	w("| delta <= 20 ms at 10k (`nft.ApplyDelta`, one owner change) | %s ms | %s |\n", f1(dl), verdict(dl <= 20))
+
+	w("\n## Datapath: TCP and UDP ping-pong through a reserved port\n\n")
+	w("Server and client in two namespaces joined by a veth pair (192.0.2.1 and 192.0.2.2). The server, ")
+	w("`sockperf sr`, runs as a non-root uid that owns the measured port 11111 in every portfw variant, so ")
+	w("its packets take portfw's owner path (the first packets mark the connection OWNED, later ones ")
+	w("match the conntrack fast path). All tables are in the server's namespace; the client's has none. ")
+	w("64-byte messages, one in flight, %s s per run. ", r.seconds)
+	if !strings.HasPrefix(r.pinned, "no") {
+		w("Client and server are pinned to the same CPU (%s): on this VM a wake-up on the other CPU costs ", r.pinned)
+		w("tens of microseconds of idle exit and IPI (about 83 us round trip unpinned against 15 us pinned), ")
+		w("which would dilute what a ruleset costs; pinned, the round trip is mostly the stack's per-packet ")
+		w("work, where netfilter's cost lies, so the ratios are stricter. ")
+	}
+	w("Round trip = sockperf's `--full-rtt`; ")
+	w("transactions/s = replies received / valid run time. Ratios are of the median mean round trips; ")
+	w("*spread* is (max-min)/median of one variant's runs. The naive ruleset is what an iptables guard ")
+	w("does, in nft: `tcp sport N meta skuid != 0 meta skuid != U drop` for each port N with owner U, the same for UDP, ")
+	w("on output.\n\n")
+	w("| variant | proto | RTT mean (us) | RTT p50 (us) | RTT p99 (us) | trans/s | spread | vs no table | vs conntrack only |\n")
+	w("|---|---|--:|--:|--:|--:|--:|--:|--:|\n")
+	for _, proto := range []string{"tcp", "udp"} {
+		for _, v := range variants {
+			k := v.Key + "/" + proto
+			if len(r.runs[k]) == 0 {
+				continue
+			}
+			vsCT := ""
+			if strings.HasPrefix(v.Key, "pfw") {
+				vsCT = f3(r.ratio(v.Key, "ct", proto))
+			}
+			w("| %s | %s | %s | %s | %s | %.0f | %.0f%% | %s | %s |\n", v.Desc, strings.ToUpper(proto),
+				f1(r.med(k, meanRTT)), f1(r.med(k, func(x run) float64 { return x.p50 })),
+				f1(r.med(k, func(x run) float64 { return x.p99 })), r.med(k, func(x run) float64 { return x.tps }),
+				100*r.spread(k), f3(r.ratio(v.Key, "none", proto)), vsCT)
+		}
+	}
+	if len(r.sanity) > 0 {
+		w("\nChecked right after every run, in the server's namespace (`/proc/net/nf_conntrack`): the measured ")
+		w("flow went through portfw's owner path if its entry carries the OWNED bit 0x01000000. Every portfw run ")
+		w("must show it and the unreserved port must not, or the benchmark stops. Runs / runs with an entry / ")
+		w("runs with OWNED:\n\n| variant | TCP | UDP |\n|---|--:|--:|\n")
+		for _, s := range r.sanity {
+			w("%s\n", s)
+		}
+	}
+
+	w("\n## Apply: fresh namespace, table absent\n\n")
+	w("Wall time of the whole command, process start included; %d runs each, portfw and `nft -f` ", len(r.apply["10000/portfw"]))
+	w("alternating, each in a new namespace. The `nft -f` input is `portfw compile` of the same policy, ")
+	w("checked to produce the identical table (`portfw diff` exits 0 after it). *In sync* is a second ")
+	w("`portfw apply` of the same policy: nothing to do, but the table is read back to find that out.\n\n")
+	w("| reservations | `portfw apply` | `nft -f` same ruleset | `portfw apply`, in sync |\n|--:|--:|--:|--:|\n")
+	for _, n := range []string{"1000", "10000"} {
+		w("| %s | %s ms | %s ms | %s ms |\n", n, f1(median(r.apply[n+"/portfw"])), f1(median(r.apply[n+"/nft"])), f1(median(r.apply[n+"/insync"])))
+	}
+	if v, ok := r.setup["naive10k"]; ok {
+		w("\nLoading the naive ruleset (20,008 rules, `nft -f`) took %s ms. Written with anonymous sets ", f1(v))
+		w("(`meta skuid != { 0, U }`, one per rule) the same ruleset took over two minutes to load on this ")
+		w("kernel (measured while writing this benchmark), so the naive variant uses two comparisons, which ")
+		w("match the same packets and cost the same per rule.\n")
+	}
+
+	w("\n### Where the time of an apply goes (10k, in-process, %d rounds, medians)\n\n", len(r.phases.Samples["load"]))
+	w("| step | ms |\n|---|--:|\n")
+	for _, s := range phaseSteps {
+		w("| %s | %s |\n", s.Desc, f1(r.phase(s.Key)))
+	}
+
+	w("\n## Compile and the other pure steps (`go test -bench`, medians of 5)\n\n")
+	w("| benchmark | 1,000 + 4 | 10,000 + 4 |\n|---|--:|--:|\n")
+	for _, name := range []string{"ParseResolve", "Compile", "String", "Diff", "ElementDelta"} {
+		w("| %s | %s ms | %s ms |\n", name, f2(r.goMS("Benchmark"+name+"/1000")), f2(r.goMS("Benchmark"+name+"/10000")))
+	}
+
+	w("\n## Reload and delta\n\n")
+	w("Reload: `portfw watch` (default `--debounce`) in a fresh namespace; each edit changes one ")
+	w("reservation's owner and is written by rename. Latency runs from the start of the write to the ")
+	w("kernel's NEWGEN notification of the daemon's commit; the next edit waits until the daemon is idle. ")
+	w("`took` is the daemon's own `took_ms` (prepare + sync), which excludes the debounce and the parse.\n\n")
+	w("p99 is nearest-rank: of fewer than 100 edits it is the slowest one. At 10k each edit, with the daemon's ")
+	w("read-back check after its own commit, takes over a second, so that size gets fewer edits to keep ")
+	w("`make bench` near its time budget.\n\n")
+	w("| reservations | edits | debounce | p50 | p99 | max | took p50 | modes |\n|--:|--:|--:|--:|--:|--:|--:|---|\n")
+	for _, rl := range r.reloads {
+		var modes []string
+		for m, c := range rl.Modes {
+			modes = append(modes, fmt.Sprintf("%s: %d", m, c))
+		}
+		slices.Sort(modes)
+		w("| %d | %d | %s ms | %s ms | %s ms | %s ms | %s ms | %s |\n", rl.Reservations, len(rl.LatencyMS), f1(rl.DebounceMS),
+			f1(quantile(rl.LatencyMS, 0.5)), f1(quantile(rl.LatencyMS, 0.99)), f1(slices.Max(rl.LatencyMS)),
+			f1(quantile(rl.TookMS, 0.5)), strings.Join(modes, ", "))
+	}
+	w("\nDelta at 10k (one owner change: 2 elements out, 2 in), medians of %d: ", len(r.phases.Samples["apply_delta"]))
+	w("`nft.ApplyDelta` %s ms against a full `nft.Apply` of the same 10k table %s ms; ", f1(dl), f1(r.phase("apply_full")))
+	w("the whole `engine.Sync` of that change, as apply and the daemon run it, %s ms.\n", f1(r.phase("sync_delta")))
+
+	w("\n## Reading\n\n")
+	r.reading(w)
+
+	w("\n## Commands\n\n")
+	w("Run `make bench` as root; it installs `sockperf` with apt-get if missing. The knobs (environment ")
+	w("variables, defaults in the header of `bench/run.sh`) are `BENCH_ROUNDS`, `BENCH_SECONDS`, `BENCH_CPU`, ")
+	w("`BENCH_RELOAD`, `BENCH_APPLY_ROUNDS`, `BENCH_PHASE_ROUNDS`, `BENCH_OUT` and `BENCH_RESULTS` (keep the raw ")
+	w("results). What it ran, with SRV/CLI/NS standing for its throwaway namespaces:\n\n```sh\n%s```\n", r.commands)
+	return b.String()
+}
+
+// reading is the short interpretation, from the numbers of this run.
+func (r *report) reading(w func(string, ...any)) {
+	// The noise to read portfw's ratios against: the spread of the variants
+	// that compare with it (the naive one is in another league).
+	noise := 0.0
+	for k := range r.runs {
+		if !strings.HasPrefix(k, "naive") {
+			noise = max(noise, r.spread(k))
+		}
+	}
+	w("- **Datapath.** ")
+	for _, proto := range []string{"tcp", "udp"} {
+		P := strings.ToUpper(proto)
+		w("%s: at 10k reservations portfw's round trip is %s x that of no table and %s x that of the conntrack-only table ",
+			P, f3(r.ratio("pfw10k", "none", proto)), f3(r.ratio("pfw10k", "ct", proto)))
+		w("(per-round medians %s x and %s x); conntrack alone is %s x, portfw with 1 reservation %s x, ",
+			f3(r.paired("pfw10k", "none", proto)), f3(r.paired("pfw10k", "ct", proto)),
+			f3(r.ratio("ct", "none", proto)), f3(r.ratio("pfw1", "none", proto)))
+		w("traffic on an unreserved port under the 10k table %s x, and the naive rule-per-port ruleset %s x. ",
+			f3(r.ratio("pfw10kfree", "none", proto)), f3(r.ratio("naive10k", "none", proto)))
+	}
+	g := max(math.Abs(r.ratio("pfw10k", "pfw1", "tcp")-1), math.Abs(r.ratio("pfw10k", "pfw1", "udp")-1))
+	if g <= noise {
+		w("10k against 1 reservation differs by at most %.1f%%, less than the spread of a variant's own runs (up to %.0f%% here): ", 100*g, 100*noise)
+		w("no growth with the size of the policy is visible, as designed (hash-set lookups, a fixed set of rules). ")
+	} else {
+		w("10k against 1 reservation differs by up to %.1f%%, more than the spread of a variant's own runs (up to %.0f%%): ", 100*g, 100*noise)
+		w("look for a per-packet cost that grows with the policy. ")
+	}
+	c := max(math.Abs(r.ratio("pfw10k", "ct", "tcp")-1), math.Abs(r.ratio("pfw10k", "ct", "udp")-1))
+	if c <= noise {
+		w("What portfw adds over conntrack (per packet and hook: a hash-set lookup, a jump, a mark test) is at most %.1f%%, ", 100*c)
+		w("within this shared VM's run-to-run spread, so the 1.03 target is decided by noise more than by portfw. ")
+	} else {
+		w("portfw adds up to %.1f%% over conntrack, more than the spread of a variant's runs. ", 100*c)
+	}
+	if ct := max(r.ratio("ct", "none", "tcp"), r.ratio("ct", "none", "udp")); ct > 1.05 {
+		w("Conntrack alone costs up to %s x here, beyond the 1.05 budget: with the round trip pinned to one CPU ", f3(ct))
+		w("(about %s us), no ruleset that needs conntrack, as portfw's marks do, can meet that target on this setup. ",
+			f1(r.med("none/tcp", meanRTT)))
+	}
+	w("The naive ruleset is the one that scales with the policy: every packet the server sends walks all 20,008 rules.\n")
+
+	ap, nf := median(r.apply["10000/portfw"]), median(r.apply["10000/nft"])
+	w("- **Apply.** `portfw apply` of 10k takes %s s against %s s for `nft -f` of the same ruleset ", f3(ap/1000), f3(nf/1000))
+	w("(%s). In process, parsing and resolving the YAML takes %s ms, preparing/compiling %s ms and the ", map[bool]string{true: "faster", false: "slower"}[ap <= nf], f1(r.phase("load")), f1(r.phase("prepare")))
+	w("netlink transaction with the diff %s ms; the 0.3 s target is %s. ", f1(r.phase("sync_cold")), map[bool]string{true: "met", false: "missed"}[ap <= 300])
+	w("(A CPU profile taken while writing this benchmark put about 60%% of the parse in gopkg.in/yaml.v3's decoder.) ")
+	if is := median(r.apply["10000/insync"]); is > ap {
+		w("A repeated apply that changes nothing takes %s s, more than a fresh one: it reads the whole table back first.", f3(is/1000))
+	}
+	w("\n")
+
+	w("- **Compile.** `compiler.Compile` of 10k takes %s ms (target 50 ms); its text form %s ms.\n",
+		f1(r.goMS("BenchmarkCompile/10000")), f1(r.goMS("BenchmarkString/10000")))
+
+	dl, sd := r.phase("apply_delta"), r.phase("sync_delta")
+	w("- **Delta.** The kernel part of a one-owner change at 10k, `nft.ApplyDelta`, takes %s ms (target 20 ms) ", f1(dl))
+	w("against %s ms for replacing the table. But the path that uses it, `engine.Sync`, takes %s ms: ", f1(r.phase("apply_full")), f1(sd))
+	w("it first reads the whole table back (%s ms: a netlink dump of every element), then diffs it (%s ms) ", f1(r.phase("read")), f1(r.phase("diff")))
+	w("and computes the element delta by formatting every element as text (%s ms). ", f1(r.phase("element_delta")))
+	w("The delta itself is cheap; finding it is not.\n")
+	if len(r.reloads) > 0 {
+		w("- **Reload.** ")
+		for i, rl := range r.reloads {
+			if i > 0 {
+				w("; ")
+			}
+			w("%s %d reservations p50 %s ms, p99 %s ms", map[bool]string{true: "At", false: "at"}[i == 0], rl.Reservations, f1(quantile(rl.LatencyMS, 0.5)), f1(quantile(rl.LatencyMS, 0.99)))
+		}
+		big := r.reloads[len(r.reloads)-1]
+		deb := big.DebounceMS
+		w(". The default debounce alone is %s ms, so the 50 ms target cannot be met as shipped. ", f1(deb))
+		w("Without it, a reload at %d reservations would still take about %s ms (p50): the daemon's own work ",
+			big.Reservations, f1(quantile(big.LatencyMS, 0.5)-deb))
+		w("(`took_ms`, p50 %s ms) is prepare + the whole `engine.Sync` above, and the rest is mostly the parse. ",
+			f1(quantile(big.TookMS, 0.5)))
+		w("Keeping the last applied ruleset in memory and diffing against it (the NEWGEN watch already catches ")
+		w("drift) would remove the read-back, the largest part; a cheaper element delta and diff the next.\n")
+	}
+}
