@@ -21,25 +21,26 @@ func ElementDelta(old, new *Ruleset) (Delta, bool) {
 		return Delta{}, false
 	}
 	d := Delta{Table: new.Table, Sets: map[string]*Set{}, Del: map[string][]Element{}, Add: map[string][]Element{}}
+	// An element is its value and its comment: one whose reservation was
+	// renamed is deleted and added again.
+	key := func(e Element) Element { e.Packets, e.Bytes = 0, 0; return e }
 	for i, ns := range new.Sets {
 		os := old.Sets[i]
 		d.Sets[ns.Name] = ns
-		oldText := map[string]bool{}
+		had := make(map[Element]bool, len(os.Elements))
 		for _, e := range os.Elements {
-			oldText[ns.ElementText(e)] = true
+			had[key(e)] = true
 		}
-		newText := map[string]bool{}
+		has := make(map[Element]bool, len(ns.Elements))
 		for _, e := range ns.Elements {
-			t := ns.ElementText(e)
-			newText[t] = true
-			if !oldText[t] {
+			has[key(e)] = true
+			if !had[key(e)] {
 				d.Add[ns.Name] = append(d.Add[ns.Name], e)
 			}
 		}
 		for _, e := range os.Elements {
-			if !newText[ns.ElementText(e)] {
-				e.Packets, e.Bytes = 0, 0
-				d.Del[ns.Name] = append(d.Del[ns.Name], e)
+			if !has[key(e)] {
+				d.Del[ns.Name] = append(d.Del[ns.Name], key(e))
 			}
 		}
 	}

@@ -24,13 +24,13 @@ func (c Changes) InSync() bool {
 // table) with the one to apply (new).
 func Diff(old, new *Ruleset) Changes {
 	var c Changes
-	oldRes, newRes := Reservations(old), Reservations(new)
+	oldRes, newRes := byReservation(old), byReservation(new)
 	for name, elems := range newRes {
 		prev, ok := oldRes[name]
 		switch {
 		case !ok:
 			c.Added = append(c.Added, name)
-		case !slices.Equal(prev, elems):
+		case !sameElements(prev, elems):
 			c.Changed = append(c.Changed, name)
 		}
 	}
@@ -46,25 +46,46 @@ func Diff(old, new *Ruleset) Changes {
 	return c
 }
 
-// Reservations groups the elements of rs by the reservation they belong
-// to (their comment), as sorted "set: element" lines. Elements without a
-// comment are grouped under "".
-func Reservations(rs *Ruleset) map[string][]string {
-	m := map[string][]string{}
+// elemKey identifies an element of a set by value: comparable, so maps of
+// 10k-reservation tables cost no formatting.
+type elemKey struct {
+	set string
+	e   Element // Comment and counters zeroed
+}
+
+func keyOf(set string, e Element) elemKey {
+	e.Comment, e.Packets, e.Bytes = "", 0, 0
+	return elemKey{set, e}
+}
+
+// byReservation groups the elements of rs by the reservation they belong
+// to (their comment; elements without one are grouped under "").
+func byReservation(rs *Ruleset) map[string]map[elemKey]bool {
+	m := map[string]map[elemKey]bool{}
 	if rs == nil {
 		return m
 	}
 	for _, s := range rs.Sets {
 		for _, e := range s.Elements {
-			c := e.Comment
-			e.Comment = ""
-			m[c] = append(m[c], s.Name+": "+s.ElementText(e))
+			if m[e.Comment] == nil {
+				m[e.Comment] = map[elemKey]bool{}
+			}
+			m[e.Comment][keyOf(s.Name, e)] = true
 		}
 	}
-	for _, v := range m {
-		slices.Sort(v)
-	}
 	return m
+}
+
+func sameElements(a, b map[elemKey]bool) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k := range a {
+		if !b[k] {
+			return false
+		}
+	}
+	return true
 }
 
 // skeleton is the text form without elements: what changes only when the

@@ -157,11 +157,11 @@ func decodeElement(s *compiler.Set, ke nftables.SetElement) (compiler.Element, e
 	if end == nil {
 		end = key
 	}
-	bad := fmt.Errorf("element %x-%x does not fit the set's key", ke.Key, ke.KeyEnd)
+	bad := func() error { return fmt.Errorf("element %x-%x does not fit the set's key", ke.Key, ke.KeyEnd) }
 	for _, f := range s.Fields {
 		n := 4 * int(words(f))
 		if len(key) < n || len(end) < n {
-			return e, bad
+			return e, bad()
 		}
 		lo, hi := key[:n], end[:n]
 		key, end = key[n:], end[n:]
@@ -174,7 +174,7 @@ func decodeElement(s *compiler.Set, ke nftables.SetElement) (compiler.Element, e
 			e.Addr = p
 		case compiler.FieldProto:
 			if lo[0] != hi[0] {
-				return e, bad
+				return e, bad()
 			}
 			switch lo[0] {
 			case unix.IPPROTO_TCP:
@@ -195,7 +195,7 @@ func decodeElement(s *compiler.Set, ke nftables.SetElement) (compiler.Element, e
 		}
 	}
 	if len(key) != 0 {
-		return e, bad
+		return e, bad()
 	}
 	return e, nil
 }

@@ -107,16 +107,25 @@ func (r Result) InSync() bool { return r.Changes.InSync() && len(r.Sysctls) == 0
 // table in one transaction; the sysctls change around it in the order
 // that keeps every low port guarded. With dry set nothing is changed.
 func Sync(k nft.Kernel, p *Prepared, dry bool) (Result, error) {
+	cur, err := nft.ReadOrNil(k, p.Ruleset.Table)
+	if err != nil {
+		return Result{}, err
+	}
+	return SyncFrom(k, p, cur, dry)
+}
+
+// SyncFrom is Sync with the kernel's table already known: cur is what it
+// holds (nil: no table). The daemon uses it for reloads when no other
+// process has committed since its own last transaction: reading a 10k
+// reservation table back costs ~0.3 s, the change itself a few ms.
+func SyncFrom(k nft.Kernel, p *Prepared, cur *compiler.Ruleset, dry bool) (Result, error) {
 	if p.HostErr != nil {
 		return Result{}, fmt.Errorf("read sysctls: %w", p.HostErr)
 	}
 	if p.BindGuardErr != nil {
 		return Result{}, fmt.Errorf("bind_guard: on: %w", p.BindGuardErr)
 	}
-	cur, err := nft.ReadOrNil(k, p.Ruleset.Table)
-	if err != nil {
-		return Result{}, err
-	}
+	var err error
 	res := Result{Changes: compiler.Diff(cur, p.Ruleset), Sysctls: p.Plan.Changes(), Mode: ModeNone}
 	if dry {
 		return res, nil

@@ -22,6 +22,7 @@ import (
 	"github.com/fsnotify/fsnotify"
 
 	"github.com/portfw/portfw/audit"
+	"github.com/portfw/portfw/compiler"
 	"github.com/portfw/portfw/internal/engine"
 	"github.com/portfw/portfw/nft"
 	"github.com/portfw/portfw/policy"
@@ -41,7 +42,7 @@ type Config struct {
 	// Notify sends a systemd notification ("READY=1"); may be nil.
 	Notify func(state string)
 
-	Debounce      time.Duration // quiet time before acting on a burst of events; 100ms
+	Debounce      time.Duration // quiet time before acting on a burst of events; 20ms
 	Recheck       time.Duration // periodic comparison with the kernel, a fallback; 30s
 	AuditInterval time.Duration // how often to look for squatters; 60s; < 0 turns it off
 	InsecurePerms bool          // accept a policy writable by others than root
@@ -52,8 +53,10 @@ type Config struct {
 	// cgroup v2 subtree; empty is the whole hierarchy.
 	BindGuardCgroup string
 
-	// Sync and Scan are engine.Sync and audit.Scan; tests replace them.
-	Sync func(nft.Kernel, *engine.Prepared, bool) (engine.Result, error)
+	// Sync makes the kernel match p: engine.SyncFrom(cur) when known,
+	// else engine.Sync (which reads the table). Scan is audit.Scan. Tests
+	// replace them.
+	Sync func(k nft.Kernel, p *engine.Prepared, cur *compiler.Ruleset, known bool) (engine.Result, error)
 	Scan func(*policy.Resolved) (audit.Report, error)
 }
 
@@ -64,6 +67,15 @@ type Daemon struct {
 	goodPol  *policy.Policy
 	rejected [sha256.Size]byte // the last rejected content, logged once
 	tracker  audit.Tracker
+	// applied is the table as this daemon last made it, trusted (known)
+	// until another process commits to nftables: then, and for periodic
+	// checks, the table is read back instead.
+	applied *compiler.Ruleset
+	known   bool
+	// notified is whether change notifications arrive at all; without
+	// them nothing tells the daemon about others' commits, so it always
+	// reads the table.
+	notified bool
 }
 
 // New checks cfg and fills in defaults.
@@ -75,7 +87,7 @@ func New(cfg Config) (*Daemon, error) {
 		cfg.Resolver = policy.System{}
 	}
 	if cfg.Debounce == 0 {
-		cfg.Debounce = 100 * time.Millisecond
+		cfg.Debounce = 20 * time.Millisecond
 	}
 	if cfg.Recheck == 0 {
 		cfg.Recheck = 30 * time.Second
@@ -87,7 +99,12 @@ func New(cfg Config) (*Daemon, error) {
 		cfg.UserDB = []string{"/etc/passwd", "/etc/group"}
 	}
 	if cfg.Sync == nil {
-		cfg.Sync = engine.Sync
+		cfg.Sync = func(k nft.Kernel, p *engine.Prepared, cur *compiler.Ruleset, known bool) (engine.Result, error) {
+			if known {
+				return engine.SyncFrom(k, p, cur, false)
+			}
+			return engine.Sync(k, p, false)
+		}
 	}
 	if cfg.Scan == nil {
 		cfg.Scan = audit.Scan
@@ -95,7 +112,7 @@ func New(cfg Config) (*Daemon, error) {
 	if cfg.Notify == nil {
 		cfg.Notify = func(string) {}
 	}
-	return &Daemon{cfg: cfg}, nil
+	return &Daemon{cfg: cfg, notified: cfg.KernelChanges != nil}, nil
 }
 
 // Run applies the policy and keeps the kernel in step until ctx ends. It
@@ -155,13 +172,15 @@ func (d *Daemon) Run(ctx context.Context) error {
 		case _, ok := <-changes:
 			if !ok {
 				d.cfg.Log.Warn("nftables change notifications stopped; drift is now caught by the periodic check", "every", d.cfg.Recheck)
-				changes = nil
+				changes, d.notified, d.known = nil, false, false
 				continue
 			}
+			d.known = false
 			checkT.Reset(d.cfg.Debounce)
 		case <-checkT.C:
 			d.enforce("kernel changed")
 		case <-recheck.C:
+			d.known = false
 			d.enforce("periodic check")
 		case <-auditC:
 			d.audit()
@@ -267,17 +286,32 @@ func (d *Daemon) enforce(reason string) {
 		return
 	}
 	start := time.Now()
+	// Another process's commit may be pending on the channel while a
+	// reload runs: then the table must be read, not assumed.
+	select {
+	case _, ok := <-d.cfg.KernelChanges:
+		if ok {
+			d.known = false
+		}
+	default:
+	}
 	p := engine.Prepare(d.cfg.Path, d.goodPol, d.good)
 	p.BindGuardCgroup = d.cfg.BindGuardCgroup
 	if p.BindGuardNote != "" && reason == "start" {
 		d.cfg.Log.Warn(p.BindGuardNote)
 	}
-	r, err := d.cfg.Sync(d.cfg.Kernel, p, false)
+	cur := d.applied
+	if cur != nil && cur.Table != p.Ruleset.Table {
+		d.known = false // settings.table changed: the old table is not ours to compare
+	}
+	r, err := d.cfg.Sync(d.cfg.Kernel, p, cur, d.known && d.notified)
 	took := time.Since(start)
 	if err != nil {
+		d.known = false
 		d.cfg.Log.Error("apply failed; the kernel keeps its previous table", "reason", reason, "err", err)
 		return
 	}
+	d.applied, d.known = p.Ruleset, true
 	if r.InSync() {
 		if reason == "start" || reason == "SIGHUP" || reason == "file changed" {
 			d.cfg.Log.Info("policy in force", "reason", reason, "policy", d.cfg.Path,

@@ -59,16 +59,19 @@ func (l *syncedLog) String() string {
 }
 
 type harness struct {
-	t       *testing.T
-	dir     string
-	path    string
-	fake    *nft.Fake
-	log     *syncedLog
-	syncs   atomic.Int32
-	changes chan struct{}
-	hup     chan os.Signal
-	cancel  context.CancelFunc
-	done    chan error
+	t     *testing.T
+	dir   string
+	path  string
+	fake  *nft.Fake
+	log   *syncedLog
+	syncs atomic.Int32
+	// fromMemory counts syncs that trusted the daemon's own record of the
+	// table instead of reading it back.
+	fromMemory atomic.Int32
+	changes    chan struct{}
+	hup        chan os.Signal
+	cancel     context.CancelFunc
+	done       chan error
 }
 
 func start(t *testing.T, initial string, tweak func(*Config)) *harness {
@@ -81,9 +84,13 @@ func start(t *testing.T, initial string, tweak func(*Config)) *harness {
 		Path: h.path, Kernel: h.fake, Resolver: users, Log: slog.New(slog.NewTextHandler(h.log, nil)),
 		KernelChanges: h.changes, Reload: h.hup, Debounce: 20 * time.Millisecond, Recheck: time.Hour,
 		AuditInterval: -1, InsecurePerms: true, UserDB: []string{},
-		Sync: func(k nft.Kernel, p *engine.Prepared, dry bool) (engine.Result, error) {
+		Sync: func(k nft.Kernel, p *engine.Prepared, cur *compiler.Ruleset, known bool) (engine.Result, error) {
 			h.syncs.Add(1)
-			return engine.Sync(k, p, dry)
+			if known {
+				h.fromMemory.Add(1)
+				return engine.SyncFrom(k, p, cur, false)
+			}
+			return engine.Sync(k, p, false)
 		},
 	}
 	if tweak != nil {
@@ -213,6 +220,27 @@ func TestDriftRepaired(t *testing.T) {
 	h.waitLogN("drift repaired", 2)
 	if h.table() != good {
 		t.Fatal("deleted table not restored")
+	}
+}
+
+// TestReloadTrustsOwnRecordUntilOthersCommit: a reload after the daemon's
+// own apply does not read the table back; after another process commits
+// (a change notification) it does.
+func TestReloadTrustsOwnRecordUntilOthersCommit(t *testing.T) {
+	h := start(t, policyA, nil)
+	h.write(strings.Replace(policyA, "8080]", "8080, 9000]", 1))
+	h.waitLog("mode=delta")
+	if h.fromMemory.Load() != 1 {
+		t.Fatalf("reload after our own apply: %d syncs from memory, want 1", h.fromMemory.Load())
+	}
+	h.fake.Tamper(policy.DefaultTable, func(rs *compiler.Ruleset) { rs.Sets[0].Elements = rs.Sets[0].Elements[:1] })
+	h.changes <- struct{}{}
+	h.waitLog("drift repaired")
+	if h.fromMemory.Load() != 1 {
+		t.Errorf("drift check trusted memory instead of reading the table")
+	}
+	if !strings.Contains(h.table(), "tcp . 9000") {
+		t.Errorf("drift not repaired:\n%s", h.table())
 	}
 }
 
