@@ -20,7 +20,7 @@ START=$(date +%s)
 
 ROUNDS=${BENCH_ROUNDS:-8}          # datapath rounds; medians need >= 5
 SECS=${BENCH_SECONDS:-2}           # sockperf -t; it adds ~2.3 s of its own per run
-RELOAD=${BENCH_RELOAD:-"1000:200 10000:50"}   # reload configs, exact reservations:edits
+RELOAD=${BENCH_RELOAD:-"1000:200 10000:200"}   # reload configs, exact reservations:edits
 APPLY_ROUNDS=${BENCH_APPLY_ROUNDS:-5}
 PHASE_ROUNDS=${BENCH_PHASE_ROUNDS:-10}
 OUT=${BENCH_OUT:-docs/performance.md}   # BENCH_RESULTS=DIR also keeps the raw results

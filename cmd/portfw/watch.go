@@ -22,7 +22,7 @@ func runWatch(a *app, args []string) int {
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	removeOnExit := fs.Bool("remove-on-exit", false, "remove the table and restore sysctls on SIGTERM/SIGINT (default: rules stay)")
 	insecure := fs.Bool("insecure-policy-perms", false, "accept a policy file writable by users other than root")
-	debounce := fs.Duration("debounce", 100*time.Millisecond, "quiet time before acting on a burst of file or kernel events")
+	debounce := fs.Duration("debounce", 10*time.Millisecond, "quiet time before acting on a burst of file or kernel events")
 	recheck := fs.Duration("recheck", 30*time.Second, "how often to compare the kernel with the policy even without events")
 	auditEvery := fs.Duration("audit-interval", time.Minute, "how often to look for squatters (0: never)")
 	bg := addBindGuardFlags(fs)

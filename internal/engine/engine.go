@@ -126,7 +126,8 @@ func SyncFrom(k nft.Kernel, p *Prepared, cur *compiler.Ruleset, dry bool) (Resul
 		return Result{}, fmt.Errorf("bind_guard: on: %w", p.BindGuardErr)
 	}
 	var err error
-	res := Result{Changes: compiler.Diff(cur, p.Ruleset), Sysctls: p.Plan.Changes(), Mode: ModeNone}
+	changes, delta, deltaOK := compiler.Compare(cur, p.Ruleset)
+	res := Result{Changes: changes, Sysctls: p.Plan.Changes(), Mode: ModeNone}
 	if dry {
 		return res, nil
 	}
@@ -147,9 +148,9 @@ func SyncFrom(k nft.Kernel, p *Prepared, cur *compiler.Ruleset, dry bool) (Resul
 		if res.Changes.InSync() {
 			return nil
 		}
-		if d, ok := compiler.ElementDelta(cur, p.Ruleset); ok {
+		if deltaOK {
 			res.Mode = ModeDelta
-			return k.ApplyDelta(d)
+			return k.ApplyDelta(delta)
 		}
 		res.Mode = ModeReplace
 		return k.Apply(p.Ruleset)

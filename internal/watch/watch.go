@@ -42,7 +42,7 @@ type Config struct {
 	// Notify sends a systemd notification ("READY=1"); may be nil.
 	Notify func(state string)
 
-	Debounce      time.Duration // quiet time before acting on a burst of events; 20ms
+	Debounce      time.Duration // quiet time before acting on a burst of events; 10ms
 	Recheck       time.Duration // periodic comparison with the kernel, a fallback; 30s
 	AuditInterval time.Duration // how often to look for squatters; 60s; < 0 turns it off
 	InsecurePerms bool          // accept a policy writable by others than root
@@ -87,7 +87,7 @@ func New(cfg Config) (*Daemon, error) {
 		cfg.Resolver = policy.System{}
 	}
 	if cfg.Debounce == 0 {
-		cfg.Debounce = 20 * time.Millisecond
+		cfg.Debounce = 10 * time.Millisecond
 	}
 	if cfg.Recheck == 0 {
 		cfg.Recheck = 30 * time.Second

@@ -1,0 +1,80 @@
+package compiler_test
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/portfw/portfw/compiler"
+	"github.com/portfw/portfw/internal/testpolicy"
+)
+
+// TestCompareAgreesWithDiff: the one-pass Compare reports the same
+// changes as Diff, and its delta turns old into new.
+func TestCompareAgreesWithDiff(t *testing.T) {
+	const base = `version: 1
+reservations:
+  - name: web
+    ports: [80, 443]
+    protocols: [tcp]
+    owner: { users: [www-data] }
+  - name: sip
+    ports: [5060, "5070-5079"]
+    owner: { users: [alice, "2000-2099"] }
+  - name: old
+    ports: [7000]
+    owner: { users: [alice] }
+`
+	old := testpolicy.Compile(t, base)
+	for _, tc := range []struct{ name, from, to string }{
+		{"owner added", "[alice, \"2000", "[alice, 3000, \"2000"},
+		{"port changed", "[80, 443]", "[80, 8443]"},
+		{"reservation removed and added", "name: old\n    ports: [7000]", "name: new\n    ports: [7001]"},
+		{"renamed", "name: old", "name: renamed"},
+		{"settings", "version: 1\n", "version: 1\nsettings: { allow_root: false }\n"},
+		{"nothing", "", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			new := testpolicy.Compile(t, strings.Replace(base, tc.from, tc.to, 1))
+			c, d, ok := compiler.Compare(old, new)
+			if diff := cmp.Diff(compiler.Diff(old, new), c); diff != "" {
+				t.Errorf("Compare's changes differ from Diff's (-Diff +Compare):\n%s", diff)
+			}
+			if !ok {
+				if !c.RulesChanged {
+					t.Error("no delta, but the rules did not change")
+				}
+				return
+			}
+			// Apply the delta to old by hand: it must give new.
+			got := map[string]map[string]bool{}
+			for _, s := range old.Sets {
+				got[s.Name] = map[string]bool{}
+				for _, e := range s.Elements {
+					got[s.Name][s.ElementText(e)] = true
+				}
+			}
+			for name, es := range d.Del {
+				for _, e := range es {
+					delete(got[name], d.Sets[name].ElementText(e))
+				}
+			}
+			for name, es := range d.Add {
+				for _, e := range es {
+					got[name][d.Sets[name].ElementText(e)] = true
+				}
+			}
+			want := map[string]map[string]bool{}
+			for _, s := range new.Sets {
+				want[s.Name] = map[string]bool{}
+				for _, e := range s.Elements {
+					want[s.Name][s.ElementText(e)] = true
+				}
+			}
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("old + delta != new (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
