@@ -58,7 +58,7 @@ func runReload(args []string) error {
 	bin := fs.String("portfw", "bin/portfw", "the portfw binary")
 	dir := fs.String("dir", "", "a directory only root can write, for the policy")
 	edits := fs.Int("edits", 200, "policy edits to time")
-	debounce := fs.Duration("debounce", 100*time.Millisecond, "the daemon's --debounce")
+	debounce := fs.Duration("debounce", 10*time.Millisecond, "the daemon's --debounce (its default)")
 	out := fs.String("o", "", "write JSON here")
 	if err := fs.Parse(args); err != nil {
 		return err
