@@ -114,7 +114,7 @@ func Compile(r *policy.Resolved) *Ruleset {
 		if len(e) == 0 {
 			continue
 		}
-		sortElements(e)
+		SortElements(e)
 		sp := specs[i]
 		sets[i] = &Set{Name: sp.name, Fields: sp.fields, Interval: sp.interval, Counter: sp.counter, Elements: e}
 		rs.Sets = append(rs.Sets, sets[i])
@@ -182,7 +182,10 @@ func pick(ranged bool, exact, interval int) int {
 	return exact
 }
 
-func sortElements(es []Element) {
+// SortElements puts elements in the canonical order of the text form:
+// address, protocol, port, id. Rulesets read back from the kernel use it
+// too, so a table and its policy compare as text.
+func SortElements(es []Element) {
 	slices.SortFunc(es, func(a, b Element) int {
 		if c := comparePrefix(a.Addr, b.Addr); c != 0 {
 			return c

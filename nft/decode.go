@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
-	"slices"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -122,33 +121,8 @@ func (c *Conn) readSet(ks *nftables.Set) (*compiler.Set, error) {
 		}
 		s.Elements = append(s.Elements, e)
 	}
-	slices.SortFunc(s.Elements, func(a, b compiler.Element) int {
-		return compareText(s, a, b)
-	})
+	compiler.SortElements(s.Elements)
 	return s, nil
-}
-
-func compareText(s *compiler.Set, a, b compiler.Element) int {
-	// Same order as the compiler's: address, protocol, port, id.
-	if c := a.Addr.Addr().Compare(b.Addr.Addr()); c != 0 {
-		return c
-	}
-	switch {
-	case a.Addr.Bits() != b.Addr.Bits():
-		return a.Addr.Bits() - b.Addr.Bits()
-	case a.Proto != b.Proto:
-		if a.Proto < b.Proto {
-			return -1
-		}
-		return 1
-	case a.Ports.Lo != b.Ports.Lo:
-		return int(a.Ports.Lo) - int(b.Ports.Lo)
-	case a.ID.Lo < b.ID.Lo:
-		return -1
-	case a.ID.Lo > b.ID.Lo:
-		return 1
-	}
-	return 0
 }
 
 func decodeElement(s *compiler.Set, ke nftables.SetElement) (compiler.Element, error) {

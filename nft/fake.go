@@ -98,7 +98,7 @@ func (f *Fake) Read(table string) (*compiler.Ruleset, error) {
 	}
 	out := clone(rs)
 	for _, s := range out.Sets {
-		sortElements(s)
+		compiler.SortElements(s.Elements)
 	}
 	return out, nil
 }
@@ -146,8 +146,4 @@ func clone(rs *compiler.Ruleset) *compiler.Ruleset {
 		out.Chains = append(out.Chains, c)
 	}
 	return out
-}
-
-func sortElements(s *compiler.Set) {
-	slices.SortFunc(s.Elements, func(a, b compiler.Element) int { return compareText(s, a, b) })
 }
