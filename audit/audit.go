@@ -15,7 +15,7 @@ import (
 	"slices"
 	"strconv"
 
-	"github.com/portfw/portfw/policy"
+	"github.com/portfw/portfw/model"
 )
 
 // Verdict is what the datapath does to a socket's traffic for one
@@ -31,7 +31,7 @@ const (
 
 // Socket is a TCP listener or a bound UDP socket.
 type Socket struct {
-	Protocol policy.Protocol
+	Protocol model.Protocol
 	// Addr is the local address; 0.0.0.0 or :: when the socket is bound to
 	// every address of its family.
 	Addr netip.Addr
@@ -63,7 +63,7 @@ type Process struct {
 // for the reservation holding the port on every address.
 type Finding struct {
 	Reservation string          `json:"reservation"`
-	Protocol    policy.Protocol `json:"protocol"`
+	Protocol    model.Protocol `json:"protocol"`
 	Address     netip.Addr      `json:"address"`
 	Port        uint16          `json:"port"`
 	UID         uint32          `json:"uid"`
@@ -77,7 +77,7 @@ type Finding struct {
 // is bound to.
 type Free struct {
 	Reservation string          `json:"reservation"`
-	Protocol    policy.Protocol `json:"protocol"`
+	Protocol    model.Protocol `json:"protocol"`
 	Ports       []string        `json:"ports"` // "80", "30000-30999"
 }
 
@@ -110,29 +110,23 @@ func (r Report) Squatters() int {
 //     one of the reservation's prefixes or it is bound to every address of
 //     a family the reservation covers (it would get that traffic; a ::
 //     socket gets IPv4 traffic too);
-//   - it is an owner when its uid is an owner uid, or it is uid 0 and
-//     allow_root is set, or its gid is an owner gid. The kernel looks every
+//   - it is an owner when its uid is an owner's (root's when the model
+//     says root owns it), or its gid is an owner gid. The kernel looks every
 //     owner set up for a packet, so a packet to a scoped address of a port
 //     that is also reserved on every address (a guard port) passes for the
 //     owners of both.
 //
 // Sockets on ports reserved for none of their addresses are left out.
-func Classify(r *policy.Resolved, socks []Socket) Report {
-	all := make([]*policy.Reservation, 0, len(r.Reservations)+len(r.Guard))
-	for i := range r.Reservations {
-		all = append(all, &r.Reservations[i])
-	}
-	for i := range r.Guard {
-		all = append(all, &r.Guard[i])
-	}
+func Classify(r *model.Resolved, socks []Socket) Report {
+	all := r.All()
 
 	rep := Report{Findings: []Finding{}, Free: []Free{}}
 	// bound[reservation][protocol] are the ports some socket is on.
-	bound := map[string]map[policy.Protocol][]uint16{}
+	bound := map[string]map[model.Protocol][]uint16{}
 	for _, s := range socks {
-		var global, scoped []*policy.Reservation
+		var global, scoped []*model.Reservation
 		for _, res := range all {
-			if !reserves(res, s.Protocol, s.Port) {
+			if !res.Covers(s.Protocol, s.Port) {
 				continue
 			}
 			if len(res.Addresses) == 0 {
@@ -141,9 +135,9 @@ func Classify(r *policy.Resolved, socks []Socket) Report {
 				scoped = append(scoped, res)
 			}
 		}
-		add := func(res *policy.Reservation, owners []*policy.Reservation) {
+		add := func(res *model.Reservation, owners []*model.Reservation) {
 			v := Squatter
-			if isOwner(s, owners, r.Settings.AllowRoot) {
+			if isOwner(s, owners) {
 				v = Owner
 			}
 			procs := s.Processes
@@ -155,14 +149,14 @@ func Classify(r *policy.Resolved, socks []Socket) Report {
 				UID: s.UID, User: s.User, Processes: procs, Verdict: v, Inode: s.Inode,
 			})
 			if bound[res.Name] == nil {
-				bound[res.Name] = map[policy.Protocol][]uint16{}
+				bound[res.Name] = map[model.Protocol][]uint16{}
 			}
 			bound[res.Name][s.Protocol] = append(bound[res.Name][s.Protocol], s.Port)
 		}
 		// Packets to a scoped address pass for the owners of the scoped
 		// reservation and of any reservation holding the port everywhere.
 		for _, res := range scoped {
-			add(res, append([]*policy.Reservation{res}, global...))
+			add(res, append([]*model.Reservation{res}, global...))
 		}
 		// A socket on one address that a scoped reservation covers gets no
 		// other traffic; a wildcard socket also gets traffic for addresses
@@ -171,7 +165,7 @@ func Classify(r *policy.Resolved, socks []Socket) Report {
 			continue
 		}
 		for _, res := range global {
-			add(res, []*policy.Reservation{res})
+			add(res, []*model.Reservation{res})
 		}
 	}
 	slices.SortFunc(rep.Findings, func(a, b Finding) int {
@@ -205,18 +199,6 @@ func Classify(r *policy.Resolved, socks []Socket) Report {
 	return rep
 }
 
-func reserves(res *policy.Reservation, proto policy.Protocol, port uint16) bool {
-	if !slices.Contains(res.Protocols, proto) {
-		return false
-	}
-	for _, p := range res.Ports {
-		if p.Lo <= port && port <= p.Hi {
-			return true
-		}
-	}
-	return false
-}
-
 // receivesFor reports whether a socket bound to addr receives traffic for
 // some address in prefixes (which the policy keeps unmapped: IPv4 prefixes
 // are 4-byte). A v4-mapped IPv6 address receives IPv4 traffic. A ::
@@ -239,16 +221,15 @@ func receivesFor(addr netip.Addr, prefixes []netip.Prefix) bool {
 	return false
 }
 
-func isOwner(s Socket, owners []*policy.Reservation, allowRoot bool) bool {
-	if allowRoot && s.UID == 0 {
-		return true
-	}
+// isOwner applies the table's owner rules: the socket's uid (root's
+// included, as the model says), or the gid of a process holding it.
+func isOwner(s Socket, owners []*model.Reservation) bool {
 	for _, res := range owners {
-		if inIDs(res.UIDs, s.UID) {
+		if res.Owners.HasUID(s.UID) {
 			return true
 		}
 		for _, p := range s.Processes {
-			if inIDs(res.GIDs, p.FSGID) {
+			if res.Owners.HasGID(p.FSGID) {
 				return true
 			}
 		}
@@ -256,21 +237,12 @@ func isOwner(s Socket, owners []*policy.Reservation, allowRoot bool) bool {
 	return false
 }
 
-func inIDs(rs []policy.IDRange, id uint32) bool {
-	for _, r := range rs {
-		if r.Lo <= id && id <= r.Hi {
-			return true
-		}
-	}
-	return false
-}
-
 // freePorts is ranges less the ports in taken.
-func freePorts(ranges []policy.PortRange, taken []uint16) []policy.PortRange {
+func freePorts(ranges []model.PortRange, taken []uint16) []model.PortRange {
 	taken = slices.Clone(taken)
 	slices.Sort(taken)
 	taken = slices.Compact(taken)
-	var out []policy.PortRange
+	var out []model.PortRange
 	for _, r := range ranges {
 		lo := int(r.Lo)
 		for _, t := range taken {
@@ -278,12 +250,12 @@ func freePorts(ranges []policy.PortRange, taken []uint16) []policy.PortRange {
 				continue
 			}
 			if int(t) > lo {
-				out = append(out, policy.PortRange{Lo: uint16(lo), Hi: t - 1})
+				out = append(out, model.PortRange{Lo: uint16(lo), Hi: t - 1})
 			}
 			lo = int(t) + 1
 		}
 		if lo <= int(r.Hi) {
-			out = append(out, policy.PortRange{Lo: uint16(lo), Hi: r.Hi})
+			out = append(out, model.PortRange{Lo: uint16(lo), Hi: r.Hi})
 		}
 	}
 	return out
@@ -295,7 +267,7 @@ func (f Finding) String() string {
 	if f.User != "" {
 		user = " (" + f.User + ")"
 	}
-	s := string(f.Protocol) + " " + netip.AddrPortFrom(f.Address, f.Port).String() +
+	s := f.Protocol.String() + " " + netip.AddrPortFrom(f.Address, f.Port).String() +
 		" uid " + strconv.FormatUint(uint64(f.UID), 10) + user + ", reservation " + f.Reservation
 	for i, p := range f.Processes {
 		if i == 0 {

@@ -6,41 +6,41 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/portfw/portfw/policy"
+	"github.com/portfw/portfw/model"
 )
 
-func ports(rs ...policy.PortRange) []policy.PortRange { return rs }
-func port(p uint16) policy.PortRange                  { return policy.PortRange{Lo: p, Hi: p} }
-func ids(lo, hi uint32) []policy.IDRange              { return []policy.IDRange{{Lo: lo, Hi: hi}} }
+func ports(rs ...model.PortRange) []model.PortRange { return rs }
+func port(p uint16) model.PortRange                  { return model.PortRange{Lo: p, Hi: p} }
+func ids(lo, hi uint32) []model.IDRange              { return []model.IDRange{{Lo: lo, Hi: hi}} }
 
 var (
-	tcp  = []policy.Protocol{policy.TCP}
-	udp  = []policy.Protocol{policy.UDP}
-	both = []policy.Protocol{policy.TCP, policy.UDP}
+	tcp  = []model.Protocol{model.TCP}
+	udp  = []model.Protocol{model.UDP}
+	both = []model.Protocol{model.TCP, model.UDP}
 )
 
 // testPolicy has one reservation of each kind Classify must tell apart.
-func testPolicy(allowRoot bool) *policy.Resolved {
-	return &policy.Resolved{
-		Settings: policy.Settings{Table: "portfw", AllowRoot: allowRoot},
-		Reservations: []policy.Reservation{
-			{Name: "dns", Protocols: udp, Ports: ports(port(53)), UIDs: ids(100, 100)},
-			{Name: "range", Protocols: both, Ports: ports(policy.PortRange{Lo: 30000, Hi: 30009}), UIDs: ids(1200, 1299)},
-			{Name: "voip", Protocols: tcp, Ports: ports(port(5060)), GIDs: ids(500, 500)},
-			{Name: "web", Protocols: tcp, Ports: ports(port(8080), port(8443)), UIDs: ids(33, 33)},
-			{Name: "web-v4", Protocols: tcp, Ports: ports(port(80)), UIDs: ids(33, 33),
+func testPolicy(allowRoot bool) *model.Resolved {
+	return &model.Resolved{
+		Settings: model.Settings{Table: "portfw", AllowRoot: allowRoot},
+		Reservations: []model.Reservation{
+			{Name: "dns", Protocols: udp, Ports: ports(port(53)), Owners: model.Owners{Root: allowRoot, UIDs: ids(100, 100)}},
+			{Name: "range", Protocols: both, Ports: ports(model.PortRange{Lo: 30000, Hi: 30009}), Owners: model.Owners{Root: allowRoot, UIDs: ids(1200, 1299)}},
+			{Name: "voip", Protocols: tcp, Ports: ports(port(5060)), Owners: model.Owners{Root: allowRoot, GIDs: ids(500, 500)}},
+			{Name: "web", Protocols: tcp, Ports: ports(port(8080), port(8443)), Owners: model.Owners{Root: allowRoot, UIDs: ids(33, 33)}},
+			{Name: "web-v4", Protocols: tcp, Ports: ports(port(80)), Owners: model.Owners{Root: allowRoot, UIDs: ids(33, 33)},
 				Addresses: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}},
-			{Name: "web-v6", Protocols: tcp, Ports: ports(port(80)), UIDs: ids(34, 34),
+			{Name: "web-v6", Protocols: tcp, Ports: ports(port(80)), Owners: model.Owners{Root: allowRoot, UIDs: ids(34, 34)},
 				Addresses: []netip.Prefix{netip.MustParsePrefix("2001:db8::/64")}},
 		},
 		// 80 is in the guard (it is reserved only on some addresses), 81 too.
-		Guard: []policy.Reservation{
-			{Name: policy.GuardName, Protocols: tcp, Ports: ports(policy.PortRange{Lo: 80, Hi: 81}), UIDs: ids(0, 0)},
+		Guard: []model.Reservation{
+			{Name: model.GuardName, Protocols: tcp, Ports: ports(model.PortRange{Lo: 80, Hi: 81}), Owners: model.Owners{Root: true}},
 		},
 	}
 }
 
-func sock(proto policy.Protocol, addr string, p uint16, uid uint32, procs ...Process) Socket {
+func sock(proto model.Protocol, addr string, p uint16, uid uint32, procs ...Process) Socket {
 	return Socket{Protocol: proto, Addr: netip.MustParseAddr(addr), Port: p, UID: uid, Inode: uint64(p)*1000 + uint64(uid), Processes: procs}
 }
 
@@ -68,50 +68,50 @@ func TestClassify(t *testing.T) {
 		socks     []Socket
 		want      []row
 	}{
-		{"owner uid", true, []Socket{sock(policy.TCP, "0.0.0.0", 8080, 33)},
+		{"owner uid", true, []Socket{sock(model.TCP, "0.0.0.0", 8080, 33)},
 			[]row{{"web", "0.0.0.0", 8080, 33, Owner}}},
-		{"other uid is a squatter", true, []Socket{sock(policy.TCP, "::", 8443, 999)},
+		{"other uid is a squatter", true, []Socket{sock(model.TCP, "::", 8443, 999)},
 			[]row{{"web", "::", 8443, 999, Squatter}}},
-		{"uid range", true, []Socket{sock(policy.UDP, "::", 30005, 1250), sock(policy.TCP, "::", 30006, 1300)},
+		{"uid range", true, []Socket{sock(model.UDP, "::", 30005, 1250), sock(model.TCP, "::", 30006, 1300)},
 			[]row{{"range", "::", 30006, 1300, Squatter}, {"range", "::", 30005, 1250, Owner}}},
-		{"root with allow_root", true, []Socket{sock(policy.TCP, "0.0.0.0", 8080, 0)},
+		{"root with allow_root", true, []Socket{sock(model.TCP, "0.0.0.0", 8080, 0)},
 			[]row{{"web", "0.0.0.0", 8080, 0, Owner}}},
-		{"root without allow_root", false, []Socket{sock(policy.TCP, "0.0.0.0", 8080, 0)},
+		{"root without allow_root", false, []Socket{sock(model.TCP, "0.0.0.0", 8080, 0)},
 			[]row{{"web", "0.0.0.0", 8080, 0, Squatter}}},
 		{"group owner by the holder's fsgid", true, []Socket{
-			sock(policy.TCP, "0.0.0.0", 5060, 1000, Process{PID: 7, Command: "sipd", FSGID: 500}),
-			sock(policy.TCP, "::", 5060, 1000, Process{PID: 8, Command: "other", FSGID: 1000}),
-			sock(policy.TCP, "127.0.0.1", 5060, 1000), // no holder: no gid known
+			sock(model.TCP, "0.0.0.0", 5060, 1000, Process{PID: 7, Command: "sipd", FSGID: 500}),
+			sock(model.TCP, "::", 5060, 1000, Process{PID: 8, Command: "other", FSGID: 1000}),
+			sock(model.TCP, "127.0.0.1", 5060, 1000), // no holder: no gid known
 		}, []row{
 			{"voip", "127.0.0.1", 5060, 1000, Squatter},
 			{"voip", "::", 5060, 1000, Squatter},
 			{"voip", "0.0.0.0", 5060, 1000, Owner},
 		}},
 		{"wrong protocol or port is not listed", true, []Socket{
-			sock(policy.TCP, "0.0.0.0", 53, 999), sock(policy.UDP, "0.0.0.0", 8080, 999), sock(policy.TCP, "0.0.0.0", 9999, 999),
+			sock(model.TCP, "0.0.0.0", 53, 999), sock(model.UDP, "0.0.0.0", 8080, 999), sock(model.TCP, "0.0.0.0", 9999, 999),
 		}, []row{}},
-		{"guard: root only", false, []Socket{sock(policy.TCP, "0.0.0.0", 81, 0), sock(policy.TCP, "::1", 81, 33)},
+		{"guard: root only", false, []Socket{sock(model.TCP, "0.0.0.0", 81, 0), sock(model.TCP, "::1", 81, 33)},
 			[]row{{"_guard", "::1", 81, 33, Squatter}, {"_guard", "0.0.0.0", 81, 0, Owner}}},
-		{"scoped: address inside the prefix", true, []Socket{sock(policy.TCP, "192.0.2.7", 80, 33)},
+		{"scoped: address inside the prefix", true, []Socket{sock(model.TCP, "192.0.2.7", 80, 33)},
 			// The guard holds 80 too, but this socket only gets traffic for
 			// 192.0.2.7, which belongs to web-v4.
 			[]row{{"web-v4", "192.0.2.7", 80, 33, Owner}}},
-		{"scoped: v4-mapped address", true, []Socket{sock(policy.TCP, "::ffff:192.0.2.7", 80, 999)},
+		{"scoped: v4-mapped address", true, []Socket{sock(model.TCP, "::ffff:192.0.2.7", 80, 999)},
 			[]row{{"web-v4", "::ffff:192.0.2.7", 80, 999, Squatter}}},
-		{"scoped: address outside every prefix falls to the guard", true, []Socket{sock(policy.TCP, "198.51.100.1", 80, 33)},
+		{"scoped: address outside every prefix falls to the guard", true, []Socket{sock(model.TCP, "198.51.100.1", 80, 33)},
 			[]row{{"_guard", "198.51.100.1", 80, 33, Squatter}}},
-		{"scoped: the guard's owner passes on scoped addresses", false, []Socket{sock(policy.TCP, "2001:db8::1", 80, 0)},
+		{"scoped: the guard's owner passes on scoped addresses", false, []Socket{sock(model.TCP, "2001:db8::1", 80, 0)},
 			[]row{{"web-v6", "2001:db8::1", 80, 0, Owner}}},
-		{"scoped: 0.0.0.0 gets IPv4 traffic only", true, []Socket{sock(policy.TCP, "0.0.0.0", 80, 33)},
+		{"scoped: 0.0.0.0 gets IPv4 traffic only", true, []Socket{sock(model.TCP, "0.0.0.0", 80, 33)},
 			// Owner on web-v4's addresses, squatter everywhere else.
 			[]row{{"_guard", "0.0.0.0", 80, 33, Squatter}, {"web-v4", "0.0.0.0", 80, 33, Owner}}},
-		{"scoped: :: gets both families", true, []Socket{sock(policy.TCP, "::", 80, 34)},
+		{"scoped: :: gets both families", true, []Socket{sock(model.TCP, "::", 80, 34)},
 			[]row{
 				{"_guard", "::", 80, 34, Squatter},
 				{"web-v4", "::", 80, 34, Squatter},
 				{"web-v6", "::", 80, 34, Owner},
 			}},
-		{"scoped: root owns the wildcard everywhere", true, []Socket{sock(policy.TCP, "::", 80, 0)},
+		{"scoped: root owns the wildcard everywhere", true, []Socket{sock(model.TCP, "::", 80, 0)},
 			[]row{{"_guard", "::", 80, 0, Owner}, {"web-v4", "::", 80, 0, Owner}, {"web-v6", "::", 80, 0, Owner}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -133,13 +133,13 @@ func TestClassify(t *testing.T) {
 }
 
 func TestClassifyCarriesSocketDetails(t *testing.T) {
-	s := sock(policy.TCP, "::", 8443, 999, Process{PID: 42, Command: "squat", FSGID: 999}, Process{PID: 43, Command: "squat", FSGID: 999})
+	s := sock(model.TCP, "::", 8443, 999, Process{PID: 42, Command: "squat", FSGID: 999}, Process{PID: 43, Command: "squat", FSGID: 999})
 	s.User = "pfw-squat"
-	got := Classify(testPolicy(true), []Socket{s, sock(policy.TCP, "::", 8080, 33)})
+	got := Classify(testPolicy(true), []Socket{s, sock(model.TCP, "::", 8080, 33)})
 	want := []Finding{
-		{Reservation: "web", Protocol: policy.TCP, Address: netip.MustParseAddr("::"), Port: 8443, UID: 999, User: "pfw-squat",
+		{Reservation: "web", Protocol: model.TCP, Address: netip.MustParseAddr("::"), Port: 8443, UID: 999, User: "pfw-squat",
 			Processes: s.Processes, Verdict: Squatter, Inode: s.Inode},
-		{Reservation: "web", Protocol: policy.TCP, Address: netip.MustParseAddr("::"), Port: 8080, UID: 33,
+		{Reservation: "web", Protocol: model.TCP, Address: netip.MustParseAddr("::"), Port: 8080, UID: 33,
 			Processes: []Process{}, Verdict: Owner, Inode: 8080*1000 + 33},
 	}
 	if diff := cmp.Diff(want, got.Findings, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
@@ -149,19 +149,19 @@ func TestClassifyCarriesSocketDetails(t *testing.T) {
 
 func TestClassifyFree(t *testing.T) {
 	got := Classify(testPolicy(true), []Socket{
-		sock(policy.TCP, "0.0.0.0", 8080, 33),
-		sock(policy.UDP, "::", 30000, 1200),
-		sock(policy.UDP, "::", 30005, 999), // a squatter's port is not free either
-		sock(policy.UDP, "::", 53, 100),
-		sock(policy.TCP, "192.0.2.1", 80, 33),
+		sock(model.TCP, "0.0.0.0", 8080, 33),
+		sock(model.UDP, "::", 30000, 1200),
+		sock(model.UDP, "::", 30005, 999), // a squatter's port is not free either
+		sock(model.UDP, "::", 53, 100),
+		sock(model.TCP, "192.0.2.1", 80, 33),
 	}).Free
 	want := []Free{
-		{policy.GuardName, policy.TCP, []string{"80-81"}}, // 80 is bound on a web-v4 address only
-		{"range", policy.TCP, []string{"30000-30009"}},
-		{"range", policy.UDP, []string{"30001-30004", "30006-30009"}},
-		{"voip", policy.TCP, []string{"5060"}},
-		{"web", policy.TCP, []string{"8443"}},
-		{"web-v6", policy.TCP, []string{"80"}},
+		{model.GuardName, model.TCP, []string{"80-81"}}, // 80 is bound on a web-v4 address only
+		{"range", model.TCP, []string{"30000-30009"}},
+		{"range", model.UDP, []string{"30001-30004", "30006-30009"}},
+		{"voip", model.TCP, []string{"5060"}},
+		{"web", model.TCP, []string{"8443"}},
+		{"web-v6", model.TCP, []string{"80"}},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("free (-want +got):\n%s", diff)
@@ -169,19 +169,19 @@ func TestClassifyFree(t *testing.T) {
 }
 
 func TestClassifyEmpty(t *testing.T) {
-	got := Classify(&policy.Resolved{}, nil)
+	got := Classify(&model.Resolved{}, nil)
 	if got.Findings == nil || got.Free == nil || len(got.Findings)+len(got.Free) != 0 {
 		t.Errorf("Classify(empty) = %#v, want empty non-nil lists (they print as [] in JSON)", got)
 	}
 }
 
 func TestTracker(t *testing.T) {
-	squat := Finding{Reservation: "web", Protocol: policy.TCP, Address: netip.MustParseAddr("::"), Port: 8443, UID: 999, Verdict: Squatter, Inode: 1}
+	squat := Finding{Reservation: "web", Protocol: model.TCP, Address: netip.MustParseAddr("::"), Port: 8443, UID: 999, Verdict: Squatter, Inode: 1}
 	other := squat
 	other.Port, other.Inode = 8080, 2
 	restarted := squat
 	restarted.Inode = 3
-	owner := Finding{Reservation: "web", Protocol: policy.TCP, Address: netip.MustParseAddr("::"), Port: 8081, UID: 33, Verdict: Owner, Inode: 4}
+	owner := Finding{Reservation: "web", Protocol: model.TCP, Address: netip.MustParseAddr("::"), Port: 8081, UID: 33, Verdict: Owner, Inode: 4}
 	report := func(fs ...Finding) Report { return Report{Findings: fs} }
 
 	var tr Tracker
@@ -205,7 +205,7 @@ func TestTracker(t *testing.T) {
 }
 
 func TestFinding(t *testing.T) {
-	f := Finding{Reservation: "web", Protocol: policy.TCP, Address: netip.MustParseAddr("::"), Port: 8443, UID: 999, User: "pfw-squat",
+	f := Finding{Reservation: "web", Protocol: model.TCP, Address: netip.MustParseAddr("::"), Port: 8443, UID: 999, User: "pfw-squat",
 		Processes: []Process{{PID: 42, Command: "squat"}}, Verdict: Squatter}
 	if got, want := f.String(), "tcp [::]:8443 uid 999 (pfw-squat), reservation web, held by 42 squat"; got != want {
 		t.Errorf("String() = %q, want %q", got, want)

@@ -1,26 +1,26 @@
 package audit
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
 	"os"
-	"os/user"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/vishvananda/netlink"
+	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/portfw/portfw/policy"
+	"github.com/portfw/portfw/model"
 )
 
 // Scan audits the sockets of the calling process's network namespace
 // against r.
-func Scan(r *policy.Resolved) (Report, error) {
+func Scan(r *model.Resolved) (Report, error) {
 	socks, err := Sockets()
 	if err != nil {
 		return Report{}, err
@@ -28,100 +28,155 @@ func Scan(r *policy.Resolved) (Report, error) {
 	return Classify(r, socks), nil
 }
 
-// Sockets lists the TCP listeners and bound UDP sockets, IPv4 and IPv6, of
-// the calling process's network namespace (sock_diag is per namespace),
-// with the processes holding them. Processes are found in /proc, which
-// shows every process of the PID namespace whatever its network namespace;
-// without root those of other users are missing.
+// Sockets lists the sockets of the calling process's network namespace
+// that receive on a local port (sock_diag is per namespace): for every
+// protocol of the model's table, IPv4 and IPv6, listeners of stream
+// protocols and every bound socket of the others, with the processes
+// holding them. Processes are found in /proc, which shows every process of
+// the PID namespace whatever its network namespace; without root those of
+// other users are missing.
 func Sockets() ([]Socket, error) {
-	h, err := netlink.NewHandle(unix.NETLINK_INET_DIAG)
+	c, err := netlink.Dial(unix.NETLINK_SOCK_DIAG, nil)
 	if err != nil {
 		return nil, fmt.Errorf("open sock_diag: %w", err)
 	}
-	defer h.Close()
-	return socketsFrom(h)
+	defer c.Close()
+	return socketsFrom(c)
 }
-
-// tcpListen is TCP_LISTEN in include/net/tcp_states.h.
-const tcpListen = 10
 
 // dumpRetries bounds how often a dump the kernel reports as interrupted
 // (the socket table changed while it was read) is started again.
 const dumpRetries = 5
 
-func socketsFrom(h *netlink.Handle) ([]Socket, error) {
+// tcpListen is TCP_LISTEN in include/net/tcp_states.h.
+const tcpListen = 10
+
+const sockDiagByFamily = 20 // SOCK_DIAG_BY_FAMILY
+
+func socketsFrom(c *netlink.Conn) ([]Socket, error) {
 	// A dump that gets no answer must not hang a daemon.
-	if err := h.SetSocketTimeout(5 * time.Second); err != nil {
+	if err := c.SetDeadline(time.Now().Add(5 * time.Second)); err != nil {
 		return nil, fmt.Errorf("set sock_diag timeout: %w", err)
 	}
-	queries := []struct {
-		proto  policy.Protocol
-		family uint8
-		dump   func(uint8) ([]*netlink.Socket, error)
-	}{
-		{policy.TCP, unix.AF_INET, h.SocketDiagTCP},
-		{policy.TCP, unix.AF_INET6, h.SocketDiagTCP},
-		{policy.UDP, unix.AF_INET, h.SocketDiagUDP},
-		{policy.UDP, unix.AF_INET6, h.SocketDiagUDP},
-	}
 	var out []Socket
-	for _, q := range queries {
-		var (
-			ds  []*netlink.Socket
-			err error
-		)
-		for range dumpRetries {
-			if ds, err = q.dump(q.family); !errors.Is(err, netlink.ErrDumpInterrupted) {
-				break
+	for _, pi := range model.Protocols() {
+		for _, family := range []uint8{unix.AF_INET, unix.AF_INET6} {
+			var (
+				msgs []netlink.Message
+				err  error
+			)
+			for range dumpRetries {
+				if msgs, err = dump(c, family, pi); !errors.Is(err, errInterrupted) {
+					break
+				}
 			}
-		}
-		if err != nil {
-			return nil, fmt.Errorf("dump %s sockets: %w", familyName(q.proto, q.family), err)
-		}
-		for _, d := range ds {
-			// TCP: only listeners receive new connections; a connected
-			// socket's local port came from a listener or a bind. UDP: any
-			// socket with a local port receives on it.
-			if (q.proto == policy.TCP && d.State != tcpListen) || d.ID.SourcePort == 0 {
-				continue
+			if errors.Is(err, unix.ENOENT) {
+				continue // the kernel has no sock_diag handler for it (module not loaded)
 			}
-			addr, ok := netip.AddrFromSlice(d.ID.Source)
-			if !ok {
-				continue
+			if err != nil {
+				return nil, fmt.Errorf("dump %s%s sockets: %w", pi.Name, familyDigit(family), err)
 			}
-			if q.family == unix.AF_INET {
-				addr = addr.Unmap() // the library hands IPv4 over as 16 bytes
+			for _, m := range msgs {
+				if s, ok := parseDiag(m.Data, family, pi.Protocol); ok {
+					out = append(out, s)
+				}
 			}
-			out = append(out, Socket{Protocol: q.proto, Addr: addr, Port: d.ID.SourcePort, UID: d.UID, Inode: uint64(d.INode)})
 		}
 	}
-
 	want := map[uint64]bool{}
 	for _, s := range out {
 		want[s.Inode] = true
 	}
 	holders := processesHolding(want)
-	names := map[uint32]string{}
+	names := userNames()
 	for i := range out {
-		s := &out[i]
-		s.Processes = holders[s.Inode]
-		name, ok := names[s.UID]
-		if !ok {
-			if u, err := user.LookupId(strconv.FormatUint(uint64(s.UID), 10)); err == nil {
-				name = u.Username
-			}
-			names[s.UID] = name
-		}
-		s.User = name
+		out[i].Processes = holders[out[i].Inode]
+		out[i].User = names[out[i].UID]
 	}
 	return out, nil
 }
 
-func familyName(p policy.Protocol, family uint8) string {
-	if family == unix.AF_INET6 {
-		return string(p) + "6"
+func familyDigit(f uint8) string {
+	if f == unix.AF_INET6 {
+		return "6"
 	}
-	return string(p) + "4"
+	return "4"
+}
+
+// dump asks for every socket of one protocol and family: listeners only
+// for stream protocols, whose other sockets got their port from a listener
+// or an outgoing connection.
+func dump(c *netlink.Conn, family uint8, pi model.ProtocolInfo) ([]netlink.Message, error) {
+	states := uint32(0xffffffff)
+	if pi.ListenOnly {
+		states = 1 << tcpListen
+	}
+	req := make([]byte, 56) // struct inet_diag_req_v2
+	req[0], req[1] = family, uint8(pi.Protocol)
+	binary.NativeEndian.PutUint32(req[4:], states)
+	// The socket cookie field (id.idiag_cookie, the last 8 bytes) must be
+	// INET_DIAG_NOCOOKIE for a dump.
+	binary.NativeEndian.PutUint32(req[48:], 0xffffffff)
+	binary.NativeEndian.PutUint32(req[52:], 0xffffffff)
+	msgs, err := c.Execute(netlink.Message{
+		Header: netlink.Header{Type: sockDiagByFamily, Flags: netlink.Request | netlink.Dump},
+		Data:   req,
+	})
+	for _, m := range msgs {
+		if m.Header.Flags&netlink.DumpInterrupted != 0 {
+			return nil, errInterrupted
+		}
+	}
+	return msgs, err
+}
+
+// errInterrupted: the socket table changed during the dump.
+var errInterrupted = errors.New("dump interrupted")
+
+// parseDiag reads a struct inet_diag_msg: family, state, timer, retrans,
+// the socket id (sport, dport, src[4], dst[4] big-endian, interface,
+// cookie), expires, rqueue, wqueue, uid, inode.
+func parseDiag(b []byte, family uint8, proto model.Protocol) (Socket, bool) {
+	if len(b) < 72 || b[0] != family {
+		return Socket{}, false
+	}
+	port := binary.BigEndian.Uint16(b[4:6])
+	if port == 0 {
+		return Socket{}, false
+	}
+	var addr netip.Addr
+	if family == unix.AF_INET {
+		addr = netip.AddrFrom4([4]byte(b[8:12]))
+	} else {
+		addr = netip.AddrFrom16([16]byte(b[8:24]))
+	}
+	return Socket{
+		Protocol: proto, Addr: addr, Port: port,
+		UID:   binary.NativeEndian.Uint32(b[64:68]),
+		Inode: uint64(binary.NativeEndian.Uint32(b[68:72])),
+	}, true
+}
+
+// userNames maps the uids of /etc/passwd to names, for output. (Sockets of
+// users only NSS knows show their uid alone.)
+func userNames() map[uint32]string {
+	out := map[uint32]string{}
+	data, err := os.ReadFile("/etc/passwd")
+	if err != nil {
+		return out
+	}
+	for line := range strings.Lines(string(data)) {
+		f := strings.SplitN(strings.TrimSpace(line), ":", 4)
+		if len(f) < 3 {
+			continue
+		}
+		if id, err := strconv.ParseUint(f[2], 10, 32); err == nil {
+			if _, dup := out[uint32(id)]; !dup {
+				out[uint32(id)] = f[0]
+			}
+		}
+	}
+	return out
 }
 
 // processesHolding maps each socket inode in want to the processes with a

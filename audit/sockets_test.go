@@ -1,70 +1,36 @@
 package audit
 
 import (
-	"fmt"
 	"net/netip"
 	"os"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 
-	"github.com/vishvananda/netlink"
+	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/portfw/portfw/policy"
+	"github.com/portfw/portfw/model"
 	"github.com/portfw/portfw/testenv"
 )
 
-// diagHandleIn opens a sock_diag netlink socket inside the namespace at
-// path. A netlink socket stays in the namespace it was created in, so only
-// its creation needs the namespace: that happens on a locked thread of a
-// goroutine of its own, which goes back to its namespace before it is
-// unlocked. Should going back fail, the thread stays locked and exits with
-// the goroutine instead of returning to the runtime in the wrong namespace.
-func diagHandleIn(t *testing.T, path string) *netlink.Handle {
+// diagConnIn opens a sock_diag netlink socket inside the namespace at
+// path (the library enters the namespace on a thread of its own).
+func diagConnIn(t *testing.T, path string) *netlink.Conn {
 	t.Helper()
-	type result struct {
-		h   *netlink.Handle
-		err error
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
 	}
-	ch := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		h, err := func() (*netlink.Handle, error) {
-			orig, err := os.Open("/proc/thread-self/ns/net")
-			if err != nil {
-				return nil, fmt.Errorf("open own netns: %w", err)
-			}
-			defer orig.Close()
-			target, err := os.Open(path)
-			if err != nil {
-				return nil, fmt.Errorf("open netns: %w", err)
-			}
-			defer target.Close()
-			if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-				return nil, fmt.Errorf("enter netns: %w", err)
-			}
-			h, herr := netlink.NewHandle(unix.NETLINK_INET_DIAG)
-			if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-				if h != nil {
-					h.Close()
-				}
-				panic(fmt.Sprintf("leave netns: %v", err)) // never unlock this thread
-			}
-			runtime.UnlockOSThread()
-			return h, herr
-		}()
-		ch <- result{h, err}
-	}()
-	r := <-ch
-	if r.err != nil {
-		t.Fatalf("open sock_diag in %s: %v", path, r.err)
+	defer f.Close()
+	c, err := netlink.Dial(unix.NETLINK_SOCK_DIAG, &netlink.Config{NetNS: int(f.Fd())})
+	if err != nil {
+		t.Fatalf("open sock_diag in %s: %v", path, err)
 	}
-	t.Cleanup(r.h.Close)
-	return r.h
+	t.Cleanup(func() { c.Close() })
+	return c
 }
 
 // procsIn maps the processes of uid whose network namespace is the one at
@@ -117,14 +83,14 @@ func TestSocketsInNamespace(t *testing.T) {
 	ns.Serve(t, testenv.ServeConfig{Proto: testenv.UDP, Addr: netip.MustParseAddrPort("127.0.0.1:5060"), As: squat})
 	ns.Serve(t, testenv.ServeConfig{Addr: netip.MustParseAddrPort("127.0.0.1:9999"), As: squat}) // not reserved
 
-	res := &policy.Resolved{
-		Settings: policy.Settings{Table: "portfw", AllowRoot: true},
-		Reservations: []policy.Reservation{
-			{Name: "sip", Protocols: both, Ports: ports(port(5060)), UIDs: ids(owner.UID, owner.UID)},
-			{Name: "web", Protocols: tcp, Ports: ports(port(8080), port(8443), port(8444)), UIDs: ids(owner.UID, owner.UID)},
+	res := &model.Resolved{
+		Settings: model.Settings{Table: "portfw", AllowRoot: true},
+		Reservations: []model.Reservation{
+			{Name: "sip", Protocols: both, Ports: ports(port(5060)), Owners: model.Owners{Root: true, UIDs: ids(owner.UID, owner.UID)}},
+			{Name: "web", Protocols: tcp, Ports: ports(port(8080), port(8443), port(8444)), Owners: model.Owners{Root: true, UIDs: ids(owner.UID, owner.UID)}},
 		},
 	}
-	socks, err := socketsFrom(diagHandleIn(t, ns.Path))
+	socks, err := socketsFrom(diagConnIn(t, ns.Path))
 	if err != nil {
 		t.Fatalf("sockets: %v", err)
 	}
@@ -135,7 +101,7 @@ func TestSocketsInNamespace(t *testing.T) {
 		t.Fatalf("found squatter pids %v and owner pids %v in the namespace, want 3 and 1", squatPIDs, ownerPIDs)
 	}
 	type key struct {
-		proto policy.Protocol
+		proto model.Protocol
 		addr  string
 		port  uint16
 	}
@@ -154,9 +120,9 @@ func TestSocketsInNamespace(t *testing.T) {
 		pids map[int]string // the processes it may name
 		arg  string         // the server's -addr argument
 	}{
-		{policy.TCP, "::", 8443}:        {"web", squat.UID, "pfw-squat", Squatter, squatPIDs, "[::]:8443"},
-		{policy.UDP, "127.0.0.1", 5060}: {"sip", squat.UID, "pfw-squat", Squatter, squatPIDs, "127.0.0.1:5060"},
-		{policy.TCP, "0.0.0.0", 8080}:   {"web", owner.UID, "pfw-owner", Owner, ownerPIDs, "0.0.0.0:8080"},
+		{model.TCP, "::", 8443}:        {"web", squat.UID, "pfw-squat", Squatter, squatPIDs, "[::]:8443"},
+		{model.UDP, "127.0.0.1", 5060}: {"sip", squat.UID, "pfw-squat", Squatter, squatPIDs, "127.0.0.1:5060"},
+		{model.TCP, "0.0.0.0", 8080}:   {"web", owner.UID, "pfw-owner", Owner, ownerPIDs, "0.0.0.0:8080"},
 	} {
 		f, ok := got[k]
 		if !ok {
@@ -174,7 +140,7 @@ func TestSocketsInNamespace(t *testing.T) {
 	if rep.Squatters() != 2 {
 		t.Errorf("Squatters() = %d, want 2", rep.Squatters())
 	}
-	wantFree := []Free{{"sip", policy.TCP, []string{"5060"}}, {"web", policy.TCP, []string{"8444"}}}
+	wantFree := []Free{{"sip", model.TCP, []string{"5060"}}, {"web", model.TCP, []string{"8444"}}}
 	if !slices.EqualFunc(rep.Free, wantFree, func(a, b Free) bool {
 		return a.Reservation == b.Reservation && a.Protocol == b.Protocol && slices.Equal(a.Ports, b.Ports)
 	}) {

@@ -3,7 +3,7 @@ package audit
 import (
 	"net/netip"
 
-	"github.com/portfw/portfw/policy"
+	"github.com/portfw/portfw/model"
 )
 
 // Tracker turns a series of reports into "new squatter" events, so a daemon
@@ -18,7 +18,7 @@ type Tracker struct {
 
 type squatterKey struct {
 	reservation string
-	protocol    policy.Protocol
+	protocol    model.Protocol
 	addr        netip.Addr
 	port        uint16
 	uid         uint32

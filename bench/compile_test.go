@@ -7,7 +7,9 @@ import (
 
 	"github.com/portfw/portfw/bench/gen"
 	"github.com/portfw/portfw/compiler"
+	"github.com/portfw/portfw/model"
 	"github.com/portfw/portfw/policy"
+	"github.com/portfw/portfw/resolve"
 )
 
 // sizes are the policies of the datapath benchmark: N exact reservations
@@ -16,7 +18,7 @@ var sizes = []int{1000, 10000}
 
 func spec(n int) gen.Spec { return gen.Spec{N: n, Ranges: 4, Port: 11111, UID: 65534} }
 
-func resolved(b *testing.B, n int) *policy.Resolved {
+func resolved(b *testing.B, n int) *model.Resolved {
 	b.Helper()
 	r, err := spec(n).Resolved()
 	if err != nil {
@@ -36,7 +38,7 @@ func BenchmarkParseResolve(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				if _, err := policy.Resolve(p, policy.Static{}); err != nil {
+				if _, err := resolve.Resolve(p, resolve.Static{}); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -70,11 +72,11 @@ func BenchmarkString(b *testing.B) {
 
 // editOwner is r with one reservation's owner changed: a membership-only
 // edit, the kind the daemon applies as an element delta.
-func editOwner(r *policy.Resolved) *policy.Resolved {
+func editOwner(r *model.Resolved) *model.Resolved {
 	e := *r
 	e.Reservations = slices.Clone(r.Reservations)
-	i := slices.IndexFunc(e.Reservations, func(x policy.Reservation) bool { return x.Name == "r00001" })
-	e.Reservations[i].UIDs = []policy.IDRange{{Lo: 77777, Hi: 77777}}
+	i := slices.IndexFunc(e.Reservations, func(x model.Reservation) bool { return x.Name == "r00001" })
+	e.Reservations[i].Owners.UIDs = []model.IDRange{model.ID(77777)}
 	return &e
 }
 

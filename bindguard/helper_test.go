@@ -1,24 +1,23 @@
 package bindguard
 
 import (
+	"bufio"
 	"bytes"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/portfw/portfw/internal/netns"
 	"github.com/portfw/portfw/testenv"
 )
 
@@ -28,7 +27,7 @@ import (
 // one locked thread, and exits afterwards, so no thread of it ever goes back
 // to the Go scheduler in a foreign namespace or with foreign credentials.
 const (
-	helperEnv = "PORTFW_BINDGUARD_HELPER" // "bind" or "apply"
+	helperEnv = "PORTFW_BINDGUARD_HELPER" // "bind", "bindloop" or "guard"
 	netnsEnv  = "PORTFW_BINDGUARD_NETNS"  // namespace file to join
 	credEnv   = "PORTFW_BINDGUARD_CRED"   // "UID:GID" to bind as
 )
@@ -45,6 +44,19 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
+// guardRequest is what a "guard" helper does in its namespace.
+type guardRequest struct {
+	Op     string // apply, remove, sweep, status
+	Spec   Spec
+	Cgroup string
+}
+
+type guardReply struct {
+	Found bool
+	Swept []uint64
+	Info  Info
+}
+
 func helperMain(mode string) error {
 	if p := os.Getenv(netnsEnv); p != "" {
 		fd, err := unix.Open(p, unix.O_RDONLY|unix.O_CLOEXEC, 0)
@@ -57,29 +69,70 @@ func helperMain(mode string) error {
 		unix.Close(fd)
 	}
 	switch mode {
-	case "apply":
-		var req applyRequest
+	case "guard":
+		var req guardRequest
 		if err := json.NewDecoder(os.Stdin).Decode(&req); err != nil {
 			return fmt.Errorf("read request: %w", err)
 		}
-		return Apply(req.Spec, req.Cgroup)
-	case "bind":
+		ns, err := ForNamespace(req.Cgroup)
+		if err != nil {
+			return err
+		}
+		var rep guardReply
+		switch req.Op {
+		case "apply":
+			err = ns.Apply(req.Spec)
+		case "remove":
+			rep.Found, err = ns.Remove()
+		case "sweep":
+			rep.Swept, err = ns.Sweep()
+		case "status":
+			rep.Info, err = ns.Status()
+		default:
+			err = fmt.Errorf("unknown op %q", req.Op)
+		}
+		if err != nil {
+			return err
+		}
+		return json.NewEncoder(os.Stdout).Encode(rep)
+	case "bind", "bindloop":
 		if c := os.Getenv(credEnv); c != "" {
 			if err := dropTo(c); err != nil {
 				return err
 			}
 		}
-		for _, p := range os.Args[1:] {
-			fmt.Println(tryBind(p))
+		if mode == "bind" {
+			for _, p := range os.Args[1:] {
+				fmt.Println(tryBind(p))
+			}
+			return nil
 		}
-		return nil
+		return bindLoop(os.Args[1:])
 	}
 	return fmt.Errorf("unknown mode %q", mode)
 }
 
-type applyRequest struct {
-	Spec   Spec
-	Cgroup string
+// bindLoop binds each probe over and over until stdin says "stop", then
+// prints how many binds of each outcome it saw, as JSON.
+func bindLoop(probes []string) error {
+	stop := make(chan struct{})
+	go func() {
+		bufio.NewReader(os.Stdin).ReadString('\n')
+		close(stop)
+	}()
+	outcomes := map[string]int{}
+	// Say we are running before looping, so the test can start updating.
+	fmt.Println("ready")
+	for {
+		select {
+		case <-stop:
+			return json.NewEncoder(os.Stdout).Encode(outcomes)
+		default:
+		}
+		for _, p := range probes {
+			outcomes[p+" "+tryBind(p)]++
+		}
+	}
 }
 
 // dropTo changes the credentials of this thread alone (raw syscalls, not
@@ -104,16 +157,22 @@ func dropTo(cred string) error {
 	return nil
 }
 
-// tryBind binds one socket described as "tcp4 ADDR PORT" and returns "ok"
-// or the errno's name.
+// tryBind binds one socket described as "tcp4 ADDR PORT" (tcp, udp,
+// udplite or mptcp; 4 or 6) and returns "ok" or the errno's name.
 func tryBind(probe string) string {
 	f := strings.Fields(probe)
 	if len(f) != 3 {
 		return "bad probe " + probe
 	}
-	typ := unix.SOCK_STREAM
-	if strings.HasPrefix(f[0], "udp") {
+	proto := strings.TrimRight(f[0], "46")
+	typ, protocol := unix.SOCK_STREAM, 0
+	switch proto {
+	case "udp":
 		typ = unix.SOCK_DGRAM
+	case "udplite":
+		typ, protocol = unix.SOCK_DGRAM, unix.IPPROTO_UDPLITE
+	case "mptcp":
+		protocol = unix.IPPROTO_MPTCP
 	}
 	addr, err := netip.ParseAddr(f[1])
 	port, perr := strconv.Atoi(f[2])
@@ -128,11 +187,14 @@ func tryBind(probe string) string {
 	} else {
 		sa = &unix.SockaddrInet4{Port: port, Addr: addr.As4()}
 	}
-	fd, err := unix.Socket(family, typ|unix.SOCK_CLOEXEC, 0)
+	fd, err := unix.Socket(family, typ|unix.SOCK_CLOEXEC, protocol)
 	if err != nil {
 		return "socket: " + errName(err)
 	}
 	defer unix.Close(fd)
+	if family == unix.AF_INET6 && addr.IsUnspecified() {
+		unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0)
+	}
 	if err := unix.Bind(fd, sa); err != nil {
 		return errName(err)
 	}
@@ -176,67 +238,45 @@ func kernelAtLeast(major, minor int) bool {
 	return ma > major || ma == major && mi >= minor
 }
 
-// testCgroup is a child of the cgroup v2 root, removed by the test's
-// cleanup. Guards attached to it touch only the helpers put into it.
-type testCgroup struct {
-	path string
-	fd   int
-}
-
-func newCgroup(t *testing.T) *testCgroup {
-	t.Helper()
-	root, err := CgroupRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := make([]byte, 4)
-	rand.Read(b)
-	path := filepath.Join(root, fmt.Sprintf("portfw-test-%d-%s", os.Getpid(), hex.EncodeToString(b)))
-	if err := os.Mkdir(path, 0o755); err != nil {
-		t.Fatalf("create cgroup: %v", err)
-	}
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		t.Fatalf("open cgroup: %v", err)
-	}
-	t.Cleanup(func() {
-		unix.Close(fd)
-		// The helpers have exited, but the kernel may take a moment to
-		// let go of the cgroup.
-		for i := 0; ; i++ {
-			err := os.Remove(path)
-			if err == nil || errors.Is(err, os.ErrNotExist) {
-				return
-			}
-			if i == 50 {
-				t.Errorf("remove cgroup: %v", err)
-				return
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	})
-	return &testCgroup{path: path, fd: fd}
-}
-
-// helper runs the test binary as a helper: in the namespace nsPath ("" for
-// the test's own), in cgroup cg (nil for the test's own).
-func helper(t *testing.T, mode, nsPath string, cg *testCgroup, cred *testenv.Cred, stdin []byte, args ...string) string {
-	t.Helper()
+// helperCmd prepares the test binary as a helper: in the namespace nsPath
+// ("" for the test's own), in cgroup cg (nil for the test's own).
+func helperCmd(mode, nsPath string, cg *testenv.Cgroup, cred *testenv.Cred, args ...string) *exec.Cmd {
 	cmd := exec.Command(os.Args[0], args...)
 	cmd.Env = append(os.Environ(), helperEnv+"="+mode, netnsEnv+"="+nsPath)
 	if cred != nil {
 		cmd.Env = append(cmd.Env, fmt.Sprintf("%s=%d:%d", credEnv, cred.UID, cred.GID))
 	}
 	if cg != nil {
-		cmd.SysProcAttr = &unix.SysProcAttr{UseCgroupFD: true, CgroupFD: cg.fd}
+		cmd.SysProcAttr = &unix.SysProcAttr{UseCgroupFD: true, CgroupFD: cg.FD}
 	}
+	return cmd
+}
+
+func runHelper(t *testing.T, cmd *exec.Cmd, stdin []byte) (string, error) {
+	t.Helper()
 	cmd.Stdin = bytes.NewReader(stdin)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
-		t.Fatalf("helper %s %v: %v\n%s", mode, args, err, stderr.String())
+		return stdout.String(), fmt.Errorf("%w: %s", err, stderr.String())
 	}
-	return stdout.String()
+	return stdout.String(), nil
+}
+
+// guardOp runs one guard operation in a helper in the namespace at nsPath,
+// which exits afterwards: whatever it installed must outlive it.
+func guardOp(t *testing.T, nsPath string, req guardRequest) guardReply {
+	t.Helper()
+	b, _ := json.Marshal(req)
+	out, err := runHelper(t, helperCmd("guard", nsPath, nil, nil), b)
+	if err != nil {
+		t.Fatalf("guard %s in %s: %v", req.Op, nsPath, err)
+	}
+	var rep guardReply
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("guard %s: %v: %q", req.Op, err, out)
+	}
+	return rep
 }
 
 // bindCase is one bind and the outcome it must have.
@@ -247,13 +287,17 @@ type bindCase struct {
 
 // checkBinds binds each probe as cred in a fresh helper and reports every
 // outcome that differs from the expected one.
-func checkBinds(t *testing.T, label, nsPath string, cg *testCgroup, cred testenv.Cred, probes ...bindCase) {
+func checkBinds(t *testing.T, label, nsPath string, cg *testenv.Cgroup, cred testenv.Cred, probes ...bindCase) {
 	t.Helper()
 	args := make([]string, len(probes))
 	for i, p := range probes {
 		args[i] = p.what
 	}
-	got := strings.Split(strings.TrimRight(helper(t, "bind", nsPath, cg, &cred, nil, args...), "\n"), "\n")
+	out, err := runHelper(t, helperCmd("bind", nsPath, cg, &cred, args...), nil)
+	if err != nil {
+		t.Fatalf("%s: %v", label, err)
+	}
+	got := strings.Split(strings.TrimRight(out, "\n"), "\n")
 	if len(got) != len(probes) {
 		t.Fatalf("%s: helper printed %q for %d probes", label, got, len(probes))
 	}
@@ -264,42 +308,48 @@ func checkBinds(t *testing.T, label, nsPath string, cg *testCgroup, cred testenv
 	}
 }
 
-// inNS runs fn on a thread that joined the namespace at nsPath. The thread
-// goes back to the scheduler only once it is back in its own namespace;
-// if that fails, it stays locked and dies with its goroutine. fn runs on
-// another goroutine, so it must not call t.Fatal.
-func inNS(t *testing.T, nsPath string, fn func()) {
+// bindLoopHelper starts a helper that binds probes in a loop until stopped.
+type bindLoopHelper struct {
+	cmd    *exec.Cmd
+	stdin  io.WriteCloser
+	stdout *bufio.Reader
+}
+
+func startBindLoop(t *testing.T, nsPath string, cg *testenv.Cgroup, cred testenv.Cred, probes ...string) *bindLoopHelper {
 	t.Helper()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			errc <- fmt.Errorf("open own netns: %w", err)
-			return
-		}
-		defer unix.Close(orig)
-		target, err := unix.Open(nsPath, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			errc <- fmt.Errorf("open netns: %w", err)
-			return
-		}
-		defer unix.Close(target)
-		if err := unix.Setns(target, unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("join netns: %w", err)
-			return
-		}
-		defer func() {
-			if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
-				errc <- fmt.Errorf("return to own netns: %w", err)
-				return // the thread stays locked and exits with the goroutine
-			}
-			runtime.UnlockOSThread()
-			errc <- nil
-		}()
-		fn()
-	}()
-	if err := <-errc; err != nil {
+	cmd := helperCmd("bindloop", nsPath, cg, &cred, probes...)
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	h := &bindLoopHelper{cmd: cmd, stdin: stdin, stdout: bufio.NewReader(stdout)}
+	if line, err := h.stdout.ReadString('\n'); err != nil || line != "ready\n" {
+		t.Fatalf("bind loop did not start: %q %v", line, err)
+	}
+	t.Cleanup(func() { stdin.Close(); cmd.Process.Kill(); cmd.Wait() })
+	return h
+}
+
+// stop ends the loop and returns how often each probe had each outcome.
+func (h *bindLoopHelper) stop(t *testing.T) map[string]int {
+	t.Helper()
+	fmt.Fprintln(h.stdin, "stop")
+	var outcomes map[string]int
+	if err := json.NewDecoder(h.stdout).Decode(&outcomes); err != nil {
+		t.Fatalf("bind loop: %v", err)
+	}
+	h.cmd.Wait()
+	return outcomes
+}
+
+// cookieOfNS is the cookie of the namespace at path.
+func cookieOfNS(t *testing.T, path string) uint64 {
+	t.Helper()
+	c, err := netns.CookieOf(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }

@@ -4,24 +4,21 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+
+	"github.com/portfw/portfw/internal/netns"
 	"golang.org/x/sys/unix"
 )
 
 // ErrNotSupported is wrapped by Supported's errors: the host cannot run
 // the guard, and `bind_guard: auto` carries on with nftables alone.
 var ErrNotSupported = errors.New("bind guard not supported")
-
-var mapNames = []string{mapConfig, mapPorts, mapScopes, mapOwners, mapRanges}
-
-// Pin names of the two links; programs are not pinned, their links hold them.
-var linkNames = map[int]string{4: "link_bind4", 6: "link_bind6"}
 
 var families = []int{4, 6}
 
@@ -31,9 +28,10 @@ var support struct {
 }
 
 // Supported returns nil when this host can run the guard, or an error
-// wrapping ErrNotSupported that says why not: no cgroup v2 hierarchy, no
-// bpffs, a kernel without SO_NETNS_COOKIE (5.14) or whose verifier refuses
-// the program (bind hooks may grant low ports since 5.12), or no
+// wrapping ErrNotSupported that says why not: no cgroup v2 (the kernel
+// lacks it, or this process sees only a cgroup namespace's subtree), a
+// kernel without SO_NETNS_COOKIE (5.14) or whose verifier refuses the
+// program (bind hooks may grant low ports since 5.12), or no
 // CAP_BPF/CAP_NET_ADMIN. It loads the real program once, attached nowhere,
 // and remembers the answer.
 func Supported() error {
@@ -45,22 +43,21 @@ func probe() error {
 	notSupported := func(format string, args ...any) error {
 		return fmt.Errorf("%w: %s", ErrNotSupported, fmt.Sprintf(format, args...))
 	}
-	if _, err := CgroupRoot(); err != nil {
+	if _, err := netns.Cookie(); err != nil {
 		return notSupported("%v", err)
 	}
-	if err := bpffsAvailable(); err != nil {
+	root, err := OpenRoot()
+	if err != nil {
 		return notSupported("%v", err)
 	}
-	if _, err := NetnsCookie(); err != nil {
-		return notSupported("%v", err)
-	}
-	maps, err := newMaps(entries{})
+	root.Close()
+	maps, err := newMaps()
 	if err != nil {
 		return notSupported("%s", loadProblem(err))
 	}
 	defer closeMaps(maps)
 	for _, fam := range families {
-		p, err := newProgram(fam, 0, maps)
+		p, err := newProgram(fam, maps)
 		if err != nil {
 			return notSupported("%s", loadProblem(err))
 		}
@@ -81,29 +78,389 @@ func loadProblem(err error) string {
 	return fmt.Sprintf("kernel %s refuses the bind program (it needs 5.12 or later): %v", release, err)
 }
 
-// mapSpec sizes a map for n entries of one generation. In-place updates
-// hold two generations at once; the headroom lets a policy grow before a
-// full replace is needed. Maps allocate per entry (BPF_F_NO_PREALLOC), so
-// an unused maximum costs little.
-func mapSpec(name string, n int) *ebpf.MapSpec {
-	entries := uint32(max(256, 4*n))
-	switch name {
-	case mapConfig:
-		return &ebpf.MapSpec{Name: "pfw_" + name, Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 1}
-	case mapPorts:
-		return &ebpf.MapSpec{Name: "pfw_" + name, Type: ebpf.Hash, KeySize: portsKeySize, ValueSize: portsValueSize,
-			MaxEntries: min(entries, maxPortKeys), Flags: unix.BPF_F_NO_PREALLOC}
-	case mapScopes:
-		return &ebpf.MapSpec{Name: "pfw_" + name, Type: ebpf.LPMTrie, KeySize: scopesKeySize, ValueSize: 4,
-			MaxEntries: entries, Flags: unix.BPF_F_NO_PREALLOC}
-	case mapOwners:
-		return &ebpf.MapSpec{Name: "pfw_" + name, Type: ebpf.Hash, KeySize: ownersKeySize, ValueSize: 4,
-			MaxEntries: entries, Flags: unix.BPF_F_NO_PREALLOC}
-	case mapRanges:
-		return &ebpf.MapSpec{Name: "pfw_" + name, Type: ebpf.LPMTrie, KeySize: rangesKeySize, ValueSize: 4,
-			MaxEntries: entries, Flags: unix.BPF_F_NO_PREALLOC}
+// Inner maps are sized to their namespace's policy. Kernels before 6.7
+// insist that every inner map have its template's size; there they all
+// get a fixed size (hash maps then cost their bucket arrays up front).
+var flexibleInner = sync.OnceValue(func() bool {
+	outer, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.HashOfMaps, KeySize: 4, ValueSize: 4, MaxEntries: 1,
+		InnerMap: &ebpf.MapSpec{Type: ebpf.Hash, KeySize: 4, ValueSize: 4, MaxEntries: 1, Flags: unix.BPF_F_NO_PREALLOC}})
+	if err != nil {
+		return false
 	}
-	panic("bindguard: unknown map " + name)
+	defer outer.Close()
+	inner, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Hash, KeySize: 4, ValueSize: 4, MaxEntries: 2, Flags: unix.BPF_F_NO_PREALLOC})
+	if err != nil {
+		return false
+	}
+	defer inner.Close()
+	return outer.Put(uint32(0), inner) == nil
+})
+
+// Fixed inner sizes, for kernels without flexible inner maps: every port,
+// and room for large owner lists.
+const (
+	fixedPorts  = maxPortKeys
+	fixedOwners = 1 << 16
+	fixedLPM    = 1 << 16
+	maxNets     = 1 << 16 // namespaces on one host
+)
+
+func innerSpec(name string, n int) *ebpf.MapSpec {
+	size := func(fixed int) uint32 {
+		if flexibleInner() {
+			return uint32(max(n, 1))
+		}
+		return uint32(fixed)
+	}
+	switch name {
+	case mapPorts:
+		return &ebpf.MapSpec{Name: "pfw2_port", Type: ebpf.Hash, KeySize: portsKeySize, ValueSize: portsValueSize, MaxEntries: size(fixedPorts), Flags: unix.BPF_F_NO_PREALLOC}
+	case mapScopes:
+		return &ebpf.MapSpec{Name: "pfw2_scope", Type: ebpf.LPMTrie, KeySize: scopesKeySize, ValueSize: 4, MaxEntries: size(fixedLPM), Flags: unix.BPF_F_NO_PREALLOC}
+	case mapOwners:
+		return &ebpf.MapSpec{Name: "pfw2_owner", Type: ebpf.Hash, KeySize: ownersKeySize, ValueSize: 4, MaxEntries: size(fixedOwners), Flags: unix.BPF_F_NO_PREALLOC}
+	case mapRanges:
+		return &ebpf.MapSpec{Name: "pfw2_range", Type: ebpf.LPMTrie, KeySize: rangesKeySize, ValueSize: 4, MaxEntries: size(fixedLPM), Flags: unix.BPF_F_NO_PREALLOC}
+	}
+	panic("bindguard: no inner map " + name)
+}
+
+func outerSpec(name string) *ebpf.MapSpec {
+	if name == mapNets {
+		return &ebpf.MapSpec{Name: mapNets, Type: ebpf.Hash, KeySize: netsKeySize, ValueSize: netsValueSize, MaxEntries: maxNets, Flags: unix.BPF_F_NO_PREALLOC}
+	}
+	// Two generations per namespace while an update is under way.
+	return &ebpf.MapSpec{Name: name, Type: ebpf.HashOfMaps, KeySize: outerKeySize, ValueSize: 4, MaxEntries: 2 * maxNets,
+		Flags: unix.BPF_F_NO_PREALLOC, InnerMap: innerSpec(name, 1)}
+}
+
+// newMaps creates the five maps, empty.
+func newMaps() (map[string]*ebpf.Map, error) {
+	maps := map[string]*ebpf.Map{}
+	for _, name := range mapNames {
+		m, err := ebpf.NewMap(outerSpec(name))
+		if err != nil {
+			closeMaps(maps)
+			return nil, fmt.Errorf("create map %s: %w", name, err)
+		}
+		maps[name] = m
+	}
+	return maps, nil
+}
+
+func closeMaps(maps map[string]*ebpf.Map) {
+	for _, m := range maps {
+		m.Close()
+	}
+}
+
+func newProgram(family int, maps map[string]*ebpf.Map) (*ebpf.Program, error) {
+	spec := programSpec(family)
+	for name, m := range maps {
+		if err := spec.Instructions.AssociateMap(name, m); err != nil {
+			return nil, fmt.Errorf("load bind%d program: %w", family, err)
+		}
+	}
+	p, err := ebpf.NewProgram(spec)
+	if err != nil {
+		return nil, fmt.Errorf("load bind%d program: %w", family, err)
+	}
+	return p, nil
+}
+
+// Host is the guard of one cgroup: the root of the cgroup v2 hierarchy
+// (every process on the host), or a subtree for tests. It holds the cgroup
+// open; the kernel objects are found or made by each call, under a lock
+// shared by every portfw on the host (flock on the cgroup directory, which
+// is one inode however many times and wherever the hierarchy is mounted).
+type Host struct {
+	dir  *os.File
+	name string // the cgroup's path in the hierarchy, "/" for the root
+}
+
+// OpenHost opens the guard of the cgroup at path (relative to the root of
+// the cgroup v2 hierarchy; "" for the root itself).
+func OpenHost(path string) (*Host, error) {
+	dir, name, err := OpenCgroup(path)
+	if err != nil {
+		return nil, err
+	}
+	return &Host{dir: dir, name: name}, nil
+}
+
+// Cgroup is the path of the cgroup the guard attaches to.
+func (h *Host) Cgroup() string { return h.name }
+
+// Close releases the cgroup.
+func (h *Host) Close() error { return h.dir.Close() }
+
+func (h *Host) lock() (func(), error) {
+	if err := unix.Flock(int(h.dir.Fd()), unix.LOCK_EX); err != nil {
+		return nil, fmt.Errorf("lock the bind guard: %w", err)
+	}
+	return func() { unix.Flock(int(h.dir.Fd()), unix.LOCK_UN) }, nil
+}
+
+// installed is the guard the kernel runs: both programs and their maps.
+type installed struct {
+	progs map[int]*ebpf.Program
+	maps  map[string]*ebpf.Map
+	// foreign lists programs that carry portfw's name but are not this
+	// portfw's (another build or a copy): never touched, reported.
+	foreign []string
+}
+
+func (in *installed) close() {
+	for _, p := range in.progs {
+		p.Close()
+	}
+	closeMaps(in.maps)
+}
+
+// find looks for portfw's programs on the cgroup. A program is portfw's
+// when its name, tag (the instructions, so another build never passes),
+// maps (names, types, sizes) and creator (uid 0) all say so: never by name
+// alone, since any root process can copy a name. It returns nil, nil when
+// there is none.
+func (h *Host) find() (*installed, error) {
+	in := &installed{progs: map[int]*ebpf.Program{}}
+	for _, fam := range families {
+		res, err := link.QueryPrograms(link.QueryOptions{Target: int(h.dir.Fd()), Attach: attachType(fam)})
+		if err != nil {
+			in.close()
+			return nil, fmt.Errorf("query the bind%d programs of cgroup %s: %w", fam, h.name, err)
+		}
+		for _, ap := range res.Programs {
+			p, err := ebpf.NewProgramFromID(ap.ID)
+			if err != nil {
+				continue // detached meanwhile
+			}
+			info, err := p.Info()
+			if err != nil || info.Name != progName(fam) {
+				p.Close()
+				continue
+			}
+			maps, why := ours(fam, p, info)
+			if why != "" || in.progs[fam] != nil || (in.maps != nil && !sameMaps(in.maps, maps)) {
+				if why == "" {
+					why = "a second copy"
+				}
+				in.foreign = append(in.foreign, fmt.Sprintf("program %d (%s): %s", ap.ID, info.Name, why))
+				closeMaps(maps)
+				p.Close()
+				continue
+			}
+			in.progs[fam] = p
+			if in.maps == nil {
+				in.maps = maps
+			} else {
+				closeMaps(maps)
+			}
+		}
+	}
+	if len(in.progs) == 0 {
+		foreign := in.foreign
+		in.close()
+		if len(foreign) > 0 {
+			return &installed{foreign: foreign}, nil
+		}
+		return nil, nil
+	}
+	return in, nil
+}
+
+// ours checks a program found by name and opens its maps; why says what
+// differs when it is not portfw's.
+func ours(fam int, p *ebpf.Program, info *ebpf.ProgramInfo) (map[string]*ebpf.Map, string) {
+	if uid, ok := info.CreatedByUID(); ok && uid != 0 {
+		return nil, fmt.Sprintf("created by uid %d", uid)
+	}
+	if err := compatible(fam, info); err != nil {
+		return nil, "its instructions differ from this portfw's (another version?)"
+	}
+	ids, ok := info.MapIDs()
+	if !ok {
+		return nil, "its maps cannot be read"
+	}
+	maps := map[string]*ebpf.Map{}
+	for _, id := range ids {
+		m, err := ebpf.NewMapFromID(id)
+		if err != nil {
+			closeMaps(maps)
+			return nil, fmt.Sprintf("map %d: %v", id, err)
+		}
+		mi, err := m.Info()
+		if err != nil || maps[mi.Name] != nil {
+			m.Close()
+			closeMaps(maps)
+			return nil, "its maps are not portfw's"
+		}
+		want := outerSpec(mi.Name)
+		if !slices.Contains(mapNames, mi.Name) || mi.Type != want.Type || mi.KeySize != want.KeySize || mi.ValueSize != want.ValueSize {
+			m.Close()
+			closeMaps(maps)
+			return nil, fmt.Sprintf("map %q is not portfw's", mi.Name)
+		}
+		maps[mi.Name] = m
+	}
+	if len(maps) != len(mapNames) {
+		closeMaps(maps)
+		return nil, "it does not use portfw's five maps"
+	}
+	return maps, ""
+}
+
+// compatible compares the kernel's tag of a program with this portfw's
+// program. The tag hashes the instructions with jumps resolved (and map
+// references zeroed), so the spec is marshalled once first to resolve its
+// symbolic jumps.
+func compatible(fam int, info *ebpf.ProgramInfo) error {
+	spec := programSpec(fam)
+	if err := spec.Instructions.Marshal(io.Discard, hostOrder); err != nil {
+		return err
+	}
+	return spec.Compatible(info)
+}
+
+// hostOrder is binary.NativeEndian as one of the two orders the assembler
+// accepts.
+var hostOrder = func() binary.ByteOrder {
+	if binary.NativeEndian.Uint16([]byte{1, 0}) == 1 {
+		return binary.LittleEndian
+	}
+	return binary.BigEndian
+}()
+
+func sameMaps(a, b map[string]*ebpf.Map) bool {
+	for name, m := range a {
+		x, y := mapID(m), mapID(b[name])
+		if x == 0 || x != y {
+			return false
+		}
+	}
+	return true
+}
+
+func mapID(m *ebpf.Map) ebpf.MapID {
+	if m == nil {
+		return 0
+	}
+	info, err := m.Info()
+	if err != nil {
+		return 0
+	}
+	id, _ := info.ID()
+	return id
+}
+
+// install completes the guard: it creates the maps if there are none, and
+// loads and attaches every program that is missing. Programs are attached
+// the legacy way (BPF_PROG_ATTACH with BPF_F_ALLOW_MULTI): they stay
+// attached when portfw exits, with no pin, and run beside anyone else's.
+func (h *Host) install(in *installed) (*installed, error) {
+	if in == nil || in.maps == nil {
+		var foreign []string
+		if in != nil {
+			foreign = in.foreign
+		}
+		maps, err := newMaps()
+		if err != nil {
+			return nil, err
+		}
+		in = &installed{progs: map[int]*ebpf.Program{}, maps: maps, foreign: foreign}
+	}
+	for _, fam := range families {
+		if in.progs[fam] != nil {
+			continue
+		}
+		p, err := newProgram(fam, in.maps)
+		if err != nil {
+			in.close()
+			return nil, err
+		}
+		if err := link.RawAttachProgram(link.RawAttachProgramOptions{Target: int(h.dir.Fd()), Program: p,
+			Attach: attachType(fam), Flags: unix.BPF_F_ALLOW_MULTI}); err != nil {
+			p.Close()
+			in.close()
+			return nil, fmt.Errorf("attach the bind%d program to cgroup %s: %w", fam, h.name, err)
+		}
+		in.progs[fam] = p
+	}
+	return in, nil
+}
+
+// detach takes portfw's programs off the cgroup.
+func (h *Host) detach(in *installed) error {
+	var errs []error
+	for fam, p := range in.progs {
+		if err := link.RawDetachProgram(link.RawDetachProgramOptions{Target: int(h.dir.Fd()), Program: p, Attach: attachType(fam)}); err != nil {
+			errs = append(errs, fmt.Errorf("detach the bind%d program: %w", fam, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Apply makes the guard enforce spec for binds in the network namespace
+// with this cookie (and nsfs inode, kept for the sweep). The new policy is a
+// new generation of the namespace's four inner maps, switched to with one
+// write: no bind ever sees none.
+func (h *Host) Apply(cookie, inode uint64, spec Spec) error {
+	unlock, err := h.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	found, err := h.find()
+	if err != nil {
+		return err
+	}
+	in, err := h.install(found)
+	if err != nil {
+		return err
+	}
+	defer in.close()
+	cur, had, err := lookupNet(in.maps[mapNets], cookie)
+	if err != nil {
+		return err
+	}
+	next := cur.gen + 1
+	if next == 0 {
+		next = 1
+	}
+	e := encode(spec)
+	for _, name := range mapNames[1:] {
+		inner, err := ebpf.NewMap(innerSpec(name, len(e.of(name))))
+		if err != nil {
+			return fmt.Errorf("create map %s: %w", name, err)
+		}
+		err = put(inner, name, e.of(name))
+		if err == nil {
+			err = in.maps[name].Put(outerKey(cookie, next), inner)
+		}
+		inner.Close() // the outer map holds it now
+		if err != nil {
+			return fmt.Errorf("update map %s: %w", name, err)
+		}
+	}
+	if err := in.maps[mapNets].Put(cookie, netEntry{gen: next, inode: inode}.bytes()); err != nil {
+		return fmt.Errorf("update map %s: %w", mapNets, err)
+	}
+	keep := []uint32{next}
+	if had {
+		keep = append(keep, cur.gen) // a bind may still be reading it
+	}
+	return deleteGenerations(in.maps, cookie, keep)
+}
+
+func lookupNet(nets *ebpf.Map, cookie uint64) (netEntry, bool, error) {
+	v, err := nets.LookupBytes(cookie)
+	if err != nil {
+		return netEntry{}, false, fmt.Errorf("read map %s: %w", mapNets, err)
+	}
+	if v == nil {
+		return netEntry{}, false, nil
+	}
+	return parseNetEntry(v), true, nil
 }
 
 func (e entries) of(name string) []kv {
@@ -120,34 +477,6 @@ func (e entries) of(name string) []kv {
 	return nil
 }
 
-// newMaps creates the maps sized for e, filled with e, generation 0 active.
-func newMaps(e entries) (map[string]*ebpf.Map, error) {
-	maps := map[string]*ebpf.Map{}
-	for _, name := range mapNames {
-		m, err := ebpf.NewMap(mapSpec(name, len(e.of(name))))
-		if err != nil {
-			closeMaps(maps)
-			return nil, fmt.Errorf("create map %s: %w", name, err)
-		}
-		maps[name] = m
-		if err := put(m, name, e.of(name)); err != nil {
-			closeMaps(maps)
-			return nil, err
-		}
-	}
-	if err := setConfig(maps[mapConfig], 0); err != nil {
-		closeMaps(maps)
-		return nil, err
-	}
-	return maps, nil
-}
-
-func closeMaps(maps map[string]*ebpf.Map) {
-	for _, m := range maps {
-		m.Close()
-	}
-}
-
 func put(m *ebpf.Map, name string, kvs []kv) error {
 	for _, e := range kvs {
 		if err := m.Put(e.k, e.v); err != nil {
@@ -157,192 +486,20 @@ func put(m *ebpf.Map, name string, kvs []kv) error {
 	return nil
 }
 
-func setConfig(m *ebpf.Map, gen uint32) error {
-	v := binary.NativeEndian.AppendUint32(nil, gen)
-	v = binary.NativeEndian.AppendUint32(v, layoutVersion)
-	if err := m.Put(uint32(0), v); err != nil {
-		return fmt.Errorf("update map config: %w", err)
-	}
-	return nil
-}
-
-// readConfig returns the active generation and the layout version.
-func readConfig(m *ebpf.Map) (gen, layout uint32, err error) {
-	v, err := m.LookupBytes(uint32(0))
-	if err != nil || len(v) != 8 {
-		return 0, 0, fmt.Errorf("read map config: %v", err)
-	}
-	return binary.NativeEndian.Uint32(v), binary.NativeEndian.Uint32(v[4:]), nil
-}
-
-func newProgram(family int, cookie uint64, maps map[string]*ebpf.Map) (*ebpf.Program, error) {
-	spec := programSpec(family, cookie)
-	for name, m := range maps {
-		if err := spec.Instructions.AssociateMap(name, m); err != nil {
-			return nil, fmt.Errorf("load bind%d program: %w", family, err)
-		}
-	}
-	p, err := ebpf.NewProgram(spec)
-	if err != nil {
-		return nil, fmt.Errorf("load bind%d program: %w", family, err)
-	}
-	return p, nil
-}
-
-// guard is what is pinned for one network namespace; any part may be
-// missing after a crash or an older portfw.
-type guard struct {
-	dir   string
-	maps  map[string]*ebpf.Map
-	links map[int]link.Link
-}
-
-func openGuard(dir string) (*guard, error) {
-	g := &guard{dir: dir, maps: map[string]*ebpf.Map{}, links: map[int]link.Link{}}
-	for _, name := range mapNames {
-		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), nil)
-		if errors.Is(err, os.ErrNotExist) {
-			continue
-		}
-		if err != nil {
-			g.close()
-			return nil, fmt.Errorf("load pinned map %s: %w", name, err)
-		}
-		g.maps[name] = m
-	}
-	for fam, name := range linkNames {
-		l, err := link.LoadPinnedLink(filepath.Join(dir, name), nil)
-		if errors.Is(err, os.ErrNotExist) {
-			continue
-		}
-		if err != nil {
-			g.close()
-			return nil, fmt.Errorf("load pinned link %s: %w", name, err)
-		}
-		g.links[fam] = l
-	}
-	return g, nil
-}
-
-func (g *guard) close() {
-	closeMaps(g.maps)
-	for _, l := range g.links {
-		l.Close()
-	}
-}
-
-func (g *guard) empty() bool { return len(g.maps) == 0 && len(g.links) == 0 }
-
-// linkCgroup returns the cgroup id a link is attached to.
-func linkCgroup(l link.Link) (uint64, error) {
-	info, err := l.Info()
-	if err != nil {
-		return 0, fmt.Errorf("read link info: %w", err)
-	}
-	cg := info.Cgroup()
-	if cg == nil {
-		return 0, errors.New("read link info: not a cgroup link")
-	}
-	return cg.CgroupId, nil
-}
-
-// intact reports whether the pinned guard is complete, of this layout,
-// attached to the cgroup, and its programs use exactly the pinned maps,
-// so that updating those maps updates what the kernel enforces. A crash
-// in the middle of a replace leaves pins and programs apart; the next
-// Apply then replaces everything again.
-func (g *guard) intact(cgroup uint64) bool {
-	if len(g.maps) != len(mapNames) || len(g.links) != len(families) {
-		return false
-	}
-	if _, layout, err := readConfig(g.maps[mapConfig]); err != nil || layout != layoutVersion {
-		return false
-	}
-	var pinned []ebpf.MapID
-	for _, m := range g.maps {
-		info, err := m.Info()
-		if err != nil {
-			return false
-		}
-		id, ok := info.ID()
-		if !ok {
-			return false
-		}
-		pinned = append(pinned, id)
-	}
-	slices.Sort(pinned)
-	for _, l := range g.links {
-		if id, err := linkCgroup(l); err != nil || id != cgroup {
-			return false
-		}
-		info, err := l.Info()
-		if err != nil {
-			return false
-		}
-		p, err := ebpf.NewProgramFromID(info.Program)
-		if err != nil {
-			return false
-		}
-		pinfo, err := p.Info()
-		p.Close()
-		if err != nil {
-			return false
-		}
-		used, ok := pinfo.MapIDs()
-		if !ok {
-			return false
-		}
-		slices.Sort(used)
-		if !slices.Equal(used, pinned) {
-			return false
-		}
-	}
-	return true
-}
-
-var errFull = errors.New("maps too small for an in-place update")
-
-// update writes spec into the pinned maps as the inactive generation,
-// switches to it with one write, then deletes the old generation. Leftovers
-// of an update that crashed midway are deleted first.
-func (g *guard) update(spec Spec) error {
-	cur, _, err := readConfig(g.maps[mapConfig])
-	if err != nil {
-		return err
-	}
-	next := byte(1 - cur&1)
-	e := encode(spec, next)
-	old := map[string][][]byte{}
+// deleteGenerations deletes the inner maps of cookie whose generation is
+// not in keep (all of them for a nil keep).
+func deleteGenerations(maps map[string]*ebpf.Map, cookie uint64, keep []uint32) error {
 	for _, name := range mapNames[1:] {
-		m := g.maps[name]
-		keys, err := allKeys(m)
+		keys, err := allKeys(maps[name])
 		if err != nil {
 			return fmt.Errorf("read map %s: %w", name, err)
 		}
 		for _, k := range keys {
-			if genOf(name, k) == byte(cur) {
-				old[name] = append(old[name], k)
+			c, gen := parseOuterKey(k)
+			if c != cookie || slices.Contains(keep, gen) {
 				continue
 			}
-			if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-				return fmt.Errorf("delete from map %s: %w", name, err)
-			}
-		}
-		if len(old[name])+len(e.of(name)) > int(m.MaxEntries()) {
-			return errFull
-		}
-	}
-	for _, name := range mapNames[1:] {
-		if err := put(g.maps[name], name, e.of(name)); err != nil {
-			return err
-		}
-	}
-	if err := setConfig(g.maps[mapConfig], uint32(next)); err != nil {
-		return err
-	}
-	for _, name := range mapNames[1:] {
-		for _, k := range old[name] {
-			if err := g.maps[name].Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			if err := maps[name].Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 				return fmt.Errorf("delete from map %s: %w", name, err)
 			}
 		}
@@ -366,276 +523,176 @@ func allKeys(m *ebpf.Map) ([][]byte, error) {
 	}
 }
 
-// replace builds new maps and programs for spec and swaps them in: a link
-// already on the cgroup gets the new program atomically (BPF_LINK_UPDATE),
-// otherwise a new link is attached and pinned over the old one, which is
-// detached only then. New pins are made under temporary names and renamed
-// over the old ones, so the directory always holds a whole guard.
-func (g *guard) replace(spec Spec, cookie uint64, cgroupPath string, cgroup uint64) error {
-	maps, err := newMaps(encode(spec, 0))
+// Remove takes the namespace's entries out and, when no namespace is left,
+// detaches the programs. It reports whether the namespace had a guard.
+func (h *Host) Remove(cookie uint64) (bool, error) {
+	unlock, err := h.lock()
 	if err != nil {
-		return err
+		return false, err
 	}
-	defer closeMaps(maps)
-	progs := map[int]*ebpf.Program{}
-	defer func() {
-		for _, p := range progs {
-			p.Close()
-		}
-	}()
-	for _, fam := range families {
-		p, err := newProgram(fam, cookie, maps)
-		if err != nil {
-			return err
-		}
-		progs[fam] = p
+	defer unlock()
+	in, err := h.find()
+	if err != nil || in == nil || in.maps == nil {
+		return false, err
 	}
-	var renames [][2]string
-	pinNew := func(name string, pin func(string) error) error {
-		final := filepath.Join(g.dir, name)
-		tmp := final + "_new" // bpffs refuses names with a dot
-		if err := os.Remove(tmp); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("remove stale pin: %w", err)
+	defer in.close()
+	_, had, err := lookupNet(in.maps[mapNets], cookie)
+	if err != nil {
+		return false, err
+	}
+	if had {
+		// The namespace's entry goes first: from then on its binds pass.
+		if err := in.maps[mapNets].Delete(cookie); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return true, fmt.Errorf("delete from map %s: %w", mapNets, err)
 		}
-		if err := pin(tmp); err != nil {
-			return fmt.Errorf("pin %s: %w", name, err)
-		}
-		renames = append(renames, [2]string{tmp, final})
+	}
+	if err := deleteGenerations(in.maps, cookie, nil); err != nil {
+		return had, err
+	}
+	return had, h.detachIfUnused(in)
+}
+
+func (h *Host) detachIfUnused(in *installed) error {
+	keys, err := allKeys(in.maps[mapNets])
+	if err != nil {
+		return fmt.Errorf("read map %s: %w", mapNets, err)
+	}
+	if len(keys) > 0 {
 		return nil
 	}
-	for _, name := range mapNames {
-		if err := pinNew(name, maps[name].Pin); err != nil {
-			return err
-		}
+	return h.detach(in)
+}
+
+// Sweep removes the entries of namespaces that no longer exist, as alive
+// tells (an error keeps the entry), and detaches the programs when none is
+// left. It returns the cookies it removed.
+func (h *Host) Sweep(alive func(cookie, inode uint64) (bool, error)) ([]uint64, error) {
+	unlock, err := h.lock()
+	if err != nil {
+		return nil, err
 	}
-	var stale []link.Link
-	for _, fam := range families {
-		old := g.links[fam]
-		if old != nil {
-			if id, err := linkCgroup(old); err == nil && id == cgroup {
-				if err := old.Update(progs[fam]); err != nil {
-					return fmt.Errorf("update bind%d link: %w", fam, err)
-				}
+	defer unlock()
+	in, err := h.find()
+	if err != nil || in == nil || in.maps == nil {
+		return nil, err
+	}
+	defer in.close()
+	nets := in.maps[mapNets]
+	keys, err := allKeys(nets)
+	if err != nil {
+		return nil, fmt.Errorf("read map %s: %w", mapNets, err)
+	}
+	current := map[uint64]uint32{}
+	var swept []uint64
+	var errs []error
+	for _, k := range keys {
+		v, err := nets.LookupBytes(k)
+		if err != nil || v == nil {
+			continue
+		}
+		cookie, e := binary.NativeEndian.Uint64(k), parseNetEntry(v)
+		ok, err := alive(cookie, e.inode)
+		if err != nil {
+			errs = append(errs, err)
+			ok = true
+		}
+		if ok {
+			current[cookie] = e.gen
+			continue
+		}
+		if err := nets.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return swept, fmt.Errorf("delete from map %s: %w", mapNets, err)
+		}
+		swept = append(swept, cookie)
+	}
+	// Inner maps of swept namespaces, and leftovers of an update that
+	// stopped halfway (a generation nets never switched to).
+	for _, name := range mapNames[1:] {
+		keys, err := allKeys(in.maps[name])
+		if err != nil {
+			return swept, fmt.Errorf("read map %s: %w", name, err)
+		}
+		for _, k := range keys {
+			c, gen := parseOuterKey(k)
+			if g, ok := current[c]; ok && (gen == g || gen+1 == g || (g == 1 && gen == ^uint32(0))) {
 				continue
 			}
-			stale = append(stale, old)
-		}
-		cg, err := os.Open(cgroupPath)
-		if err != nil {
-			return fmt.Errorf("open cgroup: %w", err)
-		}
-		attach := ebpf.AttachCGroupInet4Bind
-		if fam == 6 {
-			attach = ebpf.AttachCGroupInet6Bind
-		}
-		l, err := link.AttachRawLink(link.RawLinkOptions{Target: int(cg.Fd()), Program: progs[fam], Attach: attach})
-		cg.Close()
-		if err != nil {
-			return fmt.Errorf("attach bind%d program to %s: %w", fam, cgroupPath, err)
-		}
-		err = pinNew(linkNames[fam], l.Pin)
-		l.Close() // the pin holds it
-		if err != nil {
-			return err
+			if err := in.maps[name].Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return swept, fmt.Errorf("delete from map %s: %w", name, err)
+			}
 		}
 	}
-	for _, r := range renames {
-		if err := os.Rename(r[0], r[1]); err != nil {
-			return fmt.Errorf("pin: %w", err)
+	if len(current) == 0 {
+		if err := h.detach(in); err != nil {
+			return swept, err
 		}
 	}
-	for _, l := range stale {
-		if err := l.Detach(); err != nil && !errors.Is(err, link.ErrNotSupported) {
-			return fmt.Errorf("detach link from the previous cgroup: %w", err)
-		}
-	}
-	return nil
+	return swept, errors.Join(errs...)
 }
 
-// Apply makes the kernel enforce spec for binds in the calling thread's
-// network namespace by processes in cgroupPath (a cgroup v2 directory, ""
-// for the root of the hierarchy) and every cgroup below it.
-//
-// The first Apply mounts bpffs if needed, loads and attaches the bind4 and
-// bind6 programs and pins them with their maps. A later one writes the new
-// policy into the pinned maps beside the old one and switches over with a
-// single write; it replaces maps and programs (atomically, through the
-// links) only when the maps are too small, the layout changed, or the
-// cgroup did.
-func Apply(spec Spec, cgroupPath string) error {
-	if cgroupPath == "" {
-		root, err := CgroupRoot()
-		if err != nil {
-			return fmt.Errorf("apply bind guard: %w", err)
-		}
-		cgroupPath = root
-	}
-	if err := checkCgroup2(cgroupPath); err != nil {
-		return fmt.Errorf("apply bind guard: %w", err)
-	}
-	cgroup, err := cgroupID(cgroupPath)
-	if err != nil {
-		return fmt.Errorf("apply bind guard: %w", err)
-	}
-	cookie, err := NetnsCookie()
-	if err != nil {
-		return fmt.Errorf("apply bind guard: %w", err)
-	}
-	if err := ensureBPFFS(); err != nil {
-		return fmt.Errorf("apply bind guard: %w", err)
-	}
-	unlock, err := lockPins()
-	if err != nil {
-		return fmt.Errorf("apply bind guard: %w", err)
-	}
-	defer unlock()
-	dir := pinDir(cookie)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("apply bind guard: create pin dir: %w", err)
-	}
-	g, err := openGuard(dir)
-	if err != nil {
-		return fmt.Errorf("apply bind guard: %w", err)
-	}
-	defer g.close()
-	if g.intact(cgroup) {
-		err := g.update(spec)
-		if err == nil {
-			return nil
-		}
-		if !errors.Is(err, errFull) {
-			return fmt.Errorf("apply bind guard: %w", err)
-		}
-	}
-	if err := g.replace(spec, cookie, cgroupPath, cgroup); err != nil {
-		return fmt.Errorf("apply bind guard: %w", err)
-	}
-	return nil
-}
-
-// Remove detaches and unpins the guard of the calling thread's network
-// namespace. It reports whether there was one.
-func Remove() (bool, error) {
-	cookie, err := NetnsCookie()
-	if err != nil {
-		return false, fmt.Errorf("remove bind guard: %w", err)
-	}
-	dir := pinDir(cookie)
-	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
-		return false, nil
-	}
-	unlock, err := lockPins()
-	if err != nil {
-		return false, fmt.Errorf("remove bind guard: %w", err)
-	}
-	defer unlock()
-	g, err := openGuard(dir)
-	if err != nil {
-		return false, fmt.Errorf("remove bind guard: %w", err)
-	}
-	defer g.close()
-	for _, l := range g.links {
-		// Detach, not just unpin: someone else holding the link open
-		// must not keep the guard alive.
-		if err := l.Detach(); err != nil && !errors.Is(err, link.ErrNotSupported) {
-			return true, fmt.Errorf("remove bind guard: detach: %w", err)
-		}
-	}
-	if err := os.RemoveAll(dir); err != nil {
-		return true, fmt.Errorf("remove bind guard: unpin: %w", err)
-	}
-	return true, nil
-}
-
-// Info is what Status finds for the calling thread's network namespace.
+// Info is what Status finds.
 type Info struct {
-	Installed bool   `json:"installed"`
-	PinDir    string `json:"pin_dir,omitempty"`
-	// Attached is true when both the bind4 and the bind6 program are
-	// attached; Cgroup is their cgroup (empty if it is not under this
-	// host's cgroup v2 mount).
+	// Attached: portfw's bind4 and bind6 programs are on Cgroup.
 	Attached bool   `json:"attached"`
-	Cgroup   string `json:"cgroup,omitempty"`
-	CgroupID uint64 `json:"cgroup_id,omitempty"`
-	// Ports is the number of guarded (protocol, port) pairs and Scopes the
-	// number of address-scoped entries.
+	Cgroup   string `json:"cgroup"`
+	// Active: the namespace asked about has a policy in the guard.
+	Active bool `json:"active"`
+	// Namespaces is how many network namespaces the programs guard.
+	Namespaces int `json:"namespaces"`
+	// Ports and Scopes count the namespace's guarded (protocol, port)
+	// pairs and address-scoped entries.
 	Ports  int `json:"ports"`
 	Scopes int `json:"scopes"`
+	// ProgramIDs are the kernel's ids of the bind4 and bind6 programs.
+	ProgramIDs []uint32 `json:"program_ids,omitempty"`
+	// Foreign lists programs named like portfw's that are not this
+	// portfw's (another build): they are left alone.
+	Foreign []string `json:"foreign,omitempty"`
 }
 
-// Status reports the guard of the calling thread's network namespace.
-// Installed is false, with no error, when there is none.
-func Status() (Info, error) {
-	cookie, err := NetnsCookie()
-	if err != nil {
-		return Info{}, fmt.Errorf("read bind guard: %w", err)
+// Status reports the guard and the namespace's part of it.
+func (h *Host) Status(cookie uint64) (Info, error) {
+	info := Info{Cgroup: h.name}
+	in, err := h.find()
+	if err != nil || in == nil {
+		return info, err
 	}
-	dir := pinDir(cookie)
-	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
-		return Info{}, nil
+	info.Foreign = in.foreign
+	if in.maps == nil {
+		return info, nil
 	}
-	g, err := openGuard(dir)
-	if err != nil {
-		return Info{}, fmt.Errorf("read bind guard: %w", err)
-	}
-	defer g.close()
-	if g.empty() {
-		return Info{}, nil
-	}
-	info := Info{Installed: true, PinDir: dir, Attached: len(g.links) == len(families)}
-	for _, l := range g.links {
-		if id, err := linkCgroup(l); err == nil {
-			info.CgroupID = id
-		}
-	}
-	if info.CgroupID != 0 {
-		info.Cgroup = cgroupPath(info.CgroupID)
-	}
-	if m := g.maps[mapConfig]; m != nil {
-		gen, _, err := readConfig(m)
-		if err != nil {
-			return info, fmt.Errorf("read bind guard: %w", err)
-		}
-		count := func(name string) (int, error) {
-			m := g.maps[name]
-			if m == nil {
-				return 0, nil
-			}
-			keys, err := allKeys(m)
-			n := 0
-			for _, k := range keys {
-				if genOf(name, k) == byte(gen) {
-					n++
+	defer in.close()
+	info.Attached = len(in.progs) == len(families)
+	for _, fam := range families {
+		if p := in.progs[fam]; p != nil {
+			if pi, err := p.Info(); err == nil {
+				if id, ok := pi.ID(); ok {
+					info.ProgramIDs = append(info.ProgramIDs, uint32(id))
 				}
 			}
-			return n, err
-		}
-		if info.Ports, err = count(mapPorts); err == nil {
-			info.Scopes, err = count(mapScopes)
-		}
-		if err != nil {
-			return info, fmt.Errorf("read bind guard: %w", err)
 		}
 	}
-	return info, nil
-}
-
-// lockPins serialises Apply and Remove across processes (two applies, or
-// the daemon and the CLI), so one never updates maps the other is
-// replacing. The lock is on the parent of the pin directories, which is
-// never removed.
-func lockPins() (unlock func(), err error) {
-	dir := filepath.Join(BPFFS, "portfw")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("create pin dir: %w", err)
-	}
-	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	keys, err := allKeys(in.maps[mapNets])
 	if err != nil {
-		return nil, fmt.Errorf("lock pin dir: %w", err)
+		return info, fmt.Errorf("read map %s: %w", mapNets, err)
 	}
-	if err := unix.Flock(fd, unix.LOCK_EX); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("lock pin dir: %w", err)
+	info.Namespaces = len(keys)
+	e, ok, err := lookupNet(in.maps[mapNets], cookie)
+	if err != nil || !ok {
+		return info, err
 	}
-	return func() { unix.Close(fd) }, nil
+	info.Active = true
+	count := func(name string) (int, error) {
+		var inner *ebpf.Map
+		if err := in.maps[name].Lookup(outerKey(cookie, e.gen), &inner); err != nil {
+			return 0, fmt.Errorf("read map %s: %w", name, err)
+		}
+		defer inner.Close()
+		keys, err := allKeys(inner)
+		return len(keys), err
+	}
+	if info.Ports, err = count(mapPorts); err == nil {
+		info.Scopes, err = count(mapScopes)
+	}
+	return info, err
 }

@@ -1,430 +1,334 @@
 package bindguard
 
 import (
-	"bytes"
-	"encoding/json"
-	"errors"
+	"encoding/binary"
+	"fmt"
 	"net/netip"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
-	"strings"
+	"strconv"
 	"testing"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
 
-	"github.com/portfw/portfw/policy"
+	"github.com/portfw/portfw/model"
 	"github.com/portfw/portfw/testenv"
 )
 
-// guardEnv is a namespace with local addresses to bind, a second namespace,
-// a test cgroup, and the two users of the tests.
+// programsOn lists the ids of the programs attached to a cgroup for one
+// family.
+func programsOn(t *testing.T, cg *testenv.Cgroup, fam int) []ebpf.ProgramID {
+	t.Helper()
+	res, err := link.QueryPrograms(link.QueryOptions{Target: cg.FD, Attach: attachType(fam)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []ebpf.ProgramID
+	for _, p := range res.Programs {
+		ids = append(ids, p.ID)
+	}
+	return ids
+}
+
 type guardEnv struct {
-	ns, other *testenv.NS
-	cg        *testCgroup
-	owner     testenv.Cred
-	squat     testenv.Cred
+	cg                 *testenv.Cgroup
+	owner, squat, grp  testenv.Cred
+	ownerUID, squatUID uint32
 }
 
 func newGuardEnv(t *testing.T) *guardEnv {
 	t.Helper()
 	requireGuard(t)
-	e := &guardEnv{
-		ns:    testenv.NewNS(t),
-		other: testenv.NewNS(t),
-		cg:    newCgroup(t),
-		owner: testenv.User(t, "pfw-owner"),
-		squat: testenv.User(t, "pfw-squat"),
-	}
-	for _, a := range []string{"192.0.2.10/32", "192.0.2.20/32"} {
-		e.ns.IP(t, "addr", "add", a, "dev", "lo")
-	}
-	for _, a := range []string{"2001:db8::10/128", "2001:db8::20/128"} {
-		e.ns.IP(t, "addr", "add", a, "dev", "lo", "nodad")
-	}
-	t.Cleanup(func() {
-		// The guard is pinned, so it outlives a failed test unless removed.
-		inNS(t, e.ns.Path, func() { Remove() })
-	})
+	e := &guardEnv{cg: testenv.NewCgroup(t, nil),
+		owner: testenv.User(t, "pfw-owner"), squat: testenv.User(t, "pfw-squat")}
+	// A member of the owner group: another uid with the group as its gid.
+	e.grp = testenv.Cred{UID: e.squat.UID, GID: 4242}
 	return e
 }
 
-// applyIn applies in the test namespace from a helper process that exits
-// right after, so what enforces the policy afterwards lives on pins alone.
-func (e *guardEnv) applyIn(t *testing.T, spec Spec, cgroup string) {
-	t.Helper()
-	req, err := json.Marshal(applyRequest{Spec: spec, Cgroup: cgroup})
-	if err != nil {
-		t.Fatal(err)
+// policy reserves, for e.owner: 80/tcp (a low port), 8080 on every
+// protocol, 9090/tcp on 192.0.2.10 and 2001:db8::10 only, 30000-30009 for
+// a uid range around the owner, 7000 for group 4242; and, with the root
+// guard, 81-82/tcp for root alone.
+func (e *guardEnv) policy(allowRoot bool) *model.Resolved {
+	own := func(o model.Owners) model.Owners { o.Root = allowRoot; return o }
+	uid := own(model.Owners{UIDs: []model.IDRange{model.ID(e.owner.UID)}})
+	all := []model.Protocol{model.TCP, model.UDP, model.UDPLite}
+	tcp := []model.Protocol{model.TCP}
+	return &model.Resolved{
+		Settings: model.Settings{AllowRoot: allowRoot},
+		Reservations: []model.Reservation{
+			{Name: "app", Protocols: all, Ports: []model.PortRange{model.Port(8080)}, Owners: uid},
+			{Name: "group", Protocols: tcp, Ports: []model.PortRange{model.Port(7000)}, Owners: own(model.Owners{GIDs: []model.IDRange{model.ID(4242)}})},
+			{Name: "range", Protocols: tcp, Ports: []model.PortRange{{Lo: 30000, Hi: 30009}},
+				Owners: own(model.Owners{UIDs: []model.IDRange{{Lo: e.owner.UID - 1, Hi: e.owner.UID + 1}}})},
+			{Name: "scoped", Protocols: tcp, Ports: []model.PortRange{model.Port(9090)}, Owners: uid,
+				Addresses: []netip.Prefix{netip.MustParsePrefix("192.0.2.10/32"), netip.MustParsePrefix("2001:db8::10/128")}},
+			{Name: "web", Protocols: tcp, Ports: []model.PortRange{model.Port(80)}, Owners: uid},
+		},
+		Guard: []model.Reservation{{Name: model.GuardName, Protocols: tcp, Ports: []model.PortRange{{Lo: 81, Hi: 82}}, Owners: model.Owners{Root: true}}},
 	}
-	helper(t, "apply", e.ns.Path, nil, nil, req)
 }
 
-func (e *guardEnv) applyHere(t *testing.T, spec Spec, cgroup string) {
-	t.Helper()
-	var err error
-	inNS(t, e.ns.Path, func() { err = Apply(spec, cgroup) })
-	if err != nil {
-		t.Fatalf("Apply: %v", err)
-	}
-}
-
-func (e *guardEnv) status(t *testing.T) Info {
-	t.Helper()
-	var info Info
-	var err error
-	inNS(t, e.ns.Path, func() { info, err = Status() })
-	if err != nil {
-		t.Fatalf("Status: %v", err)
-	}
-	return info
-}
-
-// ids are the ids of the pinned maps and of the links' programs, to tell
-// an update in place from a replace.
-type ids struct {
-	maps  []ebpf.MapID
-	links []link.ID
-	progs []ebpf.ProgramID
-}
-
-func (e *guardEnv) pinned(t *testing.T) ids {
-	t.Helper()
-	var out ids
-	var err error
-	inNS(t, e.ns.Path, func() {
-		var cookie uint64
-		if cookie, err = NetnsCookie(); err != nil {
-			return
-		}
-		var g *guard
-		if g, err = openGuard(pinDir(cookie)); err != nil {
-			return
-		}
-		defer g.close()
-		for _, name := range mapNames {
-			info, ierr := g.maps[name].Info()
-			if ierr != nil {
-				err = ierr
-				return
-			}
-			id, _ := info.ID()
-			out.maps = append(out.maps, id)
-		}
-		for _, fam := range families {
-			info, ierr := g.links[fam].Info()
-			if ierr != nil {
-				err = ierr
-				return
-			}
-			out.links = append(out.links, info.ID)
-			out.progs = append(out.progs, info.Program)
-		}
-	})
-	if err != nil {
-		t.Fatalf("read pins: %v", err)
-	}
-	return out
-}
-
-// around returns a uid range holding owner but not squat, so that the
-// range lookup is what lets the owner in.
-func around(owner, squat uint32) policy.IDRange {
-	if squat < owner-3 || squat > owner {
-		return policy.IDRange{Lo: owner - 3, Hi: owner}
-	}
-	return policy.IDRange{Lo: owner, Hi: owner + 3}
-}
-
-func (e *guardEnv) policy(names ...string) *policy.Resolved {
-	both := []policy.Protocol{policy.TCP, policy.UDP}
-	uid := []policy.IDRange{{Lo: e.owner.UID, Hi: e.owner.UID}}
-	all := map[string]policy.Reservation{
-		"high": {Protocols: both, Ports: []policy.PortRange{{Lo: 30080, Hi: 30080}}, UIDs: uid},
-		"low":  {Protocols: both, Ports: []policy.PortRange{{Lo: 80, Hi: 80}}, UIDs: uid},
-		"scoped": {Protocols: both, Ports: []policy.PortRange{{Lo: 30090, Hi: 30090}}, UIDs: uid,
-			Addresses: []netip.Prefix{netip.MustParsePrefix("192.0.2.10/32"), netip.MustParsePrefix("2001:db8::10/128")}},
-		"range": {Protocols: []policy.Protocol{policy.TCP}, Ports: []policy.PortRange{{Lo: 30100, Hi: 30100}},
-			UIDs: []policy.IDRange{around(e.owner.UID, e.squat.UID)}},
-		"group": {Protocols: []policy.Protocol{policy.UDP}, Ports: []policy.PortRange{{Lo: 30110, Hi: 30110}},
-			GIDs: []policy.IDRange{{Lo: e.owner.GID, Hi: e.owner.GID}}},
-		"new":  {Protocols: both, Ports: []policy.PortRange{{Lo: 30081, Hi: 30081}}, UIDs: uid},
-		"bulk": {Protocols: both, Ports: []policy.PortRange{{Lo: 40000, Hi: 44999}}, UIDs: uid},
-	}
-	r := &policy.Resolved{Settings: policy.Settings{AllowRoot: true}}
-	slices.Sort(names)
-	for _, n := range names {
-		res := all[n]
-		res.Name = n
-		r.Reservations = append(r.Reservations, res)
-	}
-	return r
-}
-
-var basePolicy = []string{"high", "low", "scoped", "range", "group"}
-
+// TestGuard: in the namespace it was applied in, for processes in the
+// guarded cgroup, the owner binds its ports (its low port without any
+// capability), everyone else gets EPERM on every protocol the bind hook
+// sees, root passes, address scopes hold, and another namespace is not
+// touched. The guard was installed by a process that exited.
 func TestGuard(t *testing.T) {
 	e := newGuardEnv(t)
-	ns, cg := e.ns.Path, e.cg
-	rangeRes := around(e.owner.UID, e.squat.UID)
-	inRange := testenv.Cred{UID: rangeRes.Lo + 1, GID: e.squat.GID}
-	if inRange.UID == e.owner.UID {
-		inRange.UID++
+	ns := testenv.NewNS(t)
+	other := testenv.NewNS(t)
+	ns.IP(t, "addr", "add", "192.0.2.10/24", "dev", "lo")
+	ns.IP(t, "addr", "add", "192.0.2.20/24", "dev", "lo")
+	ns.IP(t, "addr", "add", "2001:db8::10/64", "dev", "lo", "nodad")
+	ns.IP(t, "addr", "add", "2001:db8::20/64", "dev", "lo", "nodad")
+	guardOp(t, ns.Path, guardRequest{Op: "apply", Spec: FromResolved(e.policy(true)), Cgroup: e.cg.Path})
+
+	checkBinds(t, "owner", ns.Path, e.cg, e.owner,
+		bindCase{"tcp4 0.0.0.0 80", "ok"}, // below 1024, no capability: the guard grants it
+		bindCase{"tcp6 :: 80", "ok"},
+		bindCase{"tcp4 0.0.0.0 8080", "ok"},
+		bindCase{"udp4 0.0.0.0 8080", "ok"},
+		bindCase{"udp6 :: 8080", "ok"},
+		bindCase{"udplite4 0.0.0.0 8080", "ok"},
+		bindCase{"udplite6 :: 8080", "ok"},
+		bindCase{"mptcp4 0.0.0.0 8080", "ok"},
+		bindCase{"tcp4 192.0.2.10 9090", "ok"},
+		bindCase{"tcp6 2001:db8::10 9090", "ok"},
+		bindCase{"tcp4 0.0.0.0 30005", "ok"},
+		bindCase{"tcp4 0.0.0.0 81", "EPERM"}, // root-only guard port
+		bindCase{"tcp4 0.0.0.0 443", "EACCES"},
+		bindCase{"tcp4 0.0.0.0 7000", "EPERM"},
+	)
+	checkBinds(t, "squatter", ns.Path, e.cg, e.squat,
+		bindCase{"tcp4 0.0.0.0 80", "EPERM"},
+		bindCase{"tcp4 0.0.0.0 8080", "EPERM"},
+		bindCase{"tcp6 :: 8080", "EPERM"},
+		bindCase{"tcp4 127.0.0.1 8080", "EPERM"},
+		bindCase{"tcp6 ::1 8080", "EPERM"},
+		bindCase{"tcp6 ::ffff:127.0.0.1 8080", "EPERM"},
+		bindCase{"udp4 0.0.0.0 8080", "EPERM"},
+		bindCase{"udp4 127.0.0.1 8080", "EPERM"},
+		bindCase{"udp6 :: 8080", "EPERM"},
+		bindCase{"udplite4 0.0.0.0 8080", "EPERM"},
+		bindCase{"udplite6 ::1 8080", "EPERM"},
+		bindCase{"mptcp6 :: 8080", "EPERM"},
+		bindCase{"tcp4 192.0.2.10 9090", "EPERM"},
+		bindCase{"tcp4 0.0.0.0 9090", "EPERM"}, // the wildcard would get 192.0.2.10's traffic
+		bindCase{"tcp6 :: 9090", "EPERM"},
+		bindCase{"tcp6 ::ffff:0.0.0.0 9090", "EPERM"},
+		bindCase{"tcp4 192.0.2.20 9090", "ok"}, // an address nobody reserved
+		bindCase{"tcp6 2001:db8::20 9090", "ok"},
+		bindCase{"tcp4 0.0.0.0 30005", "EPERM"},
+		bindCase{"udp4 0.0.0.0 30005", "ok"}, // the range is TCP only
+		bindCase{"tcp4 0.0.0.0 9999", "ok"},
+		bindCase{"tcp4 0.0.0.0 0", "ok"}, // the kernel picks an ephemeral port
+	)
+	checkBinds(t, "owner group", ns.Path, e.cg, e.grp, bindCase{"tcp4 0.0.0.0 7000", "ok"}, bindCase{"tcp4 0.0.0.0 8080", "EPERM"})
+	checkBinds(t, "root", ns.Path, e.cg, testenv.Root, bindCase{"tcp4 0.0.0.0 8080", "ok"}, bindCase{"tcp4 0.0.0.0 81", "ok"}, bindCase{"udplite6 :: 8080", "ok"})
+	checkBinds(t, "squatter in another namespace", other.Path, e.cg, e.squat, bindCase{"tcp4 0.0.0.0 8080", "ok"}, bindCase{"udp6 :: 8080", "ok"})
+	checkBinds(t, "squatter outside the cgroup", ns.Path, nil, e.squat, bindCase{"tcp4 0.0.0.0 8080", "ok"})
+
+	st := guardOp(t, ns.Path, guardRequest{Op: "status", Cgroup: e.cg.Path}).Info
+	if !st.Attached || !st.Active || st.Namespaces != 1 || st.Ports != 3+1+10+1+1+2 || st.Scopes != 2 || st.Cgroup != e.cg.Path {
+		t.Errorf("status = %+v", st)
 	}
-	groupMember := testenv.Cred{UID: e.squat.UID, GID: e.owner.GID}
-
-	// Before: the owner cannot bind port 80, so the threshold is in force.
-	checkBinds(t, "no guard", ns, cg, e.owner, bindCase{"tcp4 0.0.0.0 80", "EACCES"})
-
-	spec := FromResolved(e.policy(basePolicy...))
-	e.applyIn(t, spec, cg.path)
-
-	if got := strings.TrimSpace(e.ns.Run(t, "cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start")); got != "1024" {
-		t.Fatalf("ip_unprivileged_port_start = %s, want 1024 (the guard needs no sysctl)", got)
-	}
-	info := e.status(t)
-	if !info.Installed || !info.Attached || info.Cgroup != cg.path || info.Ports != len(spec.Ports) || info.Scopes != 4 {
-		t.Errorf("Status = %+v, want installed and attached to %s with %d ports and 4 scopes", info, cg.path, len(spec.Ports))
-	}
-
-	t.Run("owner", func(t *testing.T) {
-		checkBinds(t, "owner", ns, cg, e.owner,
-			bindCase{"tcp4 0.0.0.0 30080", "ok"}, bindCase{"udp4 0.0.0.0 30080", "ok"},
-			bindCase{"tcp6 :: 30080", "ok"}, bindCase{"udp6 :: 30080", "ok"},
-			bindCase{"tcp4 0.0.0.0 80", "ok"}, bindCase{"udp4 0.0.0.0 80", "ok"},
-			bindCase{"tcp6 :: 80", "ok"}, bindCase{"udp6 :: 80", "ok"},
-			bindCase{"tcp4 192.0.2.10 30090", "ok"}, bindCase{"tcp6 2001:db8::10 30090", "ok"},
-			bindCase{"tcp4 0.0.0.0 30090", "ok"}, bindCase{"udp6 :: 30090", "ok"},
-			bindCase{"tcp4 0.0.0.0 30100", "ok"},
-			// Unreserved low ports keep the kernel's threshold.
-			bindCase{"tcp4 0.0.0.0 81", "EACCES"},
-		)
-	})
-	t.Run("squatter", func(t *testing.T) {
-		checkBinds(t, "squatter", ns, cg, e.squat,
-			bindCase{"tcp4 0.0.0.0 30080", "EPERM"}, bindCase{"udp4 0.0.0.0 30080", "EPERM"},
-			bindCase{"tcp6 :: 30080", "EPERM"}, bindCase{"udp6 :: 30080", "EPERM"},
-			bindCase{"udp4 127.0.0.1 30080", "EPERM"}, bindCase{"udp6 ::1 30080", "EPERM"},
-			bindCase{"tcp6 ::ffff:0.0.0.0 30080", "EPERM"}, bindCase{"udp6 ::ffff:127.0.0.1 30080", "EPERM"},
-			bindCase{"tcp4 0.0.0.0 80", "EPERM"}, bindCase{"udp4 0.0.0.0 80", "EPERM"},
-			bindCase{"tcp6 :: 80", "EPERM"}, bindCase{"udp6 :: 80", "EPERM"},
-			bindCase{"tcp4 0.0.0.0 30100", "EPERM"}, bindCase{"udp4 0.0.0.0 30110", "EPERM"},
-			// Unreserved ports are the kernel's business.
-			bindCase{"tcp4 0.0.0.0 30200", "ok"}, bindCase{"udp6 :: 30200", "ok"},
-			bindCase{"tcp4 0.0.0.0 81", "EACCES"},
-			// A reservation has protocols: 30100 is reserved for TCP only.
-			bindCase{"udp4 0.0.0.0 30100", "ok"},
-		)
-	})
-	t.Run("addresses", func(t *testing.T) {
-		checkBinds(t, "squatter", ns, cg, e.squat,
-			bindCase{"tcp4 192.0.2.10 30090", "EPERM"}, bindCase{"udp4 192.0.2.10 30090", "EPERM"},
-			bindCase{"tcp6 ::ffff:192.0.2.10 30090", "EPERM"}, bindCase{"tcp6 2001:db8::10 30090", "EPERM"},
-			// Wildcards receive traffic for the scoped addresses too.
-			bindCase{"tcp4 0.0.0.0 30090", "EPERM"}, bindCase{"udp6 :: 30090", "EPERM"},
-			bindCase{"tcp6 ::ffff:0.0.0.0 30090", "EPERM"},
-			// Addresses outside the scope are free.
-			bindCase{"tcp4 192.0.2.20 30090", "ok"}, bindCase{"udp4 127.0.0.1 30090", "ok"},
-			bindCase{"tcp6 2001:db8::20 30090", "ok"}, bindCase{"tcp6 ::ffff:192.0.2.20 30090", "ok"},
-		)
-	})
-	t.Run("ranges and groups", func(t *testing.T) {
-		checkBinds(t, "uid in range", ns, cg, inRange,
-			bindCase{"tcp4 0.0.0.0 30100", "ok"}, bindCase{"tcp4 0.0.0.0 30080", "EPERM"})
-		checkBinds(t, "group member", ns, cg, groupMember,
-			bindCase{"udp4 0.0.0.0 30110", "ok"}, bindCase{"udp6 :: 30110", "ok"}, bindCase{"tcp4 0.0.0.0 30080", "EPERM"})
-	})
-	t.Run("root", func(t *testing.T) {
-		checkBinds(t, "root", ns, cg, testenv.Root,
-			bindCase{"tcp4 0.0.0.0 30080", "ok"}, bindCase{"udp6 :: 80", "ok"}, bindCase{"tcp4 192.0.2.10 30090", "ok"})
-	})
-	t.Run("outside", func(t *testing.T) {
-		checkBinds(t, "outside the cgroup", ns, nil, e.squat,
-			bindCase{"tcp4 0.0.0.0 30080", "ok"}, bindCase{"udp6 :: 30080", "ok"})
-		checkBinds(t, "another namespace", e.other.Path, cg, e.squat,
-			bindCase{"tcp4 0.0.0.0 30080", "ok"}, bindCase{"udp6 :: 30080", "ok"})
-	})
 }
 
+// TestGuardAllowRootFalse: root is refused like anyone else, except on the
+// root-only guard ports.
 func TestGuardAllowRootFalse(t *testing.T) {
 	e := newGuardEnv(t)
-	r := e.policy("high")
-	r.Settings.AllowRoot = false
-	e.applyHere(t, FromResolved(r), e.cg.path)
-	checkBinds(t, "root", e.ns.Path, e.cg, testenv.Root, bindCase{"tcp4 0.0.0.0 30080", "EPERM"})
-	checkBinds(t, "owner", e.ns.Path, e.cg, e.owner, bindCase{"tcp4 0.0.0.0 30080", "ok"})
-}
-
-func TestGuardLifecycle(t *testing.T) {
-	e := newGuardEnv(t)
-	ns, cg := e.ns.Path, e.cg
-
-	// Installed by a process that has exited: the pins keep it.
-	e.applyIn(t, FromResolved(e.policy(basePolicy...)), cg.path)
-	checkBinds(t, "first apply", ns, cg, e.squat, bindCase{"udp4 0.0.0.0 30080", "EPERM"}, bindCase{"udp4 0.0.0.0 30081", "ok"})
-	first := e.pinned(t)
-
-	// A second apply swaps the maps' contents in place: same maps, same
-	// programs, same links.
-	e.applyIn(t, FromResolved(e.policy("low", "new")), cg.path)
-	if got := e.pinned(t); !equalIDs(got, first) {
-		t.Errorf("second apply replaced the guard (%+v -> %+v), want an update in place", first, got)
-	}
-	checkBinds(t, "second apply", ns, cg, e.squat,
-		bindCase{"udp4 0.0.0.0 30080", "ok"}, bindCase{"tcp6 :: 30080", "ok"}, // no longer reserved
-		bindCase{"udp4 0.0.0.0 30081", "EPERM"}, bindCase{"tcp6 :: 30081", "EPERM"}, // newly reserved
-		bindCase{"tcp4 0.0.0.0 80", "EPERM"})
-	checkBinds(t, "second apply", ns, cg, e.owner, bindCase{"udp4 0.0.0.0 30081", "ok"}, bindCase{"tcp4 0.0.0.0 80", "ok"})
-	if info := e.status(t); info.Ports != 4 || info.Scopes != 0 {
-		t.Errorf("Status after second apply = %+v, want 4 ports and no scopes (the old generation is gone)", info)
-	}
-
-	// Too big for the maps: new maps and programs, swapped into the same
-	// links.
-	e.applyHere(t, FromResolved(e.policy("low", "new", "bulk")), cg.path)
-	third := e.pinned(t)
-	if slices.Equal(third.maps, first.maps) || !slices.Equal(third.links, first.links) {
-		t.Errorf("growing apply: ids %+v -> %+v, want new maps in the same links", first, third)
-	}
-	checkBinds(t, "grown", ns, cg, e.squat,
-		bindCase{"tcp4 0.0.0.0 42000", "EPERM"}, bindCase{"udp4 0.0.0.0 30081", "EPERM"}, bindCase{"tcp4 0.0.0.0 30080", "ok"})
-	checkBinds(t, "grown", ns, cg, e.owner, bindCase{"tcp4 0.0.0.0 44999", "ok"})
-
-	// Another cgroup: the guard moves, the old cgroup is free again.
-	cg2 := newCgroup(t)
-	e.applyHere(t, FromResolved(e.policy("low", "new")), cg2.path)
-	checkBinds(t, "moved, new cgroup", ns, cg2, e.squat, bindCase{"tcp4 0.0.0.0 30081", "EPERM"})
-	checkBinds(t, "moved, old cgroup", ns, cg, e.squat, bindCase{"tcp4 0.0.0.0 30081", "ok"})
-	if info := e.status(t); info.Cgroup != cg2.path {
-		t.Errorf("Status cgroup = %q, want %q", info.Cgroup, cg2.path)
-	}
-
-	// Remove detaches and unpins.
-	var found bool
-	var err error
-	inNS(t, ns, func() { found, err = Remove() })
-	if err != nil || !found {
-		t.Fatalf("Remove = %v, %v; want true, nil", found, err)
-	}
-	checkBinds(t, "removed", ns, cg2, e.squat, bindCase{"tcp4 0.0.0.0 30081", "ok"})
-	checkBinds(t, "removed", ns, cg2, e.owner, bindCase{"tcp4 0.0.0.0 80", "EACCES"})
-	if info := e.status(t); info.Installed {
-		t.Errorf("Status after Remove = %+v, want not installed", info)
-	}
-	inNS(t, ns, func() { found, err = Remove() })
-	if err != nil || found {
-		t.Errorf("second Remove = %v, %v; want false, nil", found, err)
-	}
-}
-
-func equalIDs(a, b ids) bool {
-	return slices.Equal(a.maps, b.maps) && slices.Equal(a.links, b.links) && slices.Equal(a.progs, b.progs)
-}
-
-// A crash between attaching new programs and renaming their pins leaves
-// pins that are not what the kernel runs. Updating those would change
-// nothing; the next Apply must notice and replace.
-func TestGuardRepairsStalePins(t *testing.T) {
-	e := newGuardEnv(t)
-	e.applyHere(t, FromResolved(e.policy("high")), e.cg.path)
-	var err error
-	inNS(t, e.ns.Path, func() {
-		var cookie uint64
-		if cookie, err = NetnsCookie(); err != nil {
-			return
-		}
-		path := filepath.Join(pinDir(cookie), mapPorts)
-		var m *ebpf.Map
-		if m, err = ebpf.NewMap(mapSpec(mapPorts, 1)); err != nil {
-			return
-		}
-		defer m.Close()
-		if err = os.Remove(path); err == nil {
-			err = m.Pin(path)
-		}
-	})
-	if err != nil {
-		t.Fatalf("swap a pin: %v", err)
-	}
-	e.applyHere(t, FromResolved(e.policy("new")), e.cg.path)
-	checkBinds(t, "after repair", e.ns.Path, e.cg, e.squat,
-		bindCase{"tcp4 0.0.0.0 30081", "EPERM"}, bindCase{"tcp4 0.0.0.0 30080", "ok"})
-}
-
-func TestStatusNotInstalled(t *testing.T) {
-	requireGuard(t)
 	ns := testenv.NewNS(t)
-	var info Info
-	var err error
-	inNS(t, ns.Path, func() { info, err = Status() })
-	if err != nil || info.Installed {
-		t.Errorf("Status = %+v, %v; want not installed", info, err)
-	}
-	var found bool
-	inNS(t, ns.Path, func() { found, err = Remove() })
-	if err != nil || found {
-		t.Errorf("Remove = %v, %v; want false, nil", found, err)
-	}
+	guardOp(t, ns.Path, guardRequest{Op: "apply", Spec: FromResolved(e.policy(false)), Cgroup: e.cg.Path})
+	checkBinds(t, "root", ns.Path, e.cg, testenv.Root,
+		bindCase{"tcp4 0.0.0.0 8080", "EPERM"}, bindCase{"udp6 :: 8080", "EPERM"}, bindCase{"tcp4 0.0.0.0 81", "ok"})
+	checkBinds(t, "owner", ns.Path, e.cg, e.owner, bindCase{"tcp4 0.0.0.0 8080", "ok"}, bindCase{"tcp4 0.0.0.0 81", "EPERM"})
 }
 
-func TestApplyBadCgroup(t *testing.T) {
-	requireGuard(t)
-	ns := testenv.NewNS(t)
-	var err error
-	inNS(t, ns.Path, func() { err = Apply(Spec{}, t.TempDir()) })
-	if err == nil || !strings.Contains(err.Error(), "not a cgroup v2 directory") {
-		t.Errorf("Apply to a plain directory = %v, want a cgroup error", err)
-	}
-	if errors.Is(err, ErrNotSupported) {
-		t.Errorf("a bad cgroup path is not the host's lack of support: %v", err)
-	}
-}
-
-// Applies from several processes at once serialise: the result is one
-// whole policy, with no entries of another generation left over.
-func TestGuardConcurrentApplies(t *testing.T) {
+// TestGuardOneProgramForManyNamespaces: a hundred namespaces, each with a
+// policy of its own, share one bind4 and one bind6 program; each enforces
+// its own policy; removing one namespace's leaves the others; the entries
+// of a deleted namespace are swept; the last remove detaches the programs.
+func TestGuardOneProgramForManyNamespaces(t *testing.T) {
 	e := newGuardEnv(t)
-	specs := []Spec{FromResolved(e.policy("high")), FromResolved(e.policy("low", "new", "group"))}
-	done := make(chan struct{})
-	for i := range 6 {
-		go func() {
-			defer func() { done <- struct{}{} }()
-			req, _ := json.Marshal(applyRequest{Spec: specs[i%2], Cgroup: e.cg.path})
-			cmd := exec.Command(os.Args[0])
-			cmd.Env = append(os.Environ(), helperEnv+"=apply", netnsEnv+"="+e.ns.Path)
-			cmd.Stdin = bytes.NewReader(req)
-			if out, err := cmd.CombinedOutput(); err != nil {
-				t.Errorf("apply %d: %v: %s", i, err, out)
-			}
-		}()
+	const n = 100
+	spaces := make([]*testenv.NS, n)
+	// Namespace i reserves port 20000+i (and 19999, shared by all) for
+	// uid 50000+i.
+	specFor := func(i int) Spec {
+		return FromResolved(&model.Resolved{Reservations: []model.Reservation{{
+			Name: "p", Protocols: []model.Protocol{model.TCP, model.UDP},
+			Ports:  []model.PortRange{model.Port(19999), model.Port(uint16(20000 + i))},
+			Owners: model.Owners{UIDs: []model.IDRange{model.ID(uint32(50000 + i))}},
+		}}})
 	}
-	for range 6 {
-		<-done
+	for i := range spaces {
+		spaces[i] = testenv.NewNS(t)
+		guardOp(t, spaces[i].Path, guardRequest{Op: "apply", Spec: specFor(i), Cgroup: e.cg.Path})
 	}
-	var total int
-	var err error
-	inNS(t, e.ns.Path, func() {
-		var cookie uint64
-		if cookie, err = NetnsCookie(); err != nil {
-			return
+	for _, fam := range families {
+		if ids := programsOn(t, e.cg, fam); len(ids) != 1 {
+			t.Fatalf("bind%d programs on the cgroup after %d namespaces applied: %v, want exactly one", fam, n, ids)
 		}
-		var g *guard
-		if g, err = openGuard(pinDir(cookie)); err != nil {
-			return
+	}
+	st := guardOp(t, spaces[0].Path, guardRequest{Op: "status", Cgroup: e.cg.Path}).Info
+	if st.Namespaces != n {
+		t.Fatalf("the programs guard %d namespaces, want %d", st.Namespaces, n)
+	}
+	for _, i := range []int{0, 1, 37, 99} {
+		me := testenv.Cred{UID: uint32(50000 + i), GID: uint32(50000 + i)}
+		next := testenv.Cred{UID: uint32(50000 + (i+1)%n), GID: 1}
+		port := strconv.Itoa(20000 + i)
+		checkBinds(t, fmt.Sprintf("owner in namespace %d", i), spaces[i].Path, e.cg, me,
+			bindCase{"tcp4 0.0.0.0 " + port, "ok"}, bindCase{"udp6 :: 19999", "ok"})
+		checkBinds(t, fmt.Sprintf("owner of namespace %d in namespace %d", (i+1)%n, i), spaces[i].Path, e.cg, next,
+			bindCase{"tcp4 0.0.0.0 " + port, "EPERM"}, bindCase{"udp6 :: 19999", "EPERM"},
+			// its own port number is nobody's business here
+			bindCase{"tcp4 0.0.0.0 " + strconv.Itoa(20000+(i+1)%n), "ok"})
+	}
+	// Removing one namespace's policy leaves the others.
+	if rep := guardOp(t, spaces[5].Path, guardRequest{Op: "remove", Cgroup: e.cg.Path}); !rep.Found {
+		t.Error("remove found no entry for namespace 5")
+	}
+	checkBinds(t, "squatter in namespace 5 after its remove", spaces[5].Path, e.cg, e.squat, bindCase{"tcp4 0.0.0.0 20005", "ok"})
+	checkBinds(t, "squatter in namespace 6", spaces[6].Path, e.cg, e.squat, bindCase{"tcp4 0.0.0.0 20006", "EPERM"})
+	// A deleted namespace's entries go with the next sweep (apply runs one).
+	deleted := cookieOfNS(t, spaces[7].Path)
+	spaces[7].Delete(t)
+	rep := guardOp(t, spaces[8].Path, guardRequest{Op: "sweep", Cgroup: e.cg.Path})
+	if !slices.Contains(rep.Swept, deleted) || len(rep.Swept) != 1 {
+		t.Errorf("sweep removed %v, want exactly the deleted namespace %d", rep.Swept, deleted)
+	}
+	if st := guardOp(t, spaces[8].Path, guardRequest{Op: "status", Cgroup: e.cg.Path}).Info; st.Namespaces != n-2 {
+		t.Errorf("the programs guard %d namespaces after one remove and one sweep, want %d", st.Namespaces, n-2)
+	}
+	// The last remove detaches the programs.
+	for i, ns := range spaces {
+		if i == 5 || i == 7 {
+			continue
 		}
-		defer g.close()
-		var keys [][]byte
-		keys, err = allKeys(g.maps[mapPorts])
-		total = len(keys)
-	})
+		guardOp(t, ns.Path, guardRequest{Op: "remove", Cgroup: e.cg.Path})
+	}
+	for _, fam := range families {
+		if ids := programsOn(t, e.cg, fam); len(ids) != 0 {
+			t.Errorf("bind%d programs on the cgroup after every remove: %v, want none", fam, ids)
+		}
+	}
+}
+
+// TestGuardUpdatesInPlace: a hundred updates keep the same two programs,
+// and a squatter binding in a loop the whole time never succeeds once,
+// while the owner never fails.
+func TestGuardUpdatesInPlace(t *testing.T) {
+	e := newGuardEnv(t)
+	ns := testenv.NewNS(t)
+	spec := func(i int) Spec {
+		r := e.policy(true)
+		// Every update changes something: one more port each time.
+		r.Reservations = append(r.Reservations, model.Reservation{Name: "extra", Protocols: []model.Protocol{model.UDP},
+			Ports: []model.PortRange{model.Port(uint16(40000 + i))}, Owners: model.Owners{Root: true, UIDs: []model.IDRange{model.ID(e.owner.UID)}}})
+		return FromResolved(r)
+	}
+	guardOp(t, ns.Path, guardRequest{Op: "apply", Spec: spec(0), Cgroup: e.cg.Path})
+	before := map[int][]ebpf.ProgramID{4: programsOn(t, e.cg, 4), 6: programsOn(t, e.cg, 6)}
+	squat := startBindLoop(t, ns.Path, e.cg, e.squat, "tcp4 0.0.0.0 8080", "udp6 :: 8080", "tcp6 :: 80")
+	owner := startBindLoop(t, ns.Path, e.cg, e.owner, "tcp4 0.0.0.0 8080", "udp6 :: 8080", "tcp6 :: 80")
+	for i := 1; i <= 100; i++ {
+		guardOp(t, ns.Path, guardRequest{Op: "apply", Spec: spec(i), Cgroup: e.cg.Path})
+	}
+	sq, ow := squat.stop(t), owner.stop(t)
+	for outcome, n := range sq {
+		if !endsWith(outcome, " EPERM") {
+			t.Errorf("the squatter's bind loop saw %q %d times during 100 updates", outcome, n)
+		}
+	}
+	for outcome, n := range ow {
+		if !endsWith(outcome, " ok") {
+			t.Errorf("the owner's bind loop saw %q %d times during 100 updates", outcome, n)
+		}
+	}
+	if len(sq) != 3 || len(ow) != 3 {
+		t.Errorf("bind loops: squatter %v, owner %v", sq, ow)
+	}
+	for _, fam := range families {
+		if got := programsOn(t, e.cg, fam); !slices.Equal(got, before[fam]) {
+			t.Errorf("bind%d programs %v after 100 updates, were %v: updates must not replace them", fam, got, before[fam])
+		}
+	}
+	// Only two generations of the namespace's maps are ever kept.
+	h, err := OpenHost(e.cg.Path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	info := e.status(t)
-	if info.Ports != len(specs[0].Ports) && info.Ports != len(specs[1].Ports) || total != info.Ports {
-		t.Errorf("after concurrent applies: %d active ports, %d keys in all; want %d or %d, and no others",
-			info.Ports, total, len(specs[0].Ports), len(specs[1].Ports))
+	defer h.Close()
+	in, err := h.find()
+	if err != nil || in == nil {
+		t.Fatal(err)
+	}
+	defer in.close()
+	for _, name := range mapNames[1:] {
+		if keys, _ := allKeys(in.maps[name]); len(keys) > 2 {
+			t.Errorf("map %s holds %d generations after 100 updates, want at most 2", name, len(keys))
+		}
+	}
+	checkBinds(t, "owner of the 100th update's port", ns.Path, e.cg, e.squat, bindCase{"udp4 0.0.0.0 40100", "EPERM"}, bindCase{"udp4 0.0.0.0 40099", "ok"})
+}
+
+func endsWith(s, suffix string) bool {
+	return len(s) >= len(suffix) && s[len(s)-len(suffix):] == suffix
+}
+
+// TestGuardForeignProgram: a program that only carries portfw's name (any
+// root process can copy one) is not mistaken for the guard: portfw
+// installs its own beside it and reports the impostor, which it never
+// touches.
+func TestGuardForeignProgram(t *testing.T) {
+	e := newGuardEnv(t)
+	ns := testenv.NewNS(t)
+	fake, err := ebpf.NewProgram(&ebpf.ProgramSpec{Name: progName(4), Type: ebpf.CGroupSockAddr, AttachType: ebpf.AttachCGroupInet4Bind,
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, retAllow), asm.Return()}, License: "MIT"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fake.Close()
+	if err := link.RawAttachProgram(link.RawAttachProgramOptions{Target: e.cg.FD, Program: fake, Attach: ebpf.AttachCGroupInet4Bind, Flags: unix.BPF_F_ALLOW_MULTI}); err != nil {
+		t.Fatal(err)
+	}
+	guardOp(t, ns.Path, guardRequest{Op: "apply", Spec: FromResolved(e.policy(true)), Cgroup: e.cg.Path})
+	checkBinds(t, "squatter", ns.Path, e.cg, e.squat, bindCase{"tcp4 0.0.0.0 8080", "EPERM"})
+	st := guardOp(t, ns.Path, guardRequest{Op: "status", Cgroup: e.cg.Path}).Info
+	if !st.Active || len(st.Foreign) != 1 {
+		t.Errorf("status = %+v, want the guard active and one foreign program", st)
+	}
+	guardOp(t, ns.Path, guardRequest{Op: "remove", Cgroup: e.cg.Path})
+	if ids := programsOn(t, e.cg, 4); len(ids) != 1 {
+		t.Errorf("after remove the cgroup holds bind4 programs %v, want only the foreign one", ids)
+	}
+}
+
+// TestOpenCgroupErrors: a cgroup path outside the hierarchy or missing is
+// an error naming it.
+func TestOpenCgroupErrors(t *testing.T) {
+	requireGuard(t)
+	for _, p := range []string{"/no-such-cgroup-pfw", "../../etc"} {
+		if _, err := OpenHost(p); err == nil {
+			t.Errorf("OpenHost(%q) succeeded", p)
+		}
+	}
+}
+
+// TestNetEntry: the nets map's values round-trip.
+func TestNetEntry(t *testing.T) {
+	e := netEntry{gen: 7, flags: 1, inode: 4026532000}
+	if got := parseNetEntry(e.bytes()); got != e {
+		t.Errorf("round trip %+v -> %+v", e, got)
+	}
+	k := outerKey(12345, 9)
+	if c, g := parseOuterKey(k); c != 12345 || g != 9 || binary.NativeEndian.Uint32(k[12:]) != 0 {
+		t.Errorf("outer key %x -> %d, %d", k, c, g)
 	}
 }

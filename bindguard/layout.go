@@ -4,37 +4,47 @@ import (
 	"encoding/binary"
 	"math/bits"
 
-	"github.com/portfw/portfw/policy"
+	"github.com/portfw/portfw/model"
 )
 
-// The maps, as the program reads them. Every key starts with a generation
-// byte: Apply writes a new policy under the other generation, flips the
-// generation in the config map with one write, then deletes the old
-// entries, so a bind sees either the old policy or the new one, never a mix
-// and never none.
+// The maps, as the program reads them (layout 2). Five maps serve every
+// network namespace on the host:
 //
-//	config  array[1]  u32 0 -> {gen u32, layout u32}
-//	ports   hash      {gen u8, proto u8, port be16} -> {default, wild4, wild6 ownerRef, flags u32}
-//	scopes  lpm trie  {prefixlen u32, gen u8, proto u8, port be16, addr [16]byte} -> ownerRef
-//	owners  hash      {gen u8, kind u8, 0 u16, owner u32, id u32} -> u32 (unused)
-//	ranges  lpm trie  {prefixlen u32, gen u8, kind u8, 0 u16, owner be32, id be32} -> u32 (unused)
+//	nets    hash  cookie u64 -> {gen u32, flags u32, netns inode u64}
+//	ports   hash of maps  {cookie u64, gen u32, 0 u32} -> inner hash
+//	          {proto u8, 0 u8, port be16} -> {default, wild4, wild6 ownerRef, flags u32}
+//	scopes  hash of maps  -> inner lpm trie
+//	          {prefixlen u32, proto u8, 0 u8, port be16, addr [16]byte} -> ownerRef
+//	owners  hash of maps  -> inner hash {kind u8, 0 [3]u8, owner u32, id u64} -> u32 (unused)
+//	ranges  hash of maps  -> inner lpm trie {prefixlen u32, kind u8, 0 [3]u8, owner be32, id be32} -> u32
+//
+// A namespace's policy is four inner maps, one generation. An update builds
+// the next generation's maps beside the current ones, switches nets[cookie]
+// to it with one write, and only then deletes generations older than the
+// previous one: a bind sees the old policy or the new one, never a mix, and
+// a bind that read the previous generation an instant before the switch
+// still finds its maps. A missing inner map makes the program refuse (fail
+// closed), never allow.
 //
 // An ownerRef is OwnerID<<2 | 1 if the set has a uid range | 2 if it has a
 // gid range, so the program looks ranges up only for sets that have them.
 // Exact ids go into the owners hash; ranges are split into prefixes for the
-// ranges trie, whose lookup cost is bounded by the key's 96 bits, not by the
+// ranges trie, whose lookup cost is bounded by the key's 64 bits, not by the
 // number of entries. IPv4 addresses are stored IPv4-mapped (::ffff:a.b.c.d),
 // which is also how an IPv6 socket binds an IPv4 address.
 const (
-	// layoutVersion changes whenever the maps or the program change
-	// incompatibly; Apply then replaces everything instead of updating
-	// maps in place.
-	layoutVersion = 1
+	// layoutVersion changes whenever the maps or their meaning change
+	// incompatibly. It is part of the program's name, so a portfw of another
+	// layout never mistakes this one's programs for its own.
+	layoutVersion = 2
 
+	netsKeySize    = 8
+	netsValueSize  = 16
+	outerKeySize   = 16
 	portsKeySize   = 4
 	portsValueSize = 16
 	scopesKeySize  = 4 + 20
-	ownersKeySize  = 12
+	ownersKeySize  = 16
 	rangesKeySize  = 4 + 12
 
 	kindUID = 1
@@ -43,24 +53,22 @@ const (
 	refUIDRanges = 1
 	refGIDRanges = 2
 
-	// The prefix lengths of full keys: everything before the address or
-	// id must match exactly.
+	// The prefix lengths of full keys: everything before the address or id
+	// must match exactly.
 	scopesKeyBits = 32 + 128
 	rangesKeyBits = 64 + 32
 
-	// maxPortKeys is every (generation, protocol, port) there is.
-	maxPortKeys = 2 * 2 * 65536
+	// maxPortKeys is every (protocol, port) the bind hook can see.
+	maxPortKeys = 3 * 65536
 )
 
-// entries are the map entries of one generation of a Spec, as raw bytes in
-// the host's byte order where the program reads numbers.
+// entries are the inner map entries of one namespace's Spec, as raw bytes
+// in the host's byte order where the program reads numbers.
 type entries struct {
 	ports, scopes, owners, ranges []kv
 }
 
 type kv struct{ k, v []byte }
-
-func protoNumber(p policy.Protocol) byte { return p.Number() }
 
 func ownerRef(s Spec, id OwnerID) uint32 {
 	if id == 0 {
@@ -77,7 +85,7 @@ func ownerRef(s Spec, id OwnerID) uint32 {
 	return ref
 }
 
-func hasRange(rs []policy.IDRange) bool {
+func hasRange(rs []model.IDRange) bool {
 	for _, r := range rs {
 		if r.Lo != r.Hi {
 			return true
@@ -88,11 +96,11 @@ func hasRange(rs []policy.IDRange) bool {
 
 func u32(x uint32) []byte { return binary.NativeEndian.AppendUint32(nil, x) }
 
-// encode lays a Spec out as map entries of generation gen.
-func encode(s Spec, gen byte) entries {
+// encode lays a Spec out as inner map entries.
+func encode(s Spec) entries {
 	var e entries
 	for _, p := range s.Ports {
-		k := []byte{gen, protoNumber(p.Proto), byte(p.Port >> 8), byte(p.Port)}
+		k := []byte{byte(p.Proto), 0, byte(p.Port >> 8), byte(p.Port)}
 		v := make([]byte, 0, portsValueSize)
 		flags := uint32(0)
 		if p.Scoped {
@@ -110,7 +118,7 @@ func encode(s Spec, gen byte) entries {
 			bits += 96
 		}
 		k := u32(uint32(32 + bits))
-		k = append(k, gen, protoNumber(sc.Proto), byte(sc.Port>>8), byte(sc.Port))
+		k = append(k, byte(sc.Proto), 0, byte(sc.Port>>8), byte(sc.Port))
 		k = append(k, addr[:]...)
 		e.scopes = append(e.scopes, kv{k, u32(ownerRef(s, sc.Owner))})
 	}
@@ -118,19 +126,19 @@ func encode(s Spec, gen byte) entries {
 		id := uint32(i + 1)
 		for _, set := range []struct {
 			kind byte
-			ids  []policy.IDRange
+			ids  []model.IDRange
 		}{{kindUID, o.UIDs}, {kindGID, o.GIDs}} {
 			for _, r := range set.ids {
 				if r.Lo == r.Hi {
-					k := []byte{gen, set.kind, 0, 0}
+					k := []byte{set.kind, 0, 0, 0}
 					k = binary.NativeEndian.AppendUint32(k, id)
-					k = binary.NativeEndian.AppendUint32(k, r.Lo)
+					k = binary.NativeEndian.AppendUint64(k, uint64(r.Lo))
 					e.owners = append(e.owners, kv{k, u32(1)})
 					continue
 				}
 				for _, p := range idPrefixes(r.Lo, r.Hi) {
 					k := u32(uint32(64 + p.bits))
-					k = append(k, gen, set.kind, 0, 0)
+					k = append(k, set.kind, 0, 0, 0)
 					k = binary.BigEndian.AppendUint32(k, id)
 					k = binary.BigEndian.AppendUint32(k, p.id)
 					e.ranges = append(e.ranges, kv{k, u32(1)})
@@ -164,10 +172,30 @@ func idPrefixes(lo, hi uint32) []idPrefix {
 	return out
 }
 
-// genOf is the generation byte of a raw key of any of the maps.
-func genOf(m string, k []byte) byte {
-	if m == mapScopes || m == mapRanges {
-		return k[4]
-	}
-	return k[0]
+// outerKey is the key of a namespace's inner maps of one generation.
+func outerKey(cookie uint64, gen uint32) []byte {
+	k := binary.NativeEndian.AppendUint64(nil, cookie)
+	k = binary.NativeEndian.AppendUint32(k, gen)
+	return binary.NativeEndian.AppendUint32(k, 0)
+}
+
+func parseOuterKey(k []byte) (cookie uint64, gen uint32) {
+	return binary.NativeEndian.Uint64(k), binary.NativeEndian.Uint32(k[8:])
+}
+
+// netEntry is a namespace's entry in the nets map.
+type netEntry struct {
+	gen   uint32
+	flags uint32
+	inode uint64 // the namespace's nsfs inode when it was applied, for the sweep
+}
+
+func (n netEntry) bytes() []byte {
+	v := binary.NativeEndian.AppendUint32(nil, n.gen)
+	v = binary.NativeEndian.AppendUint32(v, n.flags)
+	return binary.NativeEndian.AppendUint64(v, n.inode)
+}
+
+func parseNetEntry(v []byte) netEntry {
+	return netEntry{binary.NativeEndian.Uint32(v), binary.NativeEndian.Uint32(v[4:]), binary.NativeEndian.Uint64(v[8:])}
 }

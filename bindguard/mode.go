@@ -3,26 +3,26 @@ package bindguard
 import (
 	"fmt"
 
-	"github.com/portfw/portfw/policy"
+	"github.com/portfw/portfw/model"
 )
 
 // Decide turns settings.bind_guard into whether to run the guard. supported
 // is Supported outside tests. With auto on a host that cannot run it, on is
-// false and note says why and that nftables alone enforces the policy; with
-// on, that is an error, returned before anything touched the kernel.
-func Decide(mode policy.BindGuardMode, supported func() error) (on bool, note string, err error) {
+// false and note says why and what is left; with on, that is an error,
+// returned before anything touched the kernel.
+func Decide(mode model.BindGuardMode, supported func() error) (on bool, note string, err error) {
 	switch mode {
-	case policy.BindGuardOff:
+	case model.BindGuardOff:
 		return false, "", nil
-	case policy.BindGuardOn:
+	case model.BindGuardOn:
 		if err := supported(); err != nil {
-			return false, "", fmt.Errorf("bind_guard: on: %w", err)
+			return false, "", fmt.Errorf("bind_guard is on but %w", err)
 		}
 		return true, "", nil
-	case policy.BindGuardAuto:
+	case model.BindGuardAuto:
 		if err := supported(); err != nil {
-			return false, fmt.Sprintf("bind_guard: auto: %v; the nftables rules alone enforce the policy "+
-				"(squatters can still bind reserved ports, and get no traffic)", err), nil
+			return false, fmt.Sprintf("bind guard off: %v; the nftables rules alone enforce the policy "+
+				"(a squatter can still bind a reserved port: it gets no traffic, but a silent one reads UDP datagrams)", err), nil
 		}
 		return true, "", nil
 	}

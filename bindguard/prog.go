@@ -1,6 +1,8 @@
 package bindguard
 
 import (
+	"strconv"
+
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 )
@@ -25,43 +27,61 @@ const (
 
 const (
 	ipprotoTCP   = 6
-	ipprotoUDP   = 17
 	ipprotoMPTCP = 262 // binds TCP ports
 )
 
 // Stack layout: each key is built in its own slot, every byte written
-// before the lookup reads it. Offsets are from the frame pointer R10.
+// before a lookup reads it. Offsets are from the frame pointer R10.
 const (
-	stConfigKey = -4  // u32 0
-	stPortsKey  = -8  // gen, proto, be16 port
-	stScopesKey = -32 // prefixlen u32, gen, proto, be16 port, addr[16] (-24..-9)
-	stOwnersKey = -48 // gen, kind, u16 0, owner u32 (-44), id u32 (-40)
-	stRangesKey = -64 // prefixlen u32, gen (-60), kind, u16 0, owner be32 (-56), id be32 (-52)
+	stNetsKey   = -8  // cookie u64
+	stOuterKey  = -24 // cookie u64, gen u32 (-16), 0 u32 (-12)
+	stPortsKey  = -28 // proto, 0, be16 port
+	stScopesKey = -52 // prefixlen u32, proto (-48), 0, be16 port (-46), addr[16] (-44..-29)
+	stOwnersKey = -72 // kind, 0 [3], owner u32 (-68), id u64 (-64)
+	stRangesKey = -88 // prefixlen u32, kind (-84), 0 [3], owner be32 (-80), id be32 (-76)
 )
 
-// Map names, also the names of their pins.
+// Map names, as the kernel shows them (at most 15 characters).
 const (
-	mapConfig = "config"
-	mapPorts  = "ports"
-	mapScopes = "scopes"
-	mapOwners = "owners"
-	mapRanges = "ranges"
+	mapNets   = "pfw2_nets"
+	mapPorts  = "pfw2_ports"
+	mapScopes = "pfw2_scopes"
+	mapOwners = "pfw2_owners"
+	mapRanges = "pfw2_ranges"
 )
 
-// program is the bind hook for one family (4 or 6). cookie is the network
-// namespace it guards: the program is attached to a cgroup, whose
-// processes may bind in any namespace, and sockets of other namespaces must
-// pass untouched.
-func program(family int, cookie uint64) asm.Instructions {
+var mapNames = []string{mapNets, mapPorts, mapScopes, mapOwners, mapRanges}
+
+// progName is the program's name for a family; the layout is part of it.
+func progName(family int) string {
+	return "portfw" + strconv.Itoa(layoutVersion) + "_bind" + strconv.Itoa(family)
+}
+
+// program is the bind hook for one family (4 or 6). One program serves
+// every network namespace: the socket's namespace cookie picks the maps
+// (namespaces portfw has no entry for pass untouched).
+func program(family int) asm.Instructions {
 	const (
 		ctx   = asm.R6
-		gen   = asm.R7
-		owner = asm.R8 // the ownerRef that decides; later also flags
+		inner = asm.R7 // the gen, then an inner map
+		owner = asm.R8 // the ownerRef that decides
 		aux   = asm.R9 // ports value flags, then the caller's uid/gid
 	)
-	lookup := func(m string, keyOff int16) asm.Instructions {
+	// lookupIn looks key up in the inner map the outer map m holds for
+	// the namespace and generation at stOuterKey, failing closed when
+	// the namespace has no such map. The value is in R0.
+	outer := func(m string) asm.Instructions {
 		return asm.Instructions{
 			asm.LoadMapPtr(asm.R1, 0).WithReference(m),
+			asm.Mov.Reg(asm.R2, asm.RFP),
+			asm.Add.Imm(asm.R2, stOuterKey),
+			asm.FnMapLookupElem.Call(),
+			asm.JEq.Imm(asm.R0, 0, "deny"),
+		}
+	}
+	lookupIn := func(mapReg asm.Register, keyOff int16) asm.Instructions {
+		return asm.Instructions{
+			asm.Mov.Reg(asm.R1, mapReg),
 			asm.Mov.Reg(asm.R2, asm.RFP),
 			asm.Add.Imm(asm.R2, int32(keyOff)),
 			asm.FnMapLookupElem.Call(),
@@ -70,38 +90,39 @@ func program(family int, cookie uint64) asm.Instructions {
 	in := asm.Instructions{
 		asm.Mov.Reg(ctx, asm.R1),
 		asm.FnGetNetnsCookie.Call(), // R1 is still the context
-		asm.LoadImm(asm.R1, int64(cookie), asm.DWord),
-		asm.JNE.Reg(asm.R0, asm.R1, "allow"),
+		asm.StoreMem(asm.RFP, stNetsKey, asm.R0, asm.DWord),
+		asm.StoreMem(asm.RFP, stOuterKey, asm.R0, asm.DWord),
+		asm.LoadMapPtr(asm.R1, 0).WithReference(mapNets),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, stNetsKey),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "allow"), // a namespace portfw does not guard
+		asm.LoadMem(inner, asm.R0, 0, asm.Word),
+		asm.StoreMem(asm.RFP, stOuterKey+8, inner, asm.Word),
+		asm.StoreImm(asm.RFP, stOuterKey+12, 0, asm.Word),
 
-		// Protocol: TCP, MPTCP (as TCP) and UDP; every other bind passes.
+		// Protocol: MPTCP binds TCP ports; other protocols are looked up
+		// by number (TCP, UDP and UDP-Lite have entries).
 		asm.LoadMem(asm.R2, ctx, ctxProtocol, asm.Word),
 		asm.JNE.Imm(asm.R2, ipprotoMPTCP, "not_mptcp"),
 		asm.Mov.Imm(asm.R2, ipprotoTCP),
-		asm.JEq.Imm(asm.R2, ipprotoTCP, "proto_ok").WithSymbol("not_mptcp"),
-		asm.JNE.Imm(asm.R2, ipprotoUDP, "allow"),
+		asm.JGT.Imm(asm.R2, 255, "allow").WithSymbol("not_mptcp"),
 
 		// Port 0 asks the kernel to pick one: not a reserved port (ephemeral
 		// ports are kept off reserved ones by ip_local_reserved_ports).
-		asm.LoadMem(asm.R3, ctx, ctxUserPort, asm.Word).WithSymbol("proto_ok"),
+		asm.LoadMem(asm.R3, ctx, ctxUserPort, asm.Word),
 		asm.And.Imm(asm.R3, 0xffff),
 		asm.JEq.Imm(asm.R3, 0, "allow"),
-		asm.StoreMem(asm.RFP, stPortsKey+1, asm.R2, asm.Byte),
+		asm.StoreMem(asm.RFP, stPortsKey, asm.R2, asm.Byte),
+		asm.StoreImm(asm.RFP, stPortsKey+1, 0, asm.Byte),
 		asm.StoreMem(asm.RFP, stPortsKey+2, asm.R3, asm.Half),
-		asm.StoreMem(asm.RFP, stScopesKey+5, asm.R2, asm.Byte),
+		asm.StoreMem(asm.RFP, stScopesKey+4, asm.R2, asm.Byte),
+		asm.StoreImm(asm.RFP, stScopesKey+5, 0, asm.Byte),
 		asm.StoreMem(asm.RFP, stScopesKey+6, asm.R3, asm.Half),
-
-		asm.StoreImm(asm.RFP, stConfigKey, 0, asm.Word),
 	}
-	in = append(in, lookup(mapConfig, stConfigKey)...)
-	in = append(in,
-		asm.JEq.Imm(asm.R0, 0, "allow"),
-		asm.LoadMem(gen, asm.R0, 0, asm.Word),
-		asm.StoreMem(asm.RFP, stPortsKey, gen, asm.Byte),
-		asm.StoreMem(asm.RFP, stScopesKey+4, gen, asm.Byte),
-		asm.StoreMem(asm.RFP, stOwnersKey, gen, asm.Byte),
-		asm.StoreMem(asm.RFP, stRangesKey+4, gen, asm.Byte),
-	)
-	in = append(in, lookup(mapPorts, stPortsKey)...)
+	in = append(in, outer(mapPorts)...)
+	in = append(in, asm.Mov.Reg(inner, asm.R0))
+	in = append(in, lookupIn(inner, stPortsKey)...)
 	in = append(in,
 		asm.JEq.Imm(asm.R0, 0, "allow"),         // not a reserved port
 		asm.LoadMem(owner, asm.R0, 0, asm.Word), // default
@@ -152,7 +173,9 @@ func program(family int, cookie uint64) asm.Instructions {
 		)
 	}
 	in = append(in, asm.StoreImm(asm.RFP, stScopesKey, scopesKeyBits, asm.Word))
-	in = append(in, lookup(mapScopes, stScopesKey)...)
+	in = append(in, outer(mapScopes)...)
+	in = append(in, asm.Mov.Reg(inner, asm.R0))
+	in = append(in, lookupIn(inner, stScopesKey)...)
 	in = append(in,
 		asm.JEq.Imm(asm.R0, 0, "check"), // outside every scope: the default
 		asm.LoadMem(owner, asm.R0, 0, asm.Word),
@@ -162,26 +185,39 @@ func program(family int, cookie uint64) asm.Instructions {
 		asm.JEq.Imm(owner, 0, "allow").WithSymbol("check"),
 		asm.FnGetCurrentUidGid.Call(), // gid << 32 | uid, of the binding task
 		asm.Mov.Reg(aux, asm.R0),
+	)
+	in = append(in, outer(mapOwners)...)
+	in = append(in,
+		asm.Mov.Reg(inner, asm.R0),
+		asm.StoreImm(asm.RFP, stOwnersKey, kindUID, asm.Byte),
+		asm.StoreImm(asm.RFP, stOwnersKey+1, 0, asm.Byte),
 		asm.StoreImm(asm.RFP, stOwnersKey+2, 0, asm.Half),
 		asm.Mov.Reg(asm.R1, owner),
 		asm.RSh.Imm(asm.R1, 2),
 		asm.StoreMem(asm.RFP, stOwnersKey+4, asm.R1, asm.Word),
-		asm.StoreImm(asm.RFP, stOwnersKey+1, kindUID, asm.Byte),
-		asm.StoreMem(asm.RFP, stOwnersKey+8, aux, asm.Word),
+		asm.Mov.Reg32(asm.R1, aux), // the uid: the low half, zero-extended
+		asm.StoreMem(asm.RFP, stOwnersKey+8, asm.R1, asm.DWord),
 	)
-	in = append(in, lookup(mapOwners, stOwnersKey)...)
+	in = append(in, lookupIn(inner, stOwnersKey)...)
 	in = append(in,
 		asm.JNE.Imm(asm.R0, 0, "owner"),
-		asm.StoreImm(asm.RFP, stOwnersKey+1, kindGID, asm.Byte),
+		asm.StoreImm(asm.RFP, stOwnersKey, kindGID, asm.Byte),
 		asm.Mov.Reg(asm.R1, aux),
 		asm.RSh.Imm(asm.R1, 32),
-		asm.StoreMem(asm.RFP, stOwnersKey+8, asm.R1, asm.Word),
+		asm.StoreMem(asm.RFP, stOwnersKey+8, asm.R1, asm.DWord),
 	)
-	in = append(in, lookup(mapOwners, stOwnersKey)...)
+	in = append(in, lookupIn(inner, stOwnersKey)...)
 	in = append(in,
 		asm.JNE.Imm(asm.R0, 0, "owner"),
-
+		asm.Mov.Reg(asm.R1, owner),
+		asm.And.Imm(asm.R1, refUIDRanges|refGIDRanges),
+		asm.JEq.Imm(asm.R1, 0, "deny"),
+	)
+	in = append(in, outer(mapRanges)...)
+	in = append(in,
+		asm.Mov.Reg(inner, asm.R0),
 		asm.StoreImm(asm.RFP, stRangesKey, rangesKeyBits, asm.Word),
+		asm.StoreImm(asm.RFP, stRangesKey+5, 0, asm.Byte),
 		asm.StoreImm(asm.RFP, stRangesKey+6, 0, asm.Half),
 		asm.Mov.Reg(asm.R1, owner),
 		asm.RSh.Imm(asm.R1, 2),
@@ -191,25 +227,25 @@ func program(family int, cookie uint64) asm.Instructions {
 		asm.Mov.Reg(asm.R1, owner),
 		asm.And.Imm(asm.R1, refUIDRanges),
 		asm.JEq.Imm(asm.R1, 0, "gid_ranges"),
-		asm.StoreImm(asm.RFP, stRangesKey+5, kindUID, asm.Byte),
+		asm.StoreImm(asm.RFP, stRangesKey+4, kindUID, asm.Byte),
 		asm.Mov.Reg(asm.R1, aux),
 		asm.HostTo(asm.BE, asm.R1, asm.Word), // also drops the gid half
 		asm.StoreMem(asm.RFP, stRangesKey+12, asm.R1, asm.Word),
 	)
-	in = append(in, lookup(mapRanges, stRangesKey)...)
+	in = append(in, lookupIn(inner, stRangesKey)...)
 	in = append(in,
 		asm.JNE.Imm(asm.R0, 0, "owner"),
 
 		asm.Mov.Reg(asm.R1, owner).WithSymbol("gid_ranges"),
 		asm.And.Imm(asm.R1, refGIDRanges),
 		asm.JEq.Imm(asm.R1, 0, "deny"),
-		asm.StoreImm(asm.RFP, stRangesKey+5, kindGID, asm.Byte),
+		asm.StoreImm(asm.RFP, stRangesKey+4, kindGID, asm.Byte),
 		asm.Mov.Reg(asm.R1, aux),
 		asm.RSh.Imm(asm.R1, 32),
 		asm.HostTo(asm.BE, asm.R1, asm.Word),
 		asm.StoreMem(asm.RFP, stRangesKey+12, asm.R1, asm.Word),
 	)
-	in = append(in, lookup(mapRanges, stRangesKey)...)
+	in = append(in, lookupIn(inner, stRangesKey)...)
 	in = append(in,
 		asm.JNE.Imm(asm.R0, 0, "owner"),
 
@@ -224,16 +260,23 @@ func program(family int, cookie uint64) asm.Instructions {
 }
 
 // programSpec wraps program for loading.
-func programSpec(family int, cookie uint64) *ebpf.ProgramSpec {
-	attach, name := ebpf.AttachCGroupInet4Bind, "portfw_bind4"
+func programSpec(family int) *ebpf.ProgramSpec {
+	attach := ebpf.AttachCGroupInet4Bind
 	if family == 6 {
-		attach, name = ebpf.AttachCGroupInet6Bind, "portfw_bind6"
+		attach = ebpf.AttachCGroupInet6Bind
 	}
 	return &ebpf.ProgramSpec{
-		Name:         name,
+		Name:         progName(family),
 		Type:         ebpf.CGroupSockAddr,
 		AttachType:   attach,
-		Instructions: program(family, cookie),
+		Instructions: program(family),
 		License:      "Dual MIT/GPL",
 	}
+}
+
+func attachType(family int) ebpf.AttachType {
+	if family == 6 {
+		return ebpf.AttachCGroupInet6Bind
+	}
+	return ebpf.AttachCGroupInet4Bind
 }

@@ -1,18 +1,23 @@
-// Package bindguard refuses bind() on a reserved port to every uid that does
-// not own it, with a cgroup bind4/bind6 eBPF program, and lets an owner bind
+// Package bindguard refuses bind() on a reserved port to everyone who does
+// not own it, with cgroup bind4/bind6 eBPF programs, and lets an owner bind
 // its reserved port below net.ipv4.ip_unprivileged_port_start without any
 // sysctl change.
 //
 // It is the first of portfw's three layers (see docs/layers.md): the
 // nftables table starves a squatter of traffic but cannot stop it from
-// binding first, and a squatter on a reserved UDP port still receives the
-// first datagram of each flow. A squatter that cannot bind has neither.
+// binding first, and a squatter on a reserved UDP port (co-bound with
+// SO_REUSEADDR, or silent) reads datagrams no rule can tie to it. A
+// squatter that cannot bind has nothing.
 //
-// Spec is the description, built from the resolved policy by a pure,
-// deterministic function; Apply makes the kernel enforce it. The program and
-// its maps are pinned in bpffs, one directory per network namespace cookie,
-// so they outlive the process that applied them, and a later Apply swaps the
-// maps' contents in place (see Apply) with no moment without a guard.
+// Spec is the description of one network namespace's guard, built from the
+// ownership model by a pure, deterministic function. Host is the running
+// thing: one bind4 and one bind6 program for the whole host, attached to the
+// root of the cgroup v2 hierarchy with BPF_F_ALLOW_MULTI, their maps keyed
+// by network namespace cookie, so that a thousand namespaces cost two
+// programs (a cgroup holds at most 64 per attach type). Legacy attachment
+// outlives the process with no pin and no bpffs; a later process finds the
+// programs with BPF_PROG_QUERY and recognises them by name, tag, maps and
+// creator.
 package bindguard
 
 import (
@@ -22,7 +27,7 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/portfw/portfw/policy"
+	"github.com/portfw/portfw/model"
 )
 
 // OwnerID names one of a Spec's owner sets: Spec.Owners[id-1]. The zero
@@ -32,13 +37,13 @@ type OwnerID uint32
 // Owners is a set of owners: a bind passes when the caller's uid is in UIDs
 // or its gid in GIDs. Both are sorted and merged; both empty means nobody.
 type Owners struct {
-	UIDs []policy.IDRange `json:"uids,omitempty"`
-	GIDs []policy.IDRange `json:"gids,omitempty"`
+	UIDs []model.IDRange `json:"uids,omitempty"`
+	GIDs []model.IDRange `json:"gids,omitempty"`
 }
 
 // Port is one reserved (protocol, port).
 type Port struct {
-	Proto policy.Protocol `json:"proto"`
+	Proto model.Protocol `json:"proto"`
 	Port  uint16          `json:"port"`
 	// Default owns every address of the port that no Scope covers (a
 	// reservation for every address, or the root-only guard); 0 when
@@ -58,7 +63,7 @@ type Port struct {
 // Scope is an address-scoped reservation of one (protocol, port): binding an
 // address inside Prefix needs Owner.
 type Scope struct {
-	Proto  policy.Protocol `json:"proto"`
+	Proto  model.Protocol `json:"proto"`
 	Port   uint16          `json:"port"`
 	Prefix netip.Prefix    `json:"prefix"` // IPv4 or IPv6, masked
 	Owner  OwnerID         `json:"owner"`
@@ -79,12 +84,13 @@ type Spec struct {
 }
 
 // FromResolved builds the guard's Spec for a resolved policy: every
-// reservation and every root-only guard entry (r.Guard), each port of a
-// port range as its own key. Owners are the reservation's uids and gids,
-// and uid 0 when the policy allows root. It is pure and deterministic.
-func FromResolved(r *policy.Resolved) Spec {
+// reservation and every root-only guard entry, for each protocol whose
+// bind() the cgroup hook sees, each port of a port range as its own key.
+// Owners are the reservation's owners as the model says (root included when
+// the policy allows it). It is pure and deterministic.
+func FromResolved(r *model.Resolved) Spec {
 	type key struct {
-		proto policy.Protocol
+		proto model.Protocol
 		port  uint16
 	}
 	type scope struct {
@@ -93,13 +99,12 @@ func FromResolved(r *policy.Resolved) Spec {
 	}
 	defaults := map[key]*Owners{}
 	scopes := map[key][]scope{}
-	add := func(res policy.Reservation) {
-		o := Owners{UIDs: res.UIDs, GIDs: policy.MergeIDs(res.GIDs)}
-		if r.Settings.AllowRoot {
-			o.UIDs = append(slices.Clone(o.UIDs), policy.IDRange{})
-		}
-		o.UIDs = policy.MergeIDs(o.UIDs)
+	add := func(res *model.Reservation) {
+		o := Owners{UIDs: res.Owners.UIDSet(), GIDs: model.MergeIDs(res.Owners.GIDs)}
 		for _, proto := range res.Protocols {
+			if info, _ := proto.Info(); !info.BindHook {
+				continue
+			}
 			for _, pr := range res.Ports {
 				for p := int(pr.Lo); p <= int(pr.Hi); p++ {
 					k := key{proto, uint16(p)}
@@ -121,11 +126,8 @@ func FromResolved(r *policy.Resolved) Spec {
 			}
 		}
 	}
-	for _, res := range r.Reservations {
+	for _, res := range r.All() {
 		add(res)
-	}
-	for _, g := range r.Guard {
-		add(g)
 	}
 
 	// Owner sets are numbered in sorted order, so the numbers depend only on
@@ -213,12 +215,12 @@ func intersectPtr(a *Owners, b Owners) *Owners {
 	return &o
 }
 
-func intersectIDs(a, b []policy.IDRange) []policy.IDRange {
-	var out []policy.IDRange
+func intersectIDs(a, b []model.IDRange) []model.IDRange {
+	var out []model.IDRange
 	for i, j := 0, 0; i < len(a) && j < len(b); {
 		lo, hi := max(a[i].Lo, b[j].Lo), min(a[i].Hi, b[j].Hi)
 		if lo <= hi {
-			out = append(out, policy.IDRange{Lo: lo, Hi: hi})
+			out = append(out, model.IDRange{Lo: lo, Hi: hi})
 		}
 		if a[i].Hi < b[j].Hi {
 			i++
@@ -233,8 +235,8 @@ func compareOwners(a, b Owners) int {
 	return cmp.Or(compareIDs(a.UIDs, b.UIDs), compareIDs(a.GIDs, b.GIDs))
 }
 
-func compareIDs(a, b []policy.IDRange) int {
-	return slices.CompareFunc(a, b, func(x, y policy.IDRange) int {
+func compareIDs(a, b []model.IDRange) int {
+	return slices.CompareFunc(a, b, func(x, y model.IDRange) int {
 		return cmp.Or(cmp.Compare(x.Lo, y.Lo), cmp.Compare(x.Hi, y.Hi))
 	})
 }
@@ -270,7 +272,7 @@ func (id OwnerID) String() string {
 	return fmt.Sprint(uint32(id))
 }
 
-func idList(rs []policy.IDRange) string {
+func idList(rs []model.IDRange) string {
 	if len(rs) == 0 {
 		return "-"
 	}

@@ -5,7 +5,7 @@ import (
 	"net/netip"
 	"slices"
 
-	"github.com/portfw/portfw/policy"
+	"github.com/portfw/portfw/model"
 )
 
 // The sets a ruleset may hold, in the order they are declared. A set is
@@ -87,6 +87,7 @@ const (
 	ChainInput    = "input"
 	ChainOutCheck = "out_check"
 	ChainInCheck  = "in_check"
+	ChainInSyn    = "in_syn"
 	ChainOutDrop  = "out_drop"
 	ChainInDrop   = "in_drop"
 )
@@ -99,14 +100,19 @@ const (
 
 // Compile turns a resolved policy into the ruleset that enforces it. It is
 // pure and deterministic. r must satisfy the invariants documented on
-// policy.Resolved.
-func Compile(r *policy.Resolved) *Ruleset {
+// model.Resolved.
+func Compile(r *model.Resolved) *Ruleset {
 	var elems [numSets][]Element
-	for _, res := range r.Reservations {
-		addElements(&elems, &res)
-	}
-	for _, g := range r.Guard {
-		addElements(&elems, &g)
+	// Root owns every reservation through one rule when the policy allows
+	// it everywhere (settings.allow_root); otherwise reservations owned by
+	// root (the guard) carry uid 0 in the owner sets.
+	rootRule := r.Settings.AllowRoot
+	used := map[model.Protocol]bool{}
+	for _, res := range r.All() {
+		addElements(&elems, res, rootRule)
+		for _, p := range res.Protocols {
+			used[p] = true
+		}
 	}
 	var sets [numSets]*Set
 	rs := &Ruleset{Table: r.Settings.Table}
@@ -119,20 +125,35 @@ func Compile(r *policy.Resolved) *Ruleset {
 		sets[i] = &Set{Name: sp.name, Fields: sp.fields, Interval: sp.interval, Counter: sp.counter, Elements: e}
 		rs.Sets = append(rs.Sets, sets[i])
 	}
+	c := compiling{sets: &sets, st: r.Settings, rootRule: rootRule}
+	for _, p := range model.Protocols() {
+		if used[p.Protocol] && p.Stream {
+			c.stream = append(c.stream, p.Protocol)
+		}
+	}
+	c.tcp = used[model.TCP]
 	out, in := directions()
 	rs.Chains = []*Chain{
-		classify(ChainOutput, "output", ChainOutCheck, out, &sets),
-		classify(ChainInput, "input", ChainInCheck, in, &sets),
-		check(ChainOutCheck, ChainOutDrop, out, &sets, r.Settings),
-		check(ChainInCheck, ChainInDrop, in, &sets, r.Settings),
-		dropChain(ChainOutDrop, LogPrefixOut, out, &sets, r.Settings),
-		dropChain(ChainInDrop, LogPrefixIn, in, &sets, r.Settings),
+		c.classify(ChainOutput, "output", ChainOutCheck, out),
+		c.classify(ChainInput, "input", ChainInCheck, in),
+		c.outCheck(out),
+		c.inCheck(in),
 	}
+	if c.tcp {
+		rs.Chains = append(rs.Chains, synChain())
+	}
+	rs.Chains = append(rs.Chains,
+		c.dropChain(ChainOutDrop, LogPrefixOut, out),
+		c.dropChain(ChainInDrop, LogPrefixIn, in))
 	return rs
 }
 
-func addElements(elems *[numSets][]Element, res *policy.Reservation) {
+func addElements(elems *[numSets][]Element, res *model.Reservation, rootRule bool) {
 	add := func(set int, e Element) { elems[set] = append(elems[set], e) }
+	uids := res.Owners.UIDs
+	if res.Owners.Root && !rootRule && !model.ContainsID(uids, 0) {
+		uids = model.ExactIDs(append([]model.IDRange{model.ID(0)}, uids...))
+	}
 	for _, proto := range res.Protocols {
 		for _, ports := range res.Ports {
 			portRange := ports.Lo != ports.Hi
@@ -144,11 +165,11 @@ func addElements(elems *[numSets][]Element, res *policy.Reservation) {
 				}
 				add(membership, e)
 				add(drop, e)
-				for _, id := range res.UIDs {
+				for _, id := range uids {
 					e.ID = id
 					add(pick(portRange || id.Lo != id.Hi, setOwnUID, setOwnUIDR), e)
 				}
-				for _, id := range res.GIDs {
+				for _, id := range res.Owners.GIDs {
 					e.ID = id
 					add(pick(portRange || id.Lo != id.Hi, setOwnGID, setOwnGIDR), e)
 				}
@@ -162,11 +183,11 @@ func addElements(elems *[numSets][]Element, res *policy.Reservation) {
 				e := Element{Addr: addr, Proto: proto, Ports: ports, Comment: res.Name}
 				add(membership, e)
 				add(drop, e)
-				for _, id := range res.UIDs {
+				for _, id := range uids {
 					e.ID = id
 					add(ownU, e)
 				}
-				for _, id := range res.GIDs {
+				for _, id := range res.Owners.GIDs {
 					e.ID = id
 					add(ownG, e)
 				}
@@ -186,16 +207,18 @@ func pick(ranged bool, exact, interval int) int {
 // address, protocol, port, id. Rulesets read back from the kernel use it
 // too, so a table and its policy compare as text.
 func SortElements(es []Element) {
-	slices.SortFunc(es, func(a, b Element) int {
-		if c := comparePrefix(a.Addr, b.Addr); c != 0 {
-			return c
-		}
-		return cmp.Or(
-			cmp.Compare(a.Proto, b.Proto),
-			cmp.Compare(a.Ports.Lo, b.Ports.Lo),
-			cmp.Compare(a.ID.Lo, b.ID.Lo),
-		)
-	})
+	slices.SortFunc(es, compareElements)
+}
+
+func compareElements(a, b Element) int {
+	if c := comparePrefix(a.Addr, b.Addr); c != 0 {
+		return c
+	}
+	return cmp.Or(
+		cmp.Compare(a.Proto, b.Proto),
+		cmp.Compare(a.Ports.Lo, b.Ports.Lo),
+		cmp.Compare(a.ID.Lo, b.ID.Lo),
+	)
 }
 
 func comparePrefix(a, b netip.Prefix) int {
@@ -208,104 +231,176 @@ func comparePrefix(a, b netip.Prefix) int {
 // direction names the keys that mean "local address" and "local port" on
 // one hook: the source on output, the destination on input.
 type direction struct {
-	port, v4, v6 Key
+	output       bool
+	port, v4, v6 KeyKind
 }
 
 func directions() (out, in direction) {
-	return direction{KeySport, KeyIPSaddr, KeyIP6Saddr}, direction{KeyDport, KeyIPDaddr, KeyIP6Daddr}
+	return direction{true, KeySport, KeyIPSaddr, KeyIP6Saddr}, direction{false, KeyDport, KeyIPDaddr, KeyIP6Daddr}
 }
 
 // keys is the lookup key for a set in a direction.
 func (d direction) keys(s *Set) []Key {
-	var ks []Key
-	for _, f := range s.Fields {
+	ks := make([]Key, len(s.Fields))
+	for i, f := range s.Fields {
 		switch f {
 		case FieldIPv4:
-			ks = append(ks, d.v4)
+			ks[i] = Key{Kind: d.v4}
 		case FieldIPv6:
-			ks = append(ks, d.v6)
+			ks[i] = Key{Kind: d.v6}
 		case FieldProto:
-			ks = append(ks, KeyL4Proto)
+			ks[i] = Key{Kind: KeyL4Proto}
 		case FieldPort:
-			ks = append(ks, d.port)
+			ks[i] = Key{Kind: d.port}
 		case FieldUID:
-			ks = append(ks, KeySkUID)
+			ks[i] = Key{Kind: KeySkUID}
 		case FieldGID:
-			ks = append(ks, KeySkGID)
+			ks[i] = Key{Kind: KeySkGID}
 		}
 	}
 	return ks
 }
 
+type compiling struct {
+	sets     *[numSets]*Set
+	st       model.Settings
+	rootRule bool
+	stream   []model.Protocol // stream protocols the policy reserves
+	tcp      bool             // the policy reserves TCP ports
+}
+
 // classify sends packets on a reserved local port to the check chain.
-func classify(name, hook, target string, d direction, sets *[numSets]*Set) *Chain {
-	c := &Chain{Name: name, Hook: hook}
+func (c *compiling) classify(name, hook, target string, d direction) *Chain {
+	ch := &Chain{Name: name, Hook: hook}
 	for _, i := range []int{setRes, setResR, setRes4, setRes6} {
-		if s := sets[i]; s != nil {
-			c.Rules = append(c.Rules, Rule{Lookup{d.keys(s), s}, Verdict{Kind: "goto", Chain: target}})
+		if s := c.sets[i]; s != nil {
+			ch.Rules = append(ch.Rules, Rule{Lookup{d.keys(s), s}, Verdict{Kind: Goto, Chain: target}})
 		}
 	}
-	return c
+	return ch
 }
 
 var ownerSets = []int{setOwnUID, setOwnUIDR, setOwnGID, setOwnGIDR, setOwn4UID, setOwn4GID, setOwn6UID, setOwn6GID}
 
-// check decides for a packet on a reserved port. The order is the sound
-// one from DESIGN.md, measured to close the syncookie and orphan holes:
-//
-//   - the connection is OWNED (an owner's socket spoke on it): accept. This
-//     comes before the squatter test because accept() gives a connection's
-//     socket the accepting process's credentials (nginx workers), and it is
-//     the cheap fast path for established traffic;
-//   - attributed to an owner: on output mark the connection OWNED; accept;
-//   - attributed to anyone else: mark it SQUATTED; drop (counted, logged);
-//   - on output, an unattributed TCP RST passes (kernel resets carry no
-//     data); anything else unattributed is dropped: a squatter can force
-//     its SYN-ACKs to be syncookies, which carry no socket;
-//   - on input, unattributed packets of a SQUATTED connection are dropped
-//     and the rest pass (a new connection's SYN has no socket yet).
-func check(name, drop string, d direction, sets *[numSets]*Set, st policy.Settings) *Chain {
-	output := d.port == KeySport
-	owned := func(r Rule) Rule {
-		if output {
-			r = append(r, CtMarkSet{st.MarkOwned})
-		}
-		return append(r, Verdict{Kind: "accept"})
-	}
-	c := &Chain{Name: name}
-	c.Rules = append(c.Rules, Rule{CtMarkHas{st.MarkOwned}, Verdict{Kind: "accept"}})
-	if st.AllowRoot {
-		c.Rules = append(c.Rules, owned(Rule{SkUIDIs{0}}))
+// owners are the matches that recognise an owner's socket, each the head
+// of one rule.
+func (c *compiling) owners(d direction) []Rule {
+	var rs []Rule
+	if c.rootRule {
+		rs = append(rs, Rule{SkUIDIs{0}})
 	}
 	for _, i := range ownerSets {
-		if s := sets[i]; s != nil {
-			c.Rules = append(c.Rules, owned(Rule{Lookup{d.keys(s), s}}))
+		if s := c.sets[i]; s != nil {
+			rs = append(rs, Rule{Lookup{d.keys(s), s}})
 		}
 	}
-	c.Rules = append(c.Rules, Rule{Attributed{}, CtMarkSet{st.MarkSquatted}, Verdict{Kind: "goto", Chain: drop}})
-	if output {
-		c.Rules = append(c.Rules,
-			Rule{TCPRst{}, Verdict{Kind: "accept"}},
-			Rule{Verdict{Kind: "goto", Chain: drop}})
-	} else {
-		c.Rules = append(c.Rules, Rule{CtMarkHas{st.MarkSquatted}, Verdict{Kind: "goto", Chain: drop}})
+	return rs
+}
+
+// ownedFastPath accepts the packets of stream connections an owner's
+// socket already spoke on.
+func (c *compiling) ownedFastPath() []Rule {
+	var rs []Rule
+	for _, p := range c.stream {
+		rs = append(rs, Rule{Match{Field: MatchL4Proto, Value: uint32(p)}, CtMarkHas{c.st.MarkOwned}, Verdict{Kind: Accept}})
 	}
-	return c
+	return rs
+}
+
+// outCheck decides for a packet leaving from a reserved port. The order is
+// the sound one from DESIGN.md, measured to close the syncookie, orphan and
+// UDP co-bind holes:
+//
+//  1. stream (TCP): the connection is OWNED (an owner's socket spoke on
+//     it): accept. This comes before the squatter test because accept()
+//     gives a connection's socket the accepting process's credentials
+//     (nginx's workers), and it is the fast path for established traffic.
+//     Datagram protocols have no accept(), so they get no such path: a
+//     non-owner's packet is dropped even on an OWNED flow (a squatter that
+//     co-binds with SO_REUSEADDR, or binds after the owner stopped, while
+//     the flow's conntrack entry lives on).
+//  2. attributed to an owner: mark the connection OWNED (and not
+//     SQUATTED); accept.
+//  3. attributed to anyone else: mark it SQUATTED (and not OWNED, so later
+//     datagrams of the flow are dropped on input); drop (counted, logged).
+//  4. an unattributed TCP RST passes (kernel resets carry no data).
+//  5. anything else unattributed is dropped: a squatter can force its
+//     SYN-ACKs to be syncookies, and orphaned sockets carry no owner.
+func (c *compiling) outCheck(d direction) *Chain {
+	st := c.st
+	ch := &Chain{Name: ChainOutCheck, Rules: c.ownedFastPath()}
+	for _, r := range c.owners(d) {
+		ch.Rules = append(ch.Rules, append(r, CtMarkSet{Set: st.MarkOwned, Clear: st.MarkSquatted}, Verdict{Kind: Accept}))
+	}
+	ch.Rules = append(ch.Rules, Rule{Attributed{}, CtMarkSet{Set: st.MarkSquatted, Clear: st.MarkOwned}, Verdict{Kind: Goto, Chain: ChainOutDrop}})
+	if c.tcp {
+		ch.Rules = append(ch.Rules, Rule{Match{Field: MatchTCPFlags, Mask: TCPRst, Not: true}, Verdict{Kind: Accept}})
+	}
+	ch.Rules = append(ch.Rules, Rule{Verdict{Kind: Goto, Chain: ChainOutDrop}})
+	return ch
+}
+
+// inCheck decides for a packet arriving on a reserved port. A socket is
+// attached on input only when early demux finds an established (TCP) or
+// connected (UDP) one, so most packets are unattributed here:
+//
+//  1. stream: OWNED connections pass (as on output).
+//  2. TCP: a SYN that carries data (TCP Fast Open) is dropped: the kernel
+//     would queue the data on a squatter's listener before its SYN-ACK
+//     could be dropped. The client sends the SYN again without data.
+//  3. attributed to an owner: accept; to anyone else: mark SQUATTED, drop
+//     (a squatter's connected UDP socket steals a flow from the owner's).
+//  4. datagram flows an owner answered (OWNED) pass; flows a squatter
+//     answered (SQUATTED) are dropped; new flows pass, and a squatter's
+//     reply is dropped on output.
+func (c *compiling) inCheck(d direction) *Chain {
+	st := c.st
+	ch := &Chain{Name: ChainInCheck, Rules: c.ownedFastPath()}
+	if c.tcp {
+		ch.Rules = append(ch.Rules, Rule{Match{Field: MatchTCPFlags, Mask: TCPFin | TCPSyn | TCPRst | TCPAck, Value: TCPSyn}, Verdict{Kind: Jump, Chain: ChainInSyn}})
+	}
+	for _, r := range c.owners(d) {
+		ch.Rules = append(ch.Rules, append(r, Verdict{Kind: Accept}))
+	}
+	ch.Rules = append(ch.Rules,
+		Rule{Attributed{}, CtMarkSet{Set: st.MarkSquatted, Clear: st.MarkOwned}, Verdict{Kind: Goto, Chain: ChainInDrop}},
+		Rule{CtMarkHas{st.MarkOwned}, Verdict{Kind: Accept}},
+		Rule{CtMarkHas{st.MarkSquatted}, Verdict{Kind: Goto, Chain: ChainInDrop}})
+	return ch
+}
+
+// synChain drops a TCP SYN to a reserved port that carries data. nftables
+// cannot do arithmetic on header fields, so "data" is every length but the
+// one the headers account for, one rule per TCP header length. A SYN with
+// IPv4 options or IPv6 extension headers is dropped too: it may carry data
+// that these rules cannot see (such SYNs do not occur in practice).
+func synChain() *Chain {
+	ch := &Chain{Name: ChainInSyn}
+	drop := Verdict{Kind: Goto, Chain: ChainInDrop}
+	ch.Rules = append(ch.Rules, Rule{Match{Field: MatchIPHdrLen, Not: true, Value: 5}, drop})
+	for doff := uint32(5); doff <= 15; doff++ {
+		ch.Rules = append(ch.Rules, Rule{Match{Field: MatchTCPDoff, Value: doff}, Match{Field: MatchIPLength, Not: true, Value: 20 + 4*doff}, drop})
+	}
+	ch.Rules = append(ch.Rules, Rule{Match{Field: MatchIP6Nexthdr, Not: true, Value: uint32(model.TCP)}, drop})
+	for doff := uint32(5); doff <= 15; doff++ {
+		ch.Rules = append(ch.Rules, Rule{Match{Field: MatchTCPDoff, Value: doff}, Match{Field: MatchIP6Length, Not: true, Value: 4 * doff}, drop})
+	}
+	return ch
 }
 
 // dropChain logs (rate-limited), counts per reservation and drops. The
 // counters live on elements of the drop sets, looked up only here, so they
 // count dropped packets alone and cost nothing on traffic that passes.
-func dropChain(name, prefix string, d direction, sets *[numSets]*Set, st policy.Settings) *Chain {
-	c := &Chain{Name: name}
-	if st.LogRate != "" {
-		c.Rules = append(c.Rules, Rule{LimitLog{Rate: st.LogRate, Prefix: prefix}})
+func (c *compiling) dropChain(name, prefix string, d direction) *Chain {
+	ch := &Chain{Name: name}
+	if c.st.Log.Enabled() {
+		ch.Rules = append(ch.Rules, Rule{LimitLog{Rate: c.st.Log, Prefix: prefix}})
 	}
 	for _, i := range []int{setDrop, setDropR, setDrop4, setDrop6} {
-		if s := sets[i]; s != nil {
-			c.Rules = append(c.Rules, Rule{Lookup{d.keys(s), s}, Verdict{Kind: "drop"}})
+		if s := c.sets[i]; s != nil {
+			ch.Rules = append(ch.Rules, Rule{Lookup{d.keys(s), s}, Verdict{Kind: Drop}})
 		}
 	}
-	c.Rules = append(c.Rules, Rule{Verdict{Kind: "drop"}})
-	return c
+	ch.Rules = append(ch.Rules, Rule{Verdict{Kind: Drop}})
+	return ch
 }

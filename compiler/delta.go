@@ -34,6 +34,8 @@ func Compare(old, new *Ruleset) (Changes, Delta, bool) {
 	}
 	d := Delta{Table: new.Table, Sets: map[string]*Set{}, Del: map[string][]Element{}, Add: map[string][]Element{}}
 	oldNames, newNames, touched := map[string]bool{}, map[string]bool{}, map[string]bool{}
+	// Elements compare without their counters; the comment stays part of
+	// the key, so a renamed reservation's elements are replaced.
 	key := func(e Element) Element { e.Packets, e.Bytes = 0, 0; return e }
 	for i, ns := range new.Sets {
 		os := old.Sets[i]

@@ -53,10 +53,7 @@ type elemKey struct {
 	e   Element // Comment and counters zeroed
 }
 
-func keyOf(set string, e Element) elemKey {
-	e.Comment, e.Packets, e.Bytes = "", 0, 0
-	return elemKey{set, e}
-}
+func keyOf(set string, e Element) elemKey { return elemKey{set, e.Key()} }
 
 // byReservation groups the elements of rs by the reservation they belong
 // to (their comment; elements without one are grouped under "").
@@ -93,7 +90,9 @@ func sameElements(a, b map[elemKey]bool) bool {
 func skeleton(rs *Ruleset) string {
 	var b strings.Builder
 	for _, s := range rs.Sets {
-		b.WriteString("set " + s.Name + " " + strings.Join(fieldNames(s), ".") + "\n")
+		b.WriteString("set " + s.Name + " ")
+		writeFields(&b, s)
+		b.WriteString("\n")
 		if s.Interval {
 			b.WriteString(" interval\n")
 		}
@@ -105,12 +104,4 @@ func skeleton(rs *Ruleset) string {
 		writeChain(&b, c)
 	}
 	return b.String()
-}
-
-func fieldNames(s *Set) []string {
-	n := make([]string, len(s.Fields))
-	for i, f := range s.Fields {
-		n[i] = f.NftType()
-	}
-	return n
 }

@@ -1,11 +1,11 @@
 package compiler
 
 import (
-	"fmt"
 	"net/netip"
+	"strconv"
 	"strings"
 
-	"github.com/portfw/portfw/policy"
+	"github.com/portfw/portfw/model"
 )
 
 // Ruleset is one nftables table of family inet, fully described. Sets and
@@ -16,8 +16,8 @@ type Ruleset struct {
 	Chains []*Chain
 }
 
-// Field is one component of a set key.
-type Field int
+// Field is one component of a set key: the datatype of a value.
+type Field uint8
 
 const (
 	FieldIPv4  Field = iota // local IPv4 address (prefix in interval sets)
@@ -28,10 +28,10 @@ const (
 	FieldGID                // meta skgid
 )
 
+var fieldTypes = [...]string{"ipv4_addr", "ipv6_addr", "inet_proto", "inet_service", "uid", "gid"}
+
 // NftType is the nft datatype name of the field.
-func (f Field) NftType() string {
-	return [...]string{"ipv4_addr", "ipv6_addr", "inet_proto", "inet_service", "uid", "gid"}[f]
-}
+func (f Field) NftType() string { return fieldTypes[f] }
 
 // Set is a named set. Keys are concatenations of Fields.
 type Set struct {
@@ -57,9 +57,9 @@ func (s *Set) Has(f Field) bool {
 // ID are single values in hash sets and may be ranges in interval sets.
 type Element struct {
 	Addr  netip.Prefix
-	Proto policy.Protocol
-	Ports policy.PortRange
-	ID    policy.IDRange
+	Proto model.Protocol
+	Ports model.PortRange
+	ID    model.IDRange
 	// Comment names the reservation the element belongs to. It is kept in
 	// the kernel, so the table explains itself (`nft list table`) and
 	// status and diff work per reservation without the policy file.
@@ -68,6 +68,13 @@ type Element struct {
 	// kernel (package nft). Compile never sets them and the text form
 	// leaves them out, so a table read back compares equal to its policy.
 	Packets, Bytes uint64
+}
+
+// Key identifies an element within its set: the element without its
+// comment and counters. It is comparable, for maps of elements.
+func (e Element) Key() Element {
+	e.Comment, e.Packets, e.Bytes = "", 0, 0
+	return e
 }
 
 // Chain is a base chain (Hook set) or a regular chain. Base chains are
@@ -88,26 +95,50 @@ type Rule []Expr
 // Expr is one of the expression types below. The set is closed on purpose:
 // each has a text form here and a netlink form in package nft, and nothing
 // else is needed to express the datapath.
-type Expr interface{ text() string }
+type Expr interface{ text(b *strings.Builder) }
 
-// Key is a value loaded from the packet or its socket into a set lookup.
-type Key int
+// KeyKind is a value loaded from the packet or its socket.
+type KeyKind uint8
 
 const (
-	KeyL4Proto  Key = iota // meta l4proto
-	KeySport               // th sport
-	KeyDport               // th dport
-	KeySkUID               // meta skuid
-	KeySkGID               // meta skgid
-	KeyIPSaddr             // ip saddr
-	KeyIPDaddr             // ip daddr
-	KeyIP6Saddr            // ip6 saddr
-	KeyIP6Daddr            // ip6 daddr
+	KeyL4Proto  KeyKind = iota // meta l4proto
+	KeySport                   // th sport
+	KeyDport                   // th dport
+	KeySkUID                   // meta skuid
+	KeySkGID                   // meta skgid
+	KeyIPSaddr                 // ip saddr
+	KeyIPDaddr                 // ip daddr
+	KeyIP6Saddr                // ip6 saddr
+	KeyIP6Daddr                // ip6 daddr
 )
 
-func (k Key) text() string {
-	return [...]string{"meta l4proto", "th sport", "th dport", "meta skuid", "meta skgid",
-		"ip saddr", "ip daddr", "ip6 saddr", "ip6 daddr"}[k]
+var keyTexts = [...]string{"meta l4proto", "th sport", "th dport", "meta skuid", "meta skgid",
+	"ip saddr", "ip daddr", "ip6 saddr", "ip6 daddr"}
+
+// Key is one component of a lookup key. Level is a parameter for the kinds
+// that take one (an ancestor level of the socket's cgroup); zero otherwise.
+type Key struct {
+	Kind  KeyKind
+	Level uint8
+}
+
+func (k Key) String() string { return keyTexts[k.Kind] }
+
+// Field is the datatype the key loads, which the set's key must have.
+func (k Key) Field() Field {
+	switch k.Kind {
+	case KeyL4Proto:
+		return FieldProto
+	case KeySport, KeyDport:
+		return FieldPort
+	case KeySkUID:
+		return FieldUID
+	case KeySkGID:
+		return FieldGID
+	case KeyIPSaddr, KeyIPDaddr:
+		return FieldIPv4
+	}
+	return FieldIPv6
 }
 
 // Lookup matches when the concatenation of Keys is in Set.
@@ -119,6 +150,10 @@ type Lookup struct {
 // CtMarkHas matches when the connection's mark has Bit set.
 type CtMarkHas struct{ Bit uint32 }
 
+// CtMarkSet sets the bits Set of the connection's mark and clears the bits
+// Clear, preserving every other bit.
+type CtMarkSet struct{ Set, Clear uint32 }
+
 // SkUIDIs matches packets whose socket was created by UID.
 type SkUIDIs struct{ UID uint32 }
 
@@ -129,52 +164,189 @@ type SkUIDIs struct{ UID uint32 }
 // uids as the overflow uid, never as -1, so every attributed packet matches.
 type Attributed struct{}
 
-// TCPRst matches TCP packets with the RST flag.
-type TCPRst struct{}
+// Match compares a header field of the packet with Value: the field (masked
+// with Mask, when not zero) equals Value, or with Not set differs from it.
+type Match struct {
+	Field MatchField
+	Mask  uint32
+	Not   bool
+	Value uint32
+}
 
-// CtMarkSet sets Bit in the connection's mark, preserving the other bits.
-type CtMarkSet struct{ Bit uint32 }
+// MatchField is a header field Match can read.
+type MatchField uint8
 
-// LimitLog logs at most Rate packets (nft syntax, "10/minute") to the
-// kernel log with Prefix and the socket's uid.
-type LimitLog struct{ Rate, Prefix string }
+const (
+	MatchL4Proto    MatchField = iota // meta l4proto
+	MatchTCPFlags                     // tcp flags
+	MatchTCPDoff                      // tcp doff: the header length in 32-bit words
+	MatchIPHdrLen                     // ip hdrlength: the header length in 32-bit words
+	MatchIPLength                     // ip length: the whole packet, header included
+	MatchIP6Nexthdr                   // ip6 nexthdr
+	MatchIP6Length                    // ip6 length: the payload after the fixed header
+)
 
-// Verdict ends the rule: "accept", "drop", or "goto" Chain.
+var matchTexts = [...]string{"meta l4proto", "tcp flags", "tcp doff", "ip hdrlength", "ip length", "ip6 nexthdr", "ip6 length"}
+
+// TCP flag bits, as in the header.
+const (
+	TCPFin = 0x01
+	TCPSyn = 0x02
+	TCPRst = 0x04
+	TCPAck = 0x10
+)
+
+// LimitLog logs at most Rate packets to the kernel log with Prefix and the
+// socket's uid.
+type LimitLog struct {
+	Rate   model.LogRate
+	Prefix string
+}
+
+// VerdictKind is how a rule ends.
+type VerdictKind uint8
+
+const (
+	Accept VerdictKind = iota
+	Drop
+	Goto // continue in Chain, never to return
+	Jump // continue in Chain, then here if it decides nothing
+)
+
+// Verdict ends the rule.
 type Verdict struct {
-	Kind  string
-	Chain string
+	Kind  VerdictKind
+	Chain string // for Goto and Jump
 }
 
-func (l Lookup) text() string {
-	parts := make([]string, len(l.Keys))
+// Unknown stands for expressions that the kernel holds in portfw's table
+// but that portfw never writes (someone edited the table). It only occurs
+// in rulesets read back from the kernel, so that a diff shows the edit.
+type Unknown struct{ Desc string }
+
+func hex32(b *strings.Builder, v uint32) {
+	s := strconv.FormatUint(uint64(v), 16)
+	b.WriteString("0x")
+	b.WriteString(strings.Repeat("0", 8-len(s)))
+	b.WriteString(s)
+}
+
+func (l Lookup) text(b *strings.Builder) {
 	for i, k := range l.Keys {
-		parts[i] = k.text()
+		if i > 0 {
+			b.WriteString(" . ")
+		}
+		b.WriteString(k.String())
 	}
-	return strings.Join(parts, " . ") + " @" + l.Set.Name
+	b.WriteString(" @")
+	b.WriteString(l.Set.Name)
 }
-func (c CtMarkHas) text() string { return fmt.Sprintf("ct mark & 0x%08x == 0x%08x", c.Bit, c.Bit) }
-func (s SkUIDIs) text() string   { return fmt.Sprintf("meta skuid %d", s.UID) }
-func (Attributed) text() string  { return "meta skuid != 4294967295" }
-func (TCPRst) text() string      { return "tcp flags rst" }
-func (c CtMarkSet) text() string { return fmt.Sprintf("ct mark set ct mark | 0x%08x", c.Bit) }
-func (l LimitLog) text() string {
-	return fmt.Sprintf("limit rate %s log prefix %q flags skuid", l.Rate, l.Prefix)
+
+func (c CtMarkHas) text(b *strings.Builder) {
+	b.WriteString("ct mark & ")
+	hex32(b, c.Bit)
+	b.WriteString(" == ")
+	hex32(b, c.Bit)
 }
-func (v Verdict) text() string {
-	if v.Kind == "goto" {
-		return "goto " + v.Chain
+
+// text writes what `nft list` prints for the statement: the mask it shows
+// is the kernel's mask with the set bits added back (a | b is encoded as
+// (x & ~b) ^ b), which is ^Clear.
+func (c CtMarkSet) text(b *strings.Builder) {
+	b.WriteString("ct mark set ct mark ")
+	if c.Clear != 0 {
+		b.WriteString("& ")
+		hex32(b, ^c.Clear)
+		b.WriteString(" ")
 	}
-	return v.Kind
+	b.WriteString("| ")
+	hex32(b, c.Set)
 }
+
+func (s SkUIDIs) text(b *strings.Builder) {
+	b.WriteString("meta skuid ")
+	b.WriteString(strconv.FormatUint(uint64(s.UID), 10))
+}
+
+func (Attributed) text(b *strings.Builder) { b.WriteString("meta skuid != 4294967295") }
+
+var tcpFlagNames = []struct {
+	bit  uint32
+	name string
+}{{TCPFin, "fin"}, {TCPSyn, "syn"}, {TCPRst, "rst"}, {0x08, "psh"}, {TCPAck, "ack"}, {0x20, "urg"}, {0x40, "ecn"}, {0x80, "cwr"}}
+
+func flagNames(v uint32) string {
+	var names []string
+	for _, f := range tcpFlagNames {
+		if v&f.bit != 0 {
+			names = append(names, f.name)
+		}
+	}
+	return strings.Join(names, ",")
+}
+
+// text writes the match as `nft list` prints it.
+func (m Match) text(b *strings.Builder) {
+	b.WriteString(matchTexts[m.Field])
+	b.WriteByte(' ')
+	if m.Field == MatchTCPFlags {
+		switch {
+		case m.Not && m.Value == 0 && m.Mask != 0: // any of the mask's flags
+			b.WriteString(flagNames(m.Mask))
+		default:
+			if m.Not {
+				b.WriteString("!= ")
+			}
+			b.WriteString(flagNames(m.Value))
+			if m.Mask != 0 {
+				b.WriteString(" / ")
+				b.WriteString(flagNames(m.Mask))
+			}
+		}
+		return
+	}
+	if m.Not {
+		b.WriteString("!= ")
+	}
+	switch m.Field {
+	case MatchL4Proto, MatchIP6Nexthdr:
+		b.WriteString(model.Protocol(m.Value).String())
+	default:
+		b.WriteString(strconv.FormatUint(uint64(m.Value), 10))
+	}
+}
+
+func (l LimitLog) text(b *strings.Builder) {
+	b.WriteString("limit rate ")
+	b.WriteString(l.Rate.String())
+	b.WriteString(" log prefix ")
+	b.WriteString(strconv.Quote(l.Prefix))
+	b.WriteString(" flags skuid")
+}
+
+func (v Verdict) text(b *strings.Builder) {
+	switch v.Kind {
+	case Accept:
+		b.WriteString("accept")
+	case Drop:
+		b.WriteString("drop")
+	case Goto:
+		b.WriteString("goto " + v.Chain)
+	case Jump:
+		b.WriteString("jump " + v.Chain)
+	}
+}
+
+func (u Unknown) text(b *strings.Builder) { b.WriteString("# not written by portfw: " + u.Desc) }
 
 // String is the canonical text form: valid input for `nft -f`, the output
 // of `portfw compile`, and what golden tests compare. It creates the table
 // if missing and then replaces its contents, so loading it is idempotent.
 func (r *Ruleset) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "table inet %s\n", r.Table)
-	fmt.Fprintf(&b, "delete table inet %s\n", r.Table)
-	fmt.Fprintf(&b, "table inet %s {\n", r.Table)
+	b.WriteString("table inet " + r.Table + "\n")
+	b.WriteString("delete table inet " + r.Table + "\n")
+	b.WriteString("table inet " + r.Table + " {\n")
 	for i, s := range r.Sets {
 		if i > 0 {
 			b.WriteString("\n")
@@ -190,12 +362,10 @@ func (r *Ruleset) String() string {
 }
 
 func writeSet(b *strings.Builder, s *Set) {
-	fmt.Fprintf(b, "\tset %s {\n", s.Name)
-	types := make([]string, len(s.Fields))
-	for i, f := range s.Fields {
-		types[i] = f.NftType()
-	}
-	fmt.Fprintf(b, "\t\ttype %s\n", strings.Join(types, " . "))
+	b.WriteString("\tset " + s.Name + " {\n")
+	b.WriteString("\t\ttype ")
+	writeFields(b, s)
+	b.WriteString("\n")
 	if s.Interval {
 		b.WriteString("\t\tflags interval\n")
 	}
@@ -205,7 +375,7 @@ func writeSet(b *strings.Builder, s *Set) {
 	b.WriteString("\t\telements = {\n")
 	for i, e := range s.Elements {
 		b.WriteString("\t\t\t")
-		b.WriteString(s.ElementText(e))
+		s.writeElement(b, e)
 		if i < len(s.Elements)-1 {
 			b.WriteString(",")
 		}
@@ -214,50 +384,73 @@ func writeSet(b *strings.Builder, s *Set) {
 	b.WriteString("\t\t}\n\t}\n")
 }
 
+func writeFields(b *strings.Builder, s *Set) {
+	for i, f := range s.Fields {
+		if i > 0 {
+			b.WriteString(" . ")
+		}
+		b.WriteString(f.NftType())
+	}
+}
+
 // ElementText is the nft text of one element of s.
 func (s *Set) ElementText(e Element) string {
-	parts := make([]string, 0, len(s.Fields))
-	for _, f := range s.Fields {
+	var b strings.Builder
+	s.writeElement(&b, e)
+	return b.String()
+}
+
+func (s *Set) writeElement(b *strings.Builder, e Element) {
+	for i, f := range s.Fields {
+		if i > 0 {
+			b.WriteString(" . ")
+		}
 		switch f {
 		case FieldIPv4, FieldIPv6:
 			if e.Addr.IsSingleIP() {
-				parts = append(parts, e.Addr.Addr().String())
+				b.WriteString(e.Addr.Addr().String())
 			} else {
-				parts = append(parts, e.Addr.String())
+				b.WriteString(e.Addr.String())
 			}
 		case FieldProto:
-			parts = append(parts, string(e.Proto))
+			b.WriteString(e.Proto.String())
 		case FieldPort:
-			parts = append(parts, e.Ports.String())
+			b.WriteString(e.Ports.String())
 		case FieldUID, FieldGID:
-			parts = append(parts, e.ID.String())
+			b.WriteString(e.ID.String())
 		}
 	}
-	t := strings.Join(parts, " . ")
 	if e.Comment != "" {
-		t += fmt.Sprintf(" comment %q", e.Comment)
+		b.WriteString(" comment ")
+		b.WriteString(strconv.Quote(e.Comment))
 	}
-	return t
 }
 
 func writeChain(b *strings.Builder, c *Chain) {
-	fmt.Fprintf(b, "\tchain %s {\n", c.Name)
+	b.WriteString("\tchain " + c.Name + " {\n")
 	if c.Hook != "" {
-		fmt.Fprintf(b, "\t\ttype filter hook %s priority filter; policy accept;\n", c.Hook)
+		b.WriteString("\t\ttype filter hook " + c.Hook + " priority filter; policy accept;\n")
 	}
 	for _, r := range c.Rules {
-		parts := make([]string, len(r))
-		for i, e := range r {
-			parts[i] = e.text()
-		}
-		fmt.Fprintf(b, "\t\t%s\n", strings.Join(parts, " "))
+		b.WriteString("\t\t")
+		writeRule(b, r)
+		b.WriteString("\n")
 	}
 	b.WriteString("\t}\n")
 }
 
-// Unknown stands for expressions that the kernel holds in portfw's table
-// but that portfw never writes (someone edited the table). It only occurs
-// in rulesets read back from the kernel, so that a diff shows the edit.
-type Unknown struct{ Desc string }
+func writeRule(b *strings.Builder, r Rule) {
+	for i, e := range r {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		e.text(b)
+	}
+}
 
-func (u Unknown) text() string { return "# not written by portfw: " + u.Desc }
+// RuleText is the text of one rule, for messages.
+func RuleText(r Rule) string {
+	var b strings.Builder
+	writeRule(&b, r)
+	return b.String()
+}

@@ -1,10 +1,12 @@
 package compiler
 
 import (
+	"cmp"
+	"net/netip"
 	"slices"
-	"sort"
-	"strconv"
 	"strings"
+
+	"github.com/portfw/portfw/model"
 )
 
 // Summary describes one reservation as a ruleset holds it: enough for
@@ -29,8 +31,8 @@ func Summarize(rs *Ruleset) []Summary {
 		}
 		return by[name]
 	}
-	// ports[name][address][protocol] lists port texts in element order.
-	ports := map[string]map[string]map[string][]string{}
+	// ports[name][address][protocol] lists port ranges in element order.
+	ports := map[string]map[netip4or6]map[model.Protocol][]model.PortRange{}
 	for _, s := range rs.Sets {
 		for _, e := range s.Elements {
 			sum := get(e.Comment)
@@ -43,38 +45,48 @@ func Summarize(rs *Ruleset) []Summary {
 			case s.Has(FieldGID):
 				sum.GIDs = appendUniq(sum.GIDs, e.ID.String())
 			default:
-				a := ""
-				if e.Addr.IsValid() {
-					a = "@" + e.Addr.String()
-					if e.Addr.IsSingleIP() {
-						a = "@" + e.Addr.Addr().String()
-					}
-				}
 				if ports[sum.Name] == nil {
-					ports[sum.Name] = map[string]map[string][]string{}
+					ports[sum.Name] = map[netip4or6]map[model.Protocol][]model.PortRange{}
 				}
+				a := netip4or6{e.Addr}
 				if ports[sum.Name][a] == nil {
-					ports[sum.Name][a] = map[string][]string{}
+					ports[sum.Name][a] = map[model.Protocol][]model.PortRange{}
 				}
 				byProto := ports[sum.Name][a]
-				byProto[string(e.Proto)] = appendUniq(byProto[string(e.Proto)], e.Ports.String())
+				if !slices.Contains(byProto[e.Proto], e.Ports) {
+					byProto[e.Proto] = append(byProto[e.Proto], e.Ports)
+				}
 			}
 		}
 	}
 	out := make([]Summary, 0, len(by))
 	for name, s := range by {
-		addrs := make([]string, 0, len(ports[name]))
+		addrs := make([]netip4or6, 0, len(ports[name]))
 		for a := range ports[name] {
 			addrs = append(addrs, a)
 		}
-		sort.Strings(addrs)
+		slices.SortFunc(addrs, func(a, b netip4or6) int { return comparePrefix(a.p, b.p) })
 		for _, a := range addrs {
-			s.Ports = append(s.Ports, portsText(ports[name][a], a)...)
+			s.Ports = append(s.Ports, portsText(ports[name][a], a.text())...)
 		}
 		out = append(out, *s)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	slices.SortFunc(out, func(a, b Summary) int { return cmp.Compare(a.Name, b.Name) })
 	return out
+}
+
+// netip4or6 is an element's address as a map key; the zero prefix is
+// "every address".
+type netip4or6 struct{ p netip.Prefix }
+
+func (a netip4or6) text() string {
+	if !a.p.IsValid() {
+		return ""
+	}
+	if a.p.IsSingleIP() {
+		return "@" + a.p.Addr().String()
+	}
+	return "@" + a.p.String()
 }
 
 func appendUniq(list []string, s string) []string {
@@ -84,28 +96,50 @@ func appendUniq(list []string, s string) []string {
 	return append(list, s)
 }
 
-// portsText writes the ports of one address per protocol, and once for
-// both when TCP and UDP have the same ports: "5060,5070-5079/tcp+udp".
-func portsText(byProto map[string][]string, addr string) []string {
-	for _, ps := range byProto {
-		sort.Slice(ps, func(i, j int) bool { return portLo(ps[i]) < portLo(ps[j]) })
+// portsText writes the ports of one address per protocol, in the protocol
+// table's order, and once for protocols that have the same ports:
+// "5060,5070-5079/tcp+udp".
+func portsText(byProto map[model.Protocol][]model.PortRange, addr string) []string {
+	type group struct {
+		ports string
+		names []string
 	}
-	tcp, udp := strings.Join(byProto["tcp"], ","), strings.Join(byProto["udp"], ",")
-	switch {
-	case tcp != "" && tcp == udp:
-		return []string{tcp + "/tcp+udp" + addr}
-	case tcp != "" && udp != "":
-		return []string{tcp + "/tcp" + addr, udp + "/udp" + addr}
-	case tcp != "":
-		return []string{tcp + "/tcp" + addr}
-	case udp != "":
-		return []string{udp + "/udp" + addr}
+	var groups []*group
+	// The table's protocols in its order, then any others (a table edited
+	// by hand) by number.
+	var order []model.Protocol
+	for _, p := range model.Protocols() {
+		order = append(order, p.Protocol)
 	}
-	return nil
-}
-
-func portLo(s string) int {
-	lo, _, _ := strings.Cut(s, "-")
-	n, _ := strconv.Atoi(lo)
-	return n
+	var others []model.Protocol
+	for p := range byProto {
+		if !slices.Contains(order, p) {
+			others = append(others, p)
+		}
+	}
+	slices.Sort(others)
+	for _, proto := range append(order, others...) {
+		rs, ok := byProto[proto]
+		if !ok {
+			continue
+		}
+		rs = slices.Clone(rs)
+		slices.SortFunc(rs, func(a, b model.PortRange) int { return cmp.Compare(a.Lo, b.Lo) })
+		parts := make([]string, len(rs))
+		for i, r := range rs {
+			parts[i] = r.String()
+		}
+		text := strings.Join(parts, ",")
+		i := slices.IndexFunc(groups, func(g *group) bool { return g.ports == text })
+		if i < 0 {
+			groups = append(groups, &group{ports: text})
+			i = len(groups) - 1
+		}
+		groups[i].names = append(groups[i].names, proto.String())
+	}
+	out := make([]string, len(groups))
+	for i, g := range groups {
+		out[i] = g.ports + "/" + strings.Join(g.names, "+") + addr
+	}
+	return out
 }

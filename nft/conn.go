@@ -15,21 +15,67 @@ import (
 // ErrNoTable is returned by Read when portfw's table is not in the kernel.
 var ErrNoTable = errors.New("table not found")
 
-// Kernel is what the rest of portfw needs from the kernel's nftables. The
-// daemon is tested against a fake of it.
+// ErrChanged is returned by Commit when the ruleset's generation is no
+// longer the one the transaction was built on: another process committed
+// in between, and its change must be read before portfw decides again.
+var ErrChanged = errors.New("the nftables ruleset changed since it was read")
+
+// Kernel is what the rest of portfw needs from the kernel's nftables. Conn
+// is the real one; Fake is for tests.
 type Kernel interface {
-	// Apply makes the kernel's table equal to rs in one transaction: on
-	// error the previous table, or its absence, is left exactly in place.
-	Apply(rs *compiler.Ruleset) error
-	// ApplyDelta deletes and adds set elements in one transaction. Every
-	// set it names must exist; on error nothing changed.
-	ApplyDelta(d compiler.Delta) error
+	// Gen returns the ruleset's generation, which every commit by anyone
+	// increments.
+	Gen() (uint32, error)
 	// Read returns the table as the kernel holds it, with set element
 	// counters filled in, or an error wrapping ErrNoTable.
 	Read(table string) (*compiler.Ruleset, error)
-	// Remove deletes the table. It reports whether there was one.
-	Remove(table string) (bool, error)
+	// HasTable reports whether the table exists, without reading it.
+	HasTable(table string) (bool, error)
+	// Commit sends tx as one transaction: all of it or none. With gen not
+	// 0 the kernel refuses it (ErrChanged) unless the ruleset is still at
+	// that generation. It returns the generation the commit made.
+	Commit(tx *Tx, gen uint32) (uint32, error)
 }
+
+// Tx is one transaction on portfw's tables, built as a value and committed
+// whole. Nothing reaches the kernel (or the library's queue) until Commit
+// has encoded every part without error, so a failure can never leave half
+// a batch queued on a long-lived connection for the next commit to send.
+type Tx struct {
+	ops []txOp
+}
+
+type txOp struct {
+	replace *compiler.Ruleset
+	delta   *compiler.Delta
+	remove  string
+}
+
+// Replace makes the kernel's table equal to rs: created if missing,
+// emptied, filled.
+func (tx *Tx) Replace(rs *compiler.Ruleset) *Tx {
+	tx.ops = append(tx.ops, txOp{replace: rs})
+	return tx
+}
+
+// Delta deletes and adds set elements of an existing table: deletions
+// first, so an element whose key stays and whose comment changes is
+// replaced. Every set it names must exist.
+func (tx *Tx) Delta(d compiler.Delta) *Tx {
+	if !d.Empty() {
+		tx.ops = append(tx.ops, txOp{delta: &d})
+	}
+	return tx
+}
+
+// Remove deletes a table if it exists.
+func (tx *Tx) Remove(table string) *Tx {
+	tx.ops = append(tx.ops, txOp{remove: table})
+	return tx
+}
+
+// Empty reports whether the transaction does nothing.
+func (tx *Tx) Empty() bool { return tx == nil || len(tx.ops) == 0 }
 
 var _ Kernel = (*Conn)(nil)
 
@@ -56,68 +102,184 @@ func table(name string) *nftables.Table {
 	return &nftables.Table{Name: name, Family: nftables.TableFamilyINet}
 }
 
-// Apply replaces portfw's table with rs in one transaction: create the
-// table if missing, delete it, create it again with every set, element,
-// chain and rule. The kernel either commits all of it or none.
-func (c *Conn) Apply(rs *compiler.Ruleset) error {
+// Gen returns the ruleset's generation.
+func (c *Conn) Gen() (uint32, error) {
+	g, err := c.nc.GetGen()
+	if err != nil {
+		return 0, fmt.Errorf("read nftables generation: %w", err)
+	}
+	return g.ID, nil
+}
+
+// encoded is a transaction's operations as the library's objects, ready to
+// queue.
+type encoded struct {
+	steps []func(nc *nftables.Conn) error
+}
+
+func (e *encoded) add(f func(nc *nftables.Conn) error) { e.steps = append(e.steps, f) }
+
+func encodeTx(tx *Tx) (*encoded, error) {
+	e := &encoded{}
+	for _, op := range tx.ops {
+		var err error
+		switch {
+		case op.replace != nil:
+			err = encodeReplace(e, op.replace)
+		case op.delta != nil:
+			err = encodeDelta(e, *op.delta)
+		default:
+			t := table(op.remove)
+			e.add(func(nc *nftables.Conn) error { nc.AddTable(t); nc.DelTable(t); return nil })
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return e, nil
+}
+
+// encodeReplace: create the table if missing, delete it, create it again
+// with every set, element, chain and rule.
+func encodeReplace(e *encoded, rs *compiler.Ruleset) error {
 	t := table(rs.Table)
-	c.nc.AddTable(t)
-	c.nc.DelTable(t)
-	c.nc.AddTable(t)
+	e.add(func(nc *nftables.Conn) error { nc.AddTable(t); nc.DelTable(t); nc.AddTable(t); return nil })
 	sets := map[string]*nftables.Set{}
 	for _, s := range rs.Sets {
 		set, elems, err := newSet(t, s)
 		if err != nil {
-			return fmt.Errorf("apply: %w", err)
-		}
-		if err := c.nc.AddSet(set, elems); err != nil {
-			return fmt.Errorf("apply: add set %s: %w", s.Name, err)
+			return fmt.Errorf("encode table %s: %w", rs.Table, err)
 		}
 		sets[s.Name] = set
+		e.add(func(nc *nftables.Conn) error {
+			if err := nc.AddSet(set, elems); err != nil {
+				return fmt.Errorf("add set %s: %w", set.Name, err)
+			}
+			return nil
+		})
 	}
 	chains := map[string]*nftables.Chain{}
 	for _, ch := range rs.Chains {
-		chains[ch.Name] = c.nc.AddChain(newChain(t, ch))
+		chains[ch.Name] = newChain(t, ch)
+	}
+	for _, ch := range rs.Chains {
+		kc := chains[ch.Name]
+		e.add(func(nc *nftables.Conn) error { nc.AddChain(kc); return nil })
 	}
 	for _, ch := range rs.Chains {
 		for i, r := range ch.Rules {
 			exprs, err := encodeRule(r, sets)
 			if err != nil {
-				return fmt.Errorf("apply: chain %s rule %d: %w", ch.Name, i+1, err)
+				return fmt.Errorf("encode table %s: chain %s rule %d: %w", rs.Table, ch.Name, i+1, err)
 			}
-			c.nc.AddRule(&nftables.Rule{Table: t, Chain: chains[ch.Name], Exprs: exprs})
+			rule := &nftables.Rule{Table: t, Chain: chains[ch.Name], Exprs: exprs}
+			e.add(func(nc *nftables.Conn) error { nc.AddRule(rule); return nil })
 		}
-	}
-	if err := c.nc.Flush(); err != nil {
-		return fmt.Errorf("apply table %s: %w", rs.Table, err)
 	}
 	return nil
 }
 
-// ApplyDelta applies element changes to existing sets in one transaction:
-// deletions first, so an element whose key stays and whose comment changes
-// is replaced.
-func (c *Conn) ApplyDelta(d compiler.Delta) error {
+func encodeDelta(e *encoded, d compiler.Delta) error {
 	t := table(d.Table)
 	for _, pass := range []struct {
 		elems map[string][]compiler.Element
-		op    func(*nftables.Set, []nftables.SetElement) error
-	}{{d.Del, c.nc.SetDeleteElements}, {d.Add, c.nc.SetAddElements}} {
+		add   bool
+	}{{d.Del, false}, {d.Add, true}} {
 		for _, name := range sortedKeys(pass.elems) {
-			s := d.Sets[name]
+			s, ok := d.Sets[name]
+			if !ok {
+				return fmt.Errorf("encode delta: no declaration for set %s", name)
+			}
 			set, elems, err := newSet(t, &compiler.Set{Name: s.Name, Fields: s.Fields, Interval: s.Interval, Counter: s.Counter, Elements: pass.elems[name]})
 			if err != nil {
-				return fmt.Errorf("apply delta: %w", err)
+				return fmt.Errorf("encode delta: %w", err)
 			}
-			if err := pass.op(set, elems); err != nil {
-				return fmt.Errorf("apply delta to set %s: %w", name, err)
-			}
+			add := pass.add
+			e.add(func(nc *nftables.Conn) error {
+				op := nc.SetDeleteElements
+				if add {
+					op = nc.SetAddElements
+				}
+				if err := op(set, elems); err != nil {
+					return fmt.Errorf("change elements of set %s: %w", set.Name, err)
+				}
+				return nil
+			})
 		}
 	}
-	if err := c.nc.Flush(); err != nil {
-		return fmt.Errorf("apply delta to table %s: %w", d.Table, err)
-	}
 	return nil
+}
+
+// Commit sends tx as one transaction (see Kernel).
+func (c *Conn) Commit(tx *Tx, gen uint32) (uint32, error) {
+	if tx.Empty() {
+		return c.Gen()
+	}
+	e, err := encodeTx(tx)
+	if err != nil {
+		return 0, err
+	}
+	for _, step := range e.steps {
+		if err := step(c.nc); err != nil {
+			// The library keeps the first error and a flush then discards
+			// what was queued instead of sending it.
+			_ = c.nc.Flush()
+			return 0, err
+		}
+	}
+	if gen == 0 {
+		if err := c.nc.Flush(); err != nil {
+			return 0, fmt.Errorf("commit: %w", err)
+		}
+		return c.Gen()
+	}
+	if err := c.nc.FlushWithGenID(gen); err != nil {
+		if errors.Is(err, unix.ERESTART) {
+			return 0, ErrChanged
+		}
+		return 0, fmt.Errorf("commit: %w", err)
+	}
+	// The commit that passed the generation check made the next one.
+	next := gen + 1
+	if next == 0 {
+		next = 1
+	}
+	return next, nil
+}
+
+// Apply replaces portfw's table with rs in one transaction.
+func (c *Conn) Apply(rs *compiler.Ruleset) error {
+	_, err := c.Commit(new(Tx).Replace(rs), 0)
+	return err
+}
+
+// ApplyDelta applies element changes in one transaction.
+func (c *Conn) ApplyDelta(d compiler.Delta) error {
+	_, err := c.Commit(new(Tx).Delta(d), 0)
+	return err
+}
+
+// HasTable reports whether the table exists.
+func (c *Conn) HasTable(name string) (bool, error) {
+	if _, err := c.nc.ListTableOfFamily(name, nftables.TableFamilyINet); err != nil {
+		if isNotFound(err) {
+			return false, nil
+		}
+		return false, fmt.Errorf("look up table %s: %w", name, err)
+	}
+	return true, nil
+}
+
+// Remove deletes a table. It reports whether there was one.
+func (c *Conn) Remove(name string) (bool, error) {
+	ok, err := c.HasTable(name)
+	if err != nil || !ok {
+		return false, err
+	}
+	if _, err := c.Commit(new(Tx).Remove(name), 0); err != nil {
+		return false, fmt.Errorf("delete table %s: %w", name, err)
+	}
+	return true, nil
 }
 
 func sortedKeys[V any](m map[string]V) []string {
@@ -152,24 +314,6 @@ func newChain(t *nftables.Table, ch *compiler.Chain) *nftables.Chain {
 		}
 	}
 	return c
-}
-
-// Remove deletes portfw's table and everything in it.
-func (c *Conn) Remove(name string) (bool, error) {
-	if _, err := c.nc.ListTableOfFamily(name, nftables.TableFamilyINet); err != nil {
-		if isNotFound(err) {
-			return false, nil
-		}
-		return false, fmt.Errorf("look up table %s: %w", name, err)
-	}
-	c.nc.DelTable(table(name))
-	if err := c.nc.Flush(); err != nil {
-		if isNotFound(err) {
-			return false, nil
-		}
-		return false, fmt.Errorf("delete table %s: %w", name, err)
-	}
-	return true, nil
 }
 
 func isNotFound(err error) bool {

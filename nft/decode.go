@@ -9,10 +9,9 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
-	"golang.org/x/sys/unix"
 
 	"github.com/portfw/portfw/compiler"
-	"github.com/portfw/portfw/policy"
+	"github.com/portfw/portfw/model"
 )
 
 // Read returns portfw's table as the kernel holds it, in the compiler's
@@ -150,22 +149,15 @@ func decodeElement(s *compiler.Set, ke nftables.SetElement) (compiler.Element, e
 			if lo[0] != hi[0] {
 				return e, bad()
 			}
-			switch lo[0] {
-			case unix.IPPROTO_TCP:
-				e.Proto = policy.TCP
-			case unix.IPPROTO_UDP:
-				e.Proto = policy.UDP
-			default:
-				e.Proto = policy.Protocol(fmt.Sprint(lo[0]))
-			}
+			e.Proto = model.Protocol(lo[0])
 		case compiler.FieldPort:
-			e.Ports = policy.PortRange{Lo: binary.BigEndian.Uint16(lo), Hi: binary.BigEndian.Uint16(hi)}
+			e.Ports = model.PortRange{Lo: binary.BigEndian.Uint16(lo), Hi: binary.BigEndian.Uint16(hi)}
 		default:
 			var order binary.ByteOrder = binary.NativeEndian
 			if s.Interval {
 				order = binary.BigEndian
 			}
-			e.ID = policy.IDRange{Lo: order.Uint32(lo), Hi: order.Uint32(hi)}
+			e.ID = model.IDRange{Lo: order.Uint32(lo), Hi: order.Uint32(hi)}
 		}
 	}
 	if len(key) != 0 {
@@ -219,35 +211,42 @@ func decodeOne(xs []expr.Any, sets map[string]*compiler.Set) (compiler.Expr, int
 	case *expr.Verdict:
 		switch x.Kind {
 		case expr.VerdictAccept:
-			return compiler.Verdict{Kind: "accept"}, 1
+			return compiler.Verdict{Kind: compiler.Accept}, 1
 		case expr.VerdictDrop:
-			return compiler.Verdict{Kind: "drop"}, 1
+			return compiler.Verdict{Kind: compiler.Drop}, 1
 		case expr.VerdictGoto:
-			return compiler.Verdict{Kind: "goto", Chain: x.Chain}, 1
+			return compiler.Verdict{Kind: compiler.Goto, Chain: x.Chain}, 1
+		case expr.VerdictJump:
+			return compiler.Verdict{Kind: compiler.Jump, Chain: x.Chain}, 1
 		}
 	case *expr.Limit:
 		log, ok := at(1).(*expr.Log)
-		unit := map[expr.LimitTime]string{expr.LimitTimeSecond: "second", expr.LimitTimeMinute: "minute", expr.LimitTimeHour: "hour", expr.LimitTimeDay: "day"}[x.Unit]
-		if ok && x.Type == expr.LimitTypePkts && !x.Over && x.Burst == 5 && unit != "" && log.Flags == expr.LogFlagsUID {
-			return compiler.LimitLog{Rate: fmt.Sprintf("%d/%s", x.Rate, unit), Prefix: string(bytes.TrimRight(log.Data, "\x00"))}, 2
+		unit, known := limitUnits[x.Unit]
+		if ok && known && x.Type == expr.LimitTypePkts && !x.Over && x.Burst == 5 && x.Rate > 0 && x.Rate <= 1<<32-1 && log.Flags == expr.LogFlagsUID {
+			return compiler.LimitLog{Rate: model.LogRate{Count: uint32(x.Rate), Unit: unit}, Prefix: string(bytes.TrimRight(log.Data, "\x00"))}, 2
 		}
 	case *expr.Ct:
 		bw, ok1 := at(1).(*expr.Bitwise)
-		if x.Key != expr.CtKeyMARK || x.SourceRegister || !ok1 || len(bw.Mask) != 4 {
+		if x.Key != expr.CtKeyMARK || x.SourceRegister || !ok1 || len(bw.Mask) != 4 || len(bw.Xor) != 4 {
 			break
 		}
 		mask, xor := binaryutil.NativeEndian.Uint32(bw.Mask), binaryutil.NativeEndian.Uint32(bw.Xor)
 		if cmp, ok := at(2).(*expr.Cmp); ok && xor == 0 && cmp.Op == expr.CmpOpEq && bytes.Equal(cmp.Data, bw.Mask) {
 			return compiler.CtMarkHas{Bit: mask}, 3
 		}
-		if set, ok := at(2).(*expr.Ct); ok && set.SourceRegister && set.Key == expr.CtKeyMARK && mask == ^xor {
-			return compiler.CtMarkSet{Bit: xor}, 3
+		if set, ok := at(2).(*expr.Ct); ok && set.SourceRegister && set.Key == expr.CtKeyMARK && mask&xor == 0 {
+			return compiler.CtMarkSet{Set: xor, Clear: ^(mask | xor)}, 3
 		}
 	case *expr.Meta:
+		if m, n := decodeMatch(xs); n > 0 {
+			return m, n
+		}
 		if x.Key == expr.MetaKeyNFPROTO {
 			// The dependency of an ip/ip6 address key: implied by the lookup.
 			if cmp, ok := at(1).(*expr.Cmp); ok && cmp.Op == expr.CmpOpEq {
-				return nil, 2
+				if e, n := decodeLookup(xs[2:], sets); n > 0 {
+					return e, n + 2
+				}
 			}
 			break
 		}
@@ -260,22 +259,98 @@ func decodeOne(xs []expr.Any, sets map[string]*compiler.Set) (compiler.Expr, int
 				return compiler.Attributed{}, 2
 			}
 		}
-		if x.Key == expr.MetaKeyL4PROTO && len(xs) >= 5 {
-			c1, ok1 := xs[1].(*expr.Cmp)
-			p, ok2 := xs[2].(*expr.Payload)
-			bw, ok3 := xs[3].(*expr.Bitwise)
-			c2, ok4 := xs[4].(*expr.Cmp)
-			if ok1 && ok2 && ok3 && ok4 && bytes.Equal(c1.Data, []byte{unix.IPPROTO_TCP}) &&
-				p.Base == expr.PayloadBaseTransportHeader && p.Offset == 13 && p.Len == 1 &&
-				bytes.Equal(bw.Mask, []byte{4}) && c2.Op == expr.CmpOpNeq && bytes.Equal(c2.Data, []byte{0}) {
-				return compiler.TCPRst{}, 5
-			}
-		}
 		return decodeLookup(xs, sets)
 	case *expr.Payload:
+		if m, n := decodeMatch(xs); n > 0 {
+			return m, n
+		}
 		return decodeLookup(xs, sets)
 	}
 	return nil, 0
+}
+
+var limitUnits = map[expr.LimitTime]model.RateUnit{
+	expr.LimitTimeSecond: model.PerSecond, expr.LimitTimeMinute: model.PerMinute,
+	expr.LimitTimeHour: model.PerHour, expr.LimitTimeDay: model.PerDay,
+}
+
+// decodeMatch is the inverse of encodeMatch: it tries every field's
+// pattern at the start of xs and returns the match and how many
+// expressions it spans.
+func decodeMatch(xs []expr.Any) (compiler.Expr, int) {
+	for field, m := range matchSpecs {
+		if x, n, ok := m.decode(field, xs); ok {
+			return x, n
+		}
+	}
+	return nil, 0
+}
+
+func (m matchSpec) decode(field compiler.MatchField, xs []expr.Any) (compiler.Match, int, bool) {
+	i := 0
+	next := func() expr.Any {
+		if i < len(xs) {
+			i++
+			return xs[i-1]
+		}
+		return nil
+	}
+	dep := func(key expr.MetaKey, v byte) bool {
+		meta, ok1 := next().(*expr.Meta)
+		cmp, ok2 := next().(*expr.Cmp)
+		return ok1 && ok2 && meta.Key == key && cmp.Op == expr.CmpOpEq && bytes.Equal(cmp.Data, []byte{v})
+	}
+	if m.nfproto != 0 && !dep(expr.MetaKeyNFPROTO, m.nfproto) {
+		return compiler.Match{}, 0, false
+	}
+	if m.l4proto != 0 && !dep(expr.MetaKeyL4PROTO, m.l4proto) {
+		return compiler.Match{}, 0, false
+	}
+	if m.meta {
+		if meta, ok := next().(*expr.Meta); !ok || meta.Key != expr.MetaKeyL4PROTO {
+			return compiler.Match{}, 0, false
+		}
+	} else if p, ok := next().(*expr.Payload); !ok || p.Base != m.base || p.Offset != m.off || p.Len != m.len || p.DestRegister != 1 {
+		return compiler.Match{}, 0, false
+	}
+	x := compiler.Match{Field: field}
+	e := next()
+	if bw, ok := e.(*expr.Bitwise); ok {
+		if bw.Len != 1 || len(bw.Mask) != 1 || !bytes.Equal(bw.Xor, []byte{0}) {
+			return compiler.Match{}, 0, false
+		}
+		switch {
+		case m.bits != 0 && bw.Mask[0] == m.bits:
+		case m.bits == 0 && field == compiler.MatchTCPFlags:
+			x.Mask = uint32(bw.Mask[0])
+		default:
+			return compiler.Match{}, 0, false
+		}
+		e = next()
+	} else if m.bits != 0 {
+		return compiler.Match{}, 0, false
+	}
+	cmp, ok := e.(*expr.Cmp)
+	if !ok || cmp.Register != 1 || len(cmp.Data) != int(m.len) || (cmp.Op != expr.CmpOpEq && cmp.Op != expr.CmpOpNeq) {
+		return compiler.Match{}, 0, false
+	}
+	x.Not = cmp.Op == expr.CmpOpNeq
+	if m.len == 2 {
+		x.Value = uint32(binary.BigEndian.Uint16(cmp.Data))
+	} else {
+		if m.bits != 0 && cmp.Data[0]&^m.bits != 0 {
+			return compiler.Match{}, 0, false
+		}
+		x.Value = uint32(cmp.Data[0] >> m.shift)
+	}
+	if m.meta && i < len(xs) {
+		// meta l4proto tcp followed by a TCP header load is that load's
+		// dependency, not a match of its own.
+		if p, ok := xs[i].(*expr.Payload); ok && p.Base == expr.PayloadBaseTransportHeader {
+			return compiler.Match{}, 0, false
+		}
+	}
+	return x, i, true
 }
 
 // decodeLookup reads a run of key loads (and nft's byteorder conversions)
@@ -285,17 +360,17 @@ func decodeLookup(xs []expr.Any, sets map[string]*compiler.Set) (compiler.Expr, 
 	for i, x := range xs {
 		switch x := x.(type) {
 		case *expr.Meta:
-			k, ok := map[expr.MetaKey]compiler.Key{expr.MetaKeyL4PROTO: compiler.KeyL4Proto, expr.MetaKeySKUID: compiler.KeySkUID, expr.MetaKeySKGID: compiler.KeySkGID}[x.Key]
+			k, ok := map[expr.MetaKey]compiler.KeyKind{expr.MetaKeyL4PROTO: compiler.KeyL4Proto, expr.MetaKeySKUID: compiler.KeySkUID, expr.MetaKeySKGID: compiler.KeySkGID}[x.Key]
 			if !ok {
 				return nil, 0
 			}
-			keys = append(keys, k)
+			keys = append(keys, compiler.Key{Kind: k})
 		case *expr.Payload:
 			k, ok := payloadKey(x)
 			if !ok {
 				return nil, 0
 			}
-			keys = append(keys, k)
+			keys = append(keys, compiler.Key{Kind: k})
 		case *expr.Byteorder:
 		case *expr.Lookup:
 			s := sets[x.SetName]
@@ -310,12 +385,12 @@ func decodeLookup(xs []expr.Any, sets map[string]*compiler.Set) (compiler.Expr, 
 	return nil, 0
 }
 
-func payloadKey(p *expr.Payload) (compiler.Key, bool) {
+func payloadKey(p *expr.Payload) (compiler.KeyKind, bool) {
 	type pk struct {
 		base     expr.PayloadBase
 		off, len uint32
 	}
-	k, ok := map[pk]compiler.Key{
+	k, ok := map[pk]compiler.KeyKind{
 		{expr.PayloadBaseTransportHeader, 0, 2}: compiler.KeySport,
 		{expr.PayloadBaseTransportHeader, 2, 2}: compiler.KeyDport,
 		{expr.PayloadBaseNetworkHeader, 12, 4}:  compiler.KeyIPSaddr,

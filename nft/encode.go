@@ -4,8 +4,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
-	"strconv"
-	"strings"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -13,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/portfw/portfw/compiler"
+	"github.com/portfw/portfw/model"
 )
 
 // The encoding below mirrors what nft 1.0.x emits for the same text, down
@@ -95,7 +94,7 @@ func fieldBytes(f compiler.Field, e compiler.Element, interval bool) (lo, hi []b
 		last := lastAddr(e.Addr)
 		return first.AsSlice(), last.AsSlice()
 	case compiler.FieldProto:
-		p := e.Proto.Number()
+		p := byte(e.Proto)
 		return []byte{p, 0, 0, 0}, []byte{p, 0, 0, 0}
 	case compiler.FieldPort:
 		return pad4(binary.BigEndian.AppendUint16(nil, e.Ports.Lo)), pad4(binary.BigEndian.AppendUint16(nil, e.Ports.Hi))
@@ -127,7 +126,7 @@ func pad4(b []byte) []byte {
 // keyLoad is how a key is loaded: the expressions that put it in reg, and
 // the dependency it needs (ip saddr only exists in IPv4 packets).
 func keyLoad(k compiler.Key, reg uint32) []expr.Any {
-	switch k {
+	switch k.Kind {
 	case compiler.KeyL4Proto:
 		return []expr.Any{&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg}}
 	case compiler.KeySkUID:
@@ -136,39 +135,22 @@ func keyLoad(k compiler.Key, reg uint32) []expr.Any {
 		return []expr.Any{&expr.Meta{Key: expr.MetaKeySKGID, Register: reg}}
 	case compiler.KeySport, compiler.KeyDport:
 		off := uint32(0)
-		if k == compiler.KeyDport {
+		if k.Kind == compiler.KeyDport {
 			off = 2
 		}
 		return []expr.Any{&expr.Payload{DestRegister: reg, Base: expr.PayloadBaseTransportHeader, Offset: off, Len: 2}}
 	case compiler.KeyIPSaddr, compiler.KeyIPDaddr:
 		off := uint32(12)
-		if k == compiler.KeyIPDaddr {
+		if k.Kind == compiler.KeyIPDaddr {
 			off = 16
 		}
 		return []expr.Any{&expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: 4}}
 	default: // ip6 saddr/daddr
 		off := uint32(8)
-		if k == compiler.KeyIP6Daddr {
+		if k.Kind == compiler.KeyIP6Daddr {
 			off = 24
 		}
 		return []expr.Any{&expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: 16}}
-	}
-}
-
-func keyField(k compiler.Key) compiler.Field {
-	switch k {
-	case compiler.KeyL4Proto:
-		return compiler.FieldProto
-	case compiler.KeySport, compiler.KeyDport:
-		return compiler.FieldPort
-	case compiler.KeySkUID:
-		return compiler.FieldUID
-	case compiler.KeySkGID:
-		return compiler.FieldGID
-	case compiler.KeyIPSaddr, compiler.KeyIPDaddr:
-		return compiler.FieldIPv4
-	default:
-		return compiler.FieldIPv6
 	}
 }
 
@@ -195,7 +177,7 @@ func encodeRule(e []compiler.Expr, sets map[string]*nftables.Set) ([]expr.Any, e
 		switch x := x.(type) {
 		case compiler.Lookup:
 			for _, k := range x.Keys {
-				switch k {
+				switch k.Kind {
 				case compiler.KeyIPSaddr, compiler.KeyIPDaddr:
 					out = append(out, nfprotoDep(unix.NFPROTO_IPV4)...)
 				case compiler.KeyIP6Saddr, compiler.KeyIP6Daddr:
@@ -206,7 +188,7 @@ func encodeRule(e []compiler.Expr, sets map[string]*nftables.Set) ([]expr.Any, e
 			for _, k := range x.Keys {
 				reg := register(off)
 				out = append(out, keyLoad(k, reg)...)
-				f := keyField(k)
+				f := k.Field()
 				if x.Set.Interval && hostEndian(f) {
 					// nft converts host-endian fields before an interval lookup.
 					size, n := uint32(4), uint32(4)
@@ -235,36 +217,38 @@ func encodeRule(e []compiler.Expr, sets map[string]*nftables.Set) ([]expr.Any, e
 			out = append(out,
 				&expr.Meta{Key: expr.MetaKeySKUID, Register: 1},
 				&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: native32(0xffffffff)})
-		case compiler.TCPRst:
-			out = append(out,
-				&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
-				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
-				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 13, Len: 1},
-				&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{0x04}, Xor: []byte{0}},
-				&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0}})
-		case compiler.CtMarkSet:
-			out = append(out,
-				&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
-				&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: native32(^x.Bit), Xor: native32(x.Bit)},
-				&expr.Ct{Key: expr.CtKeyMARK, Register: 1, SourceRegister: true})
-		case compiler.LimitLog:
-			rate, unit, err := parseRate(x.Rate)
+		case compiler.Match:
+			m, err := encodeMatch(x)
 			if err != nil {
 				return nil, err
 			}
+			out = append(out, m...)
+		case compiler.CtMarkSet:
+			// x | set with clear bits cleared: (x & ^(clear|set)) ^ set.
 			out = append(out,
-				&expr.Limit{Type: expr.LimitTypePkts, Rate: rate, Unit: unit, Burst: 5},
+				&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
+				&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: native32(^(x.Clear | x.Set)), Xor: native32(x.Set)},
+				&expr.Ct{Key: expr.CtKeyMARK, Register: 1, SourceRegister: true})
+		case compiler.LimitLog:
+			unit, ok := rateUnits[x.Rate.Unit]
+			if !ok || !x.Rate.Enabled() {
+				return nil, fmt.Errorf("bad log rate %v", x.Rate)
+			}
+			out = append(out,
+				&expr.Limit{Type: expr.LimitTypePkts, Rate: uint64(x.Rate.Count), Unit: unit, Burst: 5},
 				&expr.Log{Key: 1<<unix.NFTA_LOG_PREFIX | 1<<unix.NFTA_LOG_FLAGS, Flags: expr.LogFlagsUID, Data: []byte(x.Prefix)})
 		case compiler.Verdict:
 			switch x.Kind {
-			case "accept":
+			case compiler.Accept:
 				out = append(out, &expr.Verdict{Kind: expr.VerdictAccept})
-			case "drop":
+			case compiler.Drop:
 				out = append(out, &expr.Verdict{Kind: expr.VerdictDrop})
-			case "goto":
+			case compiler.Goto:
 				out = append(out, &expr.Verdict{Kind: expr.VerdictGoto, Chain: x.Chain})
+			case compiler.Jump:
+				out = append(out, &expr.Verdict{Kind: expr.VerdictJump, Chain: x.Chain})
 			default:
-				return nil, fmt.Errorf("unknown verdict %q", x.Kind)
+				return nil, fmt.Errorf("unknown verdict %d", x.Kind)
 			}
 		default:
 			return nil, fmt.Errorf("cannot encode %T", x)
@@ -275,17 +259,71 @@ func encodeRule(e []compiler.Expr, sets map[string]*nftables.Set) ([]expr.Any, e
 
 func native32(v uint32) []byte { return binaryutil.NativeEndian.PutUint32(v) }
 
-var rateUnits = map[string]expr.LimitTime{
-	"second": expr.LimitTimeSecond, "minute": expr.LimitTimeMinute,
-	"hour": expr.LimitTimeHour, "day": expr.LimitTimeDay,
+var rateUnits = map[model.RateUnit]expr.LimitTime{
+	model.PerSecond: expr.LimitTimeSecond, model.PerMinute: expr.LimitTimeMinute,
+	model.PerHour: expr.LimitTimeHour, model.PerDay: expr.LimitTimeDay,
 }
 
-func parseRate(s string) (uint64, expr.LimitTime, error) {
-	n, unit, ok := strings.Cut(s, "/")
-	rate, err := strconv.ParseUint(n, 10, 64)
-	u, known := rateUnits[unit]
-	if !ok || err != nil || !known || rate == 0 {
-		return 0, 0, fmt.Errorf("bad log rate %q", s)
+// matchSpec is where a compiler.Match field lives in the packet, and the
+// dependency nft writes before loading it (ip hdrlength only exists in
+// IPv4 packets).
+type matchSpec struct {
+	nfproto byte // NFPROTO_IPV4 or _IPV6; 0: none
+	l4proto byte // IPPROTO_TCP; 0: none
+	meta    bool // meta l4proto rather than a payload load
+	base    expr.PayloadBase
+	off     uint32
+	len     uint32 // bytes; a 2-byte field compares big-endian
+	bits    byte   // for a bit field: its mask within the byte
+	shift   uint   // and the shift of its value
+}
+
+var matchSpecs = map[compiler.MatchField]matchSpec{
+	compiler.MatchL4Proto:    {meta: true, len: 1},
+	compiler.MatchTCPFlags:   {l4proto: unix.IPPROTO_TCP, base: expr.PayloadBaseTransportHeader, off: 13, len: 1},
+	compiler.MatchTCPDoff:    {l4proto: unix.IPPROTO_TCP, base: expr.PayloadBaseTransportHeader, off: 12, len: 1, bits: 0xf0, shift: 4},
+	compiler.MatchIPHdrLen:   {nfproto: unix.NFPROTO_IPV4, base: expr.PayloadBaseNetworkHeader, off: 0, len: 1, bits: 0x0f},
+	compiler.MatchIPLength:   {nfproto: unix.NFPROTO_IPV4, base: expr.PayloadBaseNetworkHeader, off: 2, len: 2},
+	compiler.MatchIP6Nexthdr: {nfproto: unix.NFPROTO_IPV6, base: expr.PayloadBaseNetworkHeader, off: 6, len: 1},
+	compiler.MatchIP6Length:  {nfproto: unix.NFPROTO_IPV6, base: expr.PayloadBaseNetworkHeader, off: 4, len: 2},
+}
+
+func (m matchSpec) value(v uint32) []byte {
+	if m.len == 2 {
+		return binary.BigEndian.AppendUint16(nil, uint16(v))
 	}
-	return rate, u, nil
+	return []byte{byte(v << m.shift)}
+}
+
+// encodeMatch writes a Match as nft 1.0.x does: dependency, load, mask,
+// compare.
+func encodeMatch(x compiler.Match) ([]expr.Any, error) {
+	m, ok := matchSpecs[x.Field]
+	if !ok {
+		return nil, fmt.Errorf("cannot encode match on field %d", x.Field)
+	}
+	var out []expr.Any
+	if m.nfproto != 0 {
+		out = append(out, nfprotoDep(m.nfproto)...)
+	}
+	if m.l4proto != 0 {
+		out = append(out, &expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1}, &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{m.l4proto}})
+	}
+	if m.meta {
+		out = append(out, &expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1})
+	} else {
+		out = append(out, &expr.Payload{DestRegister: 1, Base: m.base, Offset: m.off, Len: m.len})
+	}
+	mask := m.bits
+	if x.Mask != 0 {
+		mask = byte(x.Mask)
+	}
+	if mask != 0 {
+		out = append(out, &expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{mask}, Xor: []byte{0}})
+	}
+	op := expr.CmpOpEq
+	if x.Not {
+		op = expr.CmpOpNeq
+	}
+	return append(out, &expr.Cmp{Op: op, Register: 1, Data: m.value(x.Value)}), nil
 }

@@ -8,56 +8,89 @@ import (
 	"github.com/portfw/portfw/compiler"
 )
 
-// Fake is an in-memory Kernel for testing code above package nft (the
-// daemon). It checks what the kernel would: a delta must name existing
-// sets and delete existing elements, or nothing changes. It keeps the
-// counters of untouched elements across deltas, as the kernel does.
+// Fake is an in-memory Kernel for testing code above package nft. It checks
+// what the kernel would: a delta must name existing sets and delete existing
+// elements, a commit built on an old generation is refused, and a failed
+// transaction changes nothing. It keeps the counters of untouched elements
+// across deltas, as the kernel does, and increments the generation on every
+// commit, its own and Tamper's.
 type Fake struct {
 	mu     sync.Mutex
 	tables map[string]*compiler.Ruleset
-	// Applies and Deltas count successful transactions of each kind.
-	Applies, Deltas int
-	// FailNext, if set, makes the next transaction fail with it.
+	gen    uint32
+	// Replaces and Deltas count committed operations of each kind; Reads
+	// counts table reads (a dump of the whole table in the kernel).
+	Replaces, Deltas, Reads int
+	// FailNext, if set, makes the next commit fail with it.
 	FailNext error
 }
 
 var _ Kernel = (*Fake)(nil)
 
 // NewFake returns an empty fake kernel.
-func NewFake() *Fake { return &Fake{tables: map[string]*compiler.Ruleset{}} }
+func NewFake() *Fake { return &Fake{tables: map[string]*compiler.Ruleset{}, gen: 1} }
 
-func (f *Fake) fail() error {
-	err := f.FailNext
-	f.FailNext = nil
-	return err
-}
-
-// Apply replaces the table.
-func (f *Fake) Apply(rs *compiler.Ruleset) error {
+func (f *Fake) Gen() (uint32, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.fail(); err != nil {
-		return err
-	}
-	f.tables[rs.Table] = clone(rs)
-	f.Applies++
-	return nil
+	return f.gen, nil
 }
 
-// ApplyDelta changes elements, all or nothing.
-func (f *Fake) ApplyDelta(d compiler.Delta) error {
+func (f *Fake) bump() {
+	f.gen++
+	if f.gen == 0 {
+		f.gen = 1
+	}
+}
+
+// Commit applies tx to a copy of the tables and keeps it only if every
+// operation succeeded.
+func (f *Fake) Commit(tx *Tx, gen uint32) (uint32, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.fail(); err != nil {
-		return err
+	if tx.Empty() {
+		return f.gen, nil
 	}
-	cur, ok := f.tables[d.Table]
+	if err := f.FailNext; err != nil {
+		f.FailNext = nil
+		return 0, err
+	}
+	if gen != 0 && gen != f.gen {
+		return 0, ErrChanged
+	}
+	next := map[string]*compiler.Ruleset{}
+	for name, rs := range f.tables {
+		next[name] = clone(rs)
+	}
+	replaces, deltas := 0, 0
+	for _, op := range tx.ops {
+		switch {
+		case op.replace != nil:
+			next[op.replace.Table] = clone(op.replace)
+			replaces++
+		case op.delta != nil:
+			if err := applyDelta(next, *op.delta); err != nil {
+				return 0, err
+			}
+			deltas++
+		default:
+			delete(next, op.remove)
+		}
+	}
+	f.tables = next
+	f.Replaces += replaces
+	f.Deltas += deltas
+	f.bump()
+	return f.gen, nil
+}
+
+func applyDelta(tables map[string]*compiler.Ruleset, d compiler.Delta) error {
+	cur, ok := tables[d.Table]
 	if !ok {
 		return fmt.Errorf("apply delta: table %s: %w", d.Table, ErrNoTable)
 	}
-	next := clone(cur)
 	sets := map[string]*compiler.Set{}
-	for _, s := range next.Sets {
+	for _, s := range cur.Sets {
 		sets[s.Name] = s
 	}
 	for name, dels := range d.Del {
@@ -66,7 +99,7 @@ func (f *Fake) ApplyDelta(d compiler.Delta) error {
 			return fmt.Errorf("apply delta: no set %s", name)
 		}
 		for _, e := range dels {
-			i := slices.IndexFunc(s.Elements, func(x compiler.Element) bool { return s.ElementText(x) == s.ElementText(e) })
+			i := slices.IndexFunc(s.Elements, func(x compiler.Element) bool { return x.Key() == e.Key() })
 			if i < 0 {
 				return fmt.Errorf("apply delta: set %s has no element %s", name, s.ElementText(e))
 			}
@@ -79,12 +112,13 @@ func (f *Fake) ApplyDelta(d compiler.Delta) error {
 			return fmt.Errorf("apply delta: no set %s", name)
 		}
 		for _, e := range adds {
+			if slices.ContainsFunc(s.Elements, func(x compiler.Element) bool { return x.Key() == e.Key() }) {
+				continue // the kernel keeps an element added twice, and its counter
+			}
 			e.Packets, e.Bytes = 0, 0
 			s.Elements = append(s.Elements, e)
 		}
 	}
-	f.tables[d.Table] = next
-	f.Deltas++
 	return nil
 }
 
@@ -92,6 +126,7 @@ func (f *Fake) ApplyDelta(d compiler.Delta) error {
 func (f *Fake) Read(table string) (*compiler.Ruleset, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.Reads++
 	rs, ok := f.tables[table]
 	if !ok {
 		return nil, fmt.Errorf("read table %s: %w", table, ErrNoTable)
@@ -103,22 +138,38 @@ func (f *Fake) Read(table string) (*compiler.Ruleset, error) {
 	return out, nil
 }
 
-// Remove deletes the table.
-func (f *Fake) Remove(table string) (bool, error) {
+// HasTable reports whether the table exists.
+func (f *Fake) HasTable(table string) (bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	_, ok := f.tables[table]
-	delete(f.tables, table)
 	return ok, nil
 }
 
-// Tamper lets a test edit the table behind portfw's back (drift).
-func (f *Fake) Tamper(table string, edit func(rs *compiler.Ruleset)) {
+// Tamper lets a test edit, add (rs nil in the callback) or delete (edit
+// returns nil) a table behind portfw's back, as another process would: the
+// generation moves.
+func (f *Fake) Tamper(table string, edit func(rs *compiler.Ruleset) *compiler.Ruleset) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	var cur *compiler.Ruleset
 	if rs, ok := f.tables[table]; ok {
-		edit(rs)
+		cur = clone(rs)
 	}
+	if next := edit(cur); next != nil {
+		f.tables[table] = next
+	} else {
+		delete(f.tables, table)
+	}
+	f.bump()
+}
+
+// Tables lists the tables the fake holds.
+func (f *Fake) Tables() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	names := sortedKeys(f.tables)
+	return names
 }
 
 func clone(rs *compiler.Ruleset) *compiler.Ruleset {

@@ -91,7 +91,7 @@ func TestFailedApplyLeavesOldTable(t *testing.T) {
 	// A goto to a chain that does not exist: the kernel rejects the batch
 	// at the very last rule, after the table was deleted and refilled.
 	last := bad.Chains[len(bad.Chains)-1]
-	last.Rules = append(last.Rules, compiler.Rule{compiler.Verdict{Kind: "goto", Chain: "no_such_chain"}})
+	last.Rules = append(last.Rules, compiler.Rule{compiler.Verdict{Kind: compiler.Goto, Chain: "no_such_chain"}})
 	if err := c.Apply(bad); err == nil {
 		t.Fatal("apply of a ruleset with a dangling goto succeeded")
 	}

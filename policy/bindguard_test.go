@@ -3,20 +3,22 @@ package policy
 import (
 	"errors"
 	"testing"
+
+	"github.com/portfw/portfw/model"
 )
 
 func TestBindGuardSetting(t *testing.T) {
 	tests := []struct {
 		value string
-		want  BindGuardMode
+		want  model.BindGuardMode
 	}{
-		{"", BindGuardOff}, // key absent: the default
-		{"off", BindGuardOff},
-		{"on", BindGuardOn},
-		{"auto", BindGuardAuto},
-		{`"on"`, BindGuardOn},
-		{"true", BindGuardOn},
-		{"false", BindGuardOff},
+		{"", model.BindGuardAuto}, // key absent: the default
+		{"off", model.BindGuardOff},
+		{"on", model.BindGuardOn},
+		{"auto", model.BindGuardAuto},
+		{`"on"`, model.BindGuardOn},
+		{"true", model.BindGuardOn},
+		{"false", model.BindGuardOff},
 	}
 	for _, tt := range tests {
 		t.Run(tt.value, func(t *testing.T) {
@@ -28,12 +30,8 @@ func TestBindGuardSetting(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Parse: %v", err)
 			}
-			r, err := Resolve(p, testResolver)
-			if err != nil {
-				t.Fatalf("Resolve: %v", err)
-			}
-			if r.Settings.BindGuard != tt.want {
-				t.Errorf("BindGuard = %v, want %v", r.Settings.BindGuard, tt.want)
+			if p.Settings.BindGuard != tt.want {
+				t.Errorf("BindGuard = %v, want %v", p.Settings.BindGuard, tt.want)
 			}
 		})
 	}
@@ -53,7 +51,7 @@ func TestBindGuardSettingErrors(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := Parse("p.yaml", []byte(tt.yaml))
-			var errs Errors
+			var errs *Errors
 			if !errors.As(err, &errs) {
 				t.Fatalf("Parse error = %v, want Errors", err)
 			}
@@ -65,7 +63,7 @@ func TestBindGuardSettingErrors(t *testing.T) {
 }
 
 func TestBindGuardModeString(t *testing.T) {
-	for m, want := range map[BindGuardMode]string{BindGuardOff: "off", BindGuardOn: "on", BindGuardAuto: "auto"} {
+	for m, want := range map[model.BindGuardMode]string{model.BindGuardOff: "off", model.BindGuardOn: "on", model.BindGuardAuto: "auto"} {
 		if got := m.String(); got != want {
 			t.Errorf("%d.String() = %q, want %q", m, got, want)
 		}

@@ -1,11 +1,15 @@
-// Package policy reads portfw's YAML policy ("port P belongs to user U")
-// and turns it into a Resolved value for the compiler.
+// Package policy reads portfw's YAML policy ("port P belongs to user U"):
+// it parses and validates the text, and nothing else. It never looks at the
+// host, so user and group names stay names here; package resolve turns a
+// Policy into the ownership model (package model).
 //
-// It works in two steps so that only one of them touches the host:
-// Parse is pure and checks everything that can be checked from the text
-// alone; Resolve asks a Resolver for user and group ids and then checks
-// what needs ids, such as two reservations claiming the same port. Both
-// report every problem they find, each as file:line:col: field: message,
-// because an admin fixing a policy should not have to run portfw once per
-// mistake.
+// Every problem is reported, each as file:line:col: field: message, because
+// an admin fixing a policy should not have to run portfw once per mistake;
+// the number of problems kept is capped (MaxErrors) so that a huge broken
+// file cannot exhaust memory.
+//
+// The package is three things: a YAML-node toolkit (yamlnode.go: one
+// document, mappings with known keys, lists, typed scalars, aliases
+// expanded safely), the schema walk (schema.go), and the value parsers it
+// calls (values.go: ports, id ranges, rates, addresses).
 package policy

@@ -33,19 +33,41 @@ func FuzzParse(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		p, err := Parse("fuzz.yaml", data)
 		if err == nil {
-			_, err = Resolve(p, testResolver)
-			if err == nil {
-				return
-			}
+			checkParsed(t, p)
+			return
 		}
-		var errs Errors
-		if !errors.As(err, &errs) || len(errs) == 0 {
-			t.Fatalf("error %v is not a non-empty Errors", err)
+		var errs *Errors
+		if !errors.As(err, &errs) || errs.Len() == 0 {
+			t.Fatalf("error %v is not a non-empty *Errors", err)
 		}
-		for _, e := range errs {
+		if len(errs.List) > MaxErrors {
+			t.Fatalf("%d errors kept, more than MaxErrors", len(errs.List))
+		}
+		for _, e := range errs.List {
 			if e.Pos.Line < 1 || e.Pos.Col < 1 || e.Pos.File != "fuzz.yaml" {
 				t.Errorf("error without a place: %v", e)
 			}
 		}
 	})
+}
+
+// checkParsed holds a parsed policy to what Parse promises: every value in
+// range, every reservation with a name, ports, protocols and an owner.
+func checkParsed(t *testing.T, p *Policy) {
+	t.Helper()
+	for _, r := range p.Reservations {
+		if r.Name == "" || len(r.Ports) == 0 || len(r.Protocols) == 0 || len(r.Users)+len(r.Groups) == 0 {
+			t.Fatalf("parsed reservation lacks a part: %+v", r)
+		}
+		for _, pr := range r.Ports {
+			if pr.Lo == 0 || pr.Lo > pr.Hi {
+				t.Fatalf("parsed port range %v out of order", pr)
+			}
+		}
+		for _, proto := range r.Protocols {
+			if _, ok := proto.Info(); !ok {
+				t.Fatalf("parsed unknown protocol %d", proto)
+			}
+		}
+	}
 }

@@ -2,21 +2,14 @@ package policy
 
 import (
 	"errors"
-	"net/netip"
 	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/portfw/portfw/model"
 )
-
-// prefixEqual lets cmp compare netip values, whose fields are unexported.
-var prefixEqual = cmp.Comparer(func(a, b netip.Prefix) bool { return a == b })
-
-var testResolver = Static{
-	Users:  map[string]uint32{"www-data": 33, "_sipd": 999, "alice": 1000, "bob": 1001},
-	Groups: map[string]uint32{"voip": 300, "web": 33},
-}
 
 const fullPolicy = `version: 1
 settings:
@@ -40,73 +33,24 @@ reservations:
       groups: [voip, 200]
 `
 
-func TestParseResolveFull(t *testing.T) {
-	p, err := Parse("policy.yaml", []byte(fullPolicy))
-	if err != nil {
-		t.Fatalf("Parse: %v", err)
-	}
-	if len(p.Reservations) != 2 || p.Reservations[0].Name != "web" || p.Reservations[1].Name != "sip" {
-		t.Fatalf("Parse: reservations %+v, want web and sip in file order", p.Reservations)
-	}
-	got, err := Resolve(p, testResolver)
-	if err != nil {
-		t.Fatalf("Resolve: %v", err)
-	}
-	want := &Resolved{
-		Settings: Settings{
-			Table:                 "pf_test",
-			AllowRoot:             false,
-			UnprivilegedPortStart: "80",
-			LogRate:               "5/second",
-			MarkOwned:             0x10,
-			MarkSquatted:          0x20,
-		},
-		Reservations: []Reservation{
-			{
-				Name:      "sip",
-				Protocols: []Protocol{TCP, UDP},
-				Ports:     []PortRange{{5060, 5060}, {5070, 5079}},
-				UIDs:      []IDRange{{999, 999}, {1001, 1001}, {1200, 1299}, {1300, 1300}},
-				GIDs:      []IDRange{{200, 200}, {300, 300}},
-				Pos:       Pos{"policy.yaml", 16, 5},
-			},
-			{
-				Name:        "web",
-				Description: "nginx",
-				Protocols:   []Protocol{TCP},
-				Ports:       []PortRange{{80, 80}, {81, 81}, {443, 443}, {8000, 8080}, {8081, 8081}},
-				UIDs:        []IDRange{{33, 33}},
-				Addresses: []netip.Prefix{
-					netip.MustParsePrefix("192.0.2.0/24"),
-					netip.MustParsePrefix("198.51.100.0/24"),
-					netip.MustParsePrefix("2001:db8::/64"),
-				},
-				Pos: Pos{"policy.yaml", 9, 5},
-			},
-		},
-	}
-	if diff := cmp.Diff(want, got, prefixEqual); diff != "" {
-		t.Errorf("Resolve mismatch (-want +got):\n%s", diff)
-	}
-}
-
 func TestDefaults(t *testing.T) {
-	defaults := Settings{
-		Table:                 "portfw",
-		AllowRoot:             true,
-		UnprivilegedPortStart: "auto",
-		LogRate:               "10/minute",
-		MarkOwned:             0x01000000,
-		MarkSquatted:          0x02000000,
+	defaults := model.Settings{
+		Table:        "portfw",
+		AllowRoot:    true,
+		PortStart:    model.PortStart{Mode: model.PortStartAuto},
+		Log:          model.LogRate{Count: 10, Unit: model.PerMinute},
+		MarkOwned:    0x01000000,
+		MarkSquatted: 0x02000000,
+		BindGuard:    model.BindGuardAuto,
 	}
-	with := func(f func(*Settings)) Settings {
+	with := func(f func(*model.Settings)) model.Settings {
 		s := defaults
 		f(&s)
 		return s
 	}
 	tests := []struct {
 		name, yaml string
-		want       Settings
+		want       model.Settings
 	}{
 		{"no settings", "version: 1\n", defaults},
 		{"empty settings", "version: 1\nsettings:\n", defaults},
@@ -114,16 +58,16 @@ func TestDefaults(t *testing.T) {
 		{"null reservations", "version: 1\nreservations:\n", defaults},
 		{"log true", "version: 1\nsettings: {log: true}\n", defaults},
 		{"log empty mapping", "version: 1\nsettings: {log: {}}\n", defaults},
-		{"log false", "version: 1\nsettings: {log: false}\n", with(func(s *Settings) { s.LogRate = "" })},
-		{"log rate", "version: 1\nsettings: {log: {rate: 3/hour}}\n", with(func(s *Settings) { s.LogRate = "3/hour" })},
-		{"log rate spaced", "version: 1\nsettings: {log: {rate: 3 / day}}\n", with(func(s *Settings) { s.LogRate = "3/day" })},
-		{"keep", "version: 1\nsettings: {unprivileged_port_start: keep}\n", with(func(s *Settings) { s.UnprivilegedPortStart = "keep" })},
-		{"port start 0", "version: 1\nsettings: {unprivileged_port_start: 0}\n", with(func(s *Settings) { s.UnprivilegedPortStart = "0" })},
-		{"port start 1024", "version: 1\nsettings: {unprivileged_port_start: 1024}\n", with(func(s *Settings) { s.UnprivilegedPortStart = "1024" })},
-		{"one mark", "version: 1\nsettings: {marks: {squatted: 0x4}}\n", with(func(s *Settings) { s.MarkSquatted = 4 })},
-		{"decimal mark", "version: 1\nsettings: {marks: {owned: 256}}\n", with(func(s *Settings) { s.MarkOwned = 256 })},
-		{"top bit mark", "version: 1\nsettings: {marks: {owned: 0x8000_0000}}\n", with(func(s *Settings) { s.MarkOwned = 0x80000000 })},
-		{"allow_root false", "version: 1\nsettings: {allow_root: false}\n", with(func(s *Settings) { s.AllowRoot = false })},
+		{"log false", "version: 1\nsettings: {log: false}\n", with(func(s *model.Settings) { s.Log = model.LogRate{} })},
+		{"log rate", "version: 1\nsettings: {log: {rate: 3/hour}}\n", with(func(s *model.Settings) { s.Log = model.LogRate{Count: 3, Unit: model.PerHour} })},
+		{"log rate spaced", "version: 1\nsettings: {log: {rate: 3 / day}}\n", with(func(s *model.Settings) { s.Log = model.LogRate{Count: 3, Unit: model.PerDay} })},
+		{"keep", "version: 1\nsettings: {unprivileged_port_start: keep}\n", with(func(s *model.Settings) { s.PortStart = model.PortStart{Mode: model.PortStartKeep} })},
+		{"port start 0", "version: 1\nsettings: {unprivileged_port_start: 0}\n", with(func(s *model.Settings) { s.PortStart = model.PortStart{Mode: model.PortStartFixed, Value: 0} })},
+		{"port start 1024", "version: 1\nsettings: {unprivileged_port_start: 1024}\n", with(func(s *model.Settings) { s.PortStart = model.PortStart{Mode: model.PortStartFixed, Value: 1024} })},
+		{"one mark", "version: 1\nsettings: {marks: {squatted: 0x4}}\n", with(func(s *model.Settings) { s.MarkSquatted = 4 })},
+		{"decimal mark", "version: 1\nsettings: {marks: {owned: 256}}\n", with(func(s *model.Settings) { s.MarkOwned = 256 })},
+		{"top bit mark", "version: 1\nsettings: {marks: {owned: 0x8000_0000}}\n", with(func(s *model.Settings) { s.MarkOwned = 0x80000000 })},
+		{"allow_root false", "version: 1\nsettings: {allow_root: false}\n", with(func(s *model.Settings) { s.AllowRoot = false })},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -131,15 +75,11 @@ func TestDefaults(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Parse: %v", err)
 			}
-			r, err := Resolve(p, testResolver)
-			if err != nil {
-				t.Fatalf("Resolve: %v", err)
-			}
-			if diff := cmp.Diff(tt.want, r.Settings); diff != "" {
+			if diff := cmp.Diff(tt.want, p.Settings); diff != "" {
 				t.Errorf("settings mismatch (-want +got):\n%s", diff)
 			}
-			if len(r.Reservations) != 0 {
-				t.Errorf("reservations = %v, want none", r.Reservations)
+			if len(p.Reservations) != 0 {
+				t.Errorf("reservations = %v, want none", p.Reservations)
 			}
 		})
 	}
@@ -255,9 +195,9 @@ func TestParseErrors(t *testing.T) {
 
 		// Protocols.
 		{"bad protocol", res("name: a", "ports: [1]", "protocols: [tcp, sctp]", "owner: {users: [1]}"),
-			`p.yaml:5:22: reservations[0].protocols[1]: unknown protocol "sctp"; valid protocols are tcp and udp`},
+			`p.yaml:5:22: reservations[0].protocols[1]: unknown protocol "sctp"; valid protocols are tcp, udp and udplite`},
 		{"empty protocols", res("name: a", "ports: [1]", "protocols: []", "owner: {users: [1]}"),
-			`p.yaml:5:16: reservations[0].protocols: empty; list tcp and/or udp, or leave protocols out for both`},
+			`p.yaml:5:16: reservations[0].protocols: empty; list some of tcp, udp and udplite, or leave protocols out for tcp and udp`},
 
 		// Owners.
 		{"missing owner", res("name: a", "ports: [1]"),
@@ -345,9 +285,9 @@ func TestParseErrors(t *testing.T) {
 			if err == nil {
 				t.Fatalf("Parse succeeded with %+v, want error %q", p, tt.want)
 			}
-			var errs Errors
+			var errs *Errors
 			if !errors.As(err, &errs) {
-				t.Fatalf("Parse error %T is not Errors: %v", err, err)
+				t.Fatalf("Parse error %T is not *Errors: %v", err, err)
 			}
 			if !slicesContainsLine(err.Error(), tt.want) {
 				t.Errorf("Parse error:\n%v\nwant a line:\n%s", err, tt.want)
@@ -379,17 +319,17 @@ reservations:
     owner: {users: [alice]}
 `
 	_, err := Parse("p.yaml", []byte(yaml))
-	var errs Errors
+	var errs *Errors
 	if !errors.As(err, &errs) {
-		t.Fatalf("Parse error = %v, want Errors", err)
+		t.Fatalf("Parse error = %v, want *Errors", err)
 	}
 	want := []string{
 		`p.yaml:3:15: settings.allow_root: expected true or false, got the string "yes"`,
 		`p.yaml:6:13: reservations[0].ports[0]: port 0 is out of range 1..65535`,
-		`p.yaml:10:17: reservations[1].protocols[0]: unknown protocol "icmp"; valid protocols are tcp and udp`,
+		`p.yaml:10:17: reservations[1].protocols[0]: unknown protocol "icmp"; valid protocols are tcp, udp and udplite`,
 	}
 	var got []string
-	for _, e := range errs {
+	for _, e := range errs.List {
 		got = append(got, e.Error())
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
@@ -401,7 +341,7 @@ reservations:
 }
 
 func TestErrorFormat(t *testing.T) {
-	e := &Error{Pos: Pos{"p.yaml", 1, 2}, Msg: "empty policy"}
+	e := &Error{Pos: model.Pos{File: "p.yaml", Line: 1, Col: 2}, Msg: "empty policy"}
 	if got, want := e.Error(), "p.yaml:1:2: empty policy"; got != want {
 		t.Errorf("Error() = %q, want %q", got, want)
 	}
@@ -437,12 +377,8 @@ reservations:
 	if err != nil {
 		t.Fatalf("Parse: %v", err)
 	}
-	r, err := Resolve(p, testResolver)
-	if err != nil {
-		t.Fatalf("Resolve: %v", err)
-	}
-	if got := r.Reservations[1].UIDs; !cmp.Equal(got, []IDRange{{33, 33}}) {
-		t.Errorf("b's uids = %v, want [33]", got)
+	if got := p.Reservations[1].Users; len(got) != 1 || got[0].Name != "www-data" {
+		t.Errorf("b's users = %+v, want www-data", got)
 	}
 }
 

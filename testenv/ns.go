@@ -16,6 +16,8 @@ import (
 type NS struct {
 	Name string // unique: "pfw-<pid namespace>.<pid>-<8 hex digits>"
 	Path string // /run/netns/Name, for nsenter --net and setns
+
+	deleted bool
 }
 
 // cmdTimeout bounds every ip/nft command, so a wedged command fails the test
@@ -32,6 +34,9 @@ func NewNS(t testing.TB) *NS {
 		t.Fatalf("add netns: %v: %s", err, stderr)
 	}
 	t.Cleanup(func() {
+		if n.deleted {
+			return
+		}
 		// Processes still inside would keep the namespace alive without a
 		// name; the peers' own cleanups ran before this one and killed them.
 		if _, stderr, err := run(nil, "ip", "netns", "del", n.Name); err != nil {
@@ -40,6 +45,16 @@ func NewNS(t testing.TB) *NS {
 	})
 	n.IP(t, "link", "set", "lo", "up")
 	return n
+}
+
+// Delete deletes the namespace now (its name; it dies with the last
+// process or file holding it).
+func (n *NS) Delete(t testing.TB) {
+	t.Helper()
+	if _, stderr, err := run(nil, "ip", "netns", "del", n.Name); err != nil {
+		t.Fatalf("delete netns %s: %v: %s", n.Name, err, stderr)
+	}
+	n.deleted = true
 }
 
 // IP runs "ip -n NAME args..." and fails the test on error.

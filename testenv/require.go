@@ -58,6 +58,7 @@ func probeNetNS() string {
 		return fmt.Sprintf("cannot delete network namespace %s: %v: %s", name, err, strings.TrimSpace(string(out)))
 	}
 	removeStale()
+	removeStaleCgroups()
 	return ""
 }
 

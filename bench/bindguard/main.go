@@ -1,11 +1,15 @@
 // Command bindguard measures what the bind guard adds to bind(): 10,000
 // reservations (one port each, TCP and UDP, each its own owner uid) guarded
-// by the eBPF program, against the same binds with no guard, side by side
-// in one run. Run as root:
+// by the shared eBPF program, against the same binds with no guard, side by
+// side in one run; first with the policy in one network namespace, then
+// with the same policy in 100 (one program serves them all, its maps keyed
+// by namespace cookie). It also times the guard's apply: the first one, an
+// in-place update of the same policy, and an update that changes one port.
+// Run as root:
 //
-//	go run ./bench/bindguard [-n 200000] [-rounds 5] [-reservations 10000]
+//	go run ./bench/bindguard [-n 200000] [-rounds 5] [-reservations 10000] [-namespaces 100]
 //
-// It makes a throwaway network namespace and cgroup, applies the guard to
+// It makes throwaway network namespaces and a cgroup, applies the guard to
 // that cgroup, and runs each bind loop in a child process (this binary
 // again) that joins the namespace, drops to the uid under test on its own
 // locked thread, and times each bind() alone (socket() and close() are not
@@ -19,7 +23,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
@@ -29,7 +32,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/portfw/portfw/bindguard"
-	"github.com/portfw/portfw/policy"
+	"github.com/portfw/portfw/internal/netns"
+	"github.com/portfw/portfw/model"
 )
 
 const workerEnv = "PORTFW_BENCH_WORKER"
@@ -46,8 +50,9 @@ func main() {
 	n := flag.Int("n", 200000, "binds per measurement")
 	rounds := flag.Int("rounds", 5, "rounds per case (alternating guard and no guard)")
 	reservations := flag.Int("reservations", 10000, "reservations in the policy")
+	namespaces := flag.Int("namespaces", 100, "namespaces holding the policy in the second part")
 	flag.Parse()
-	if err := run(*n, *rounds, *reservations); err != nil {
+	if err := run(*n, *rounds, *reservations, *namespaces); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
@@ -59,61 +64,98 @@ const (
 	freePort  = 40000 // reserved by nobody
 )
 
-func run(n, rounds, count int) error {
+func run(n, rounds, count, namespaces int) error {
 	if err := bindguard.Supported(); err != nil {
 		return err
 	}
 	name := fmt.Sprintf("pfw-bench-%d", os.Getpid())
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		return fmt.Errorf("add netns: %v: %s", err, out)
+	var created []string
+	mkns := func(ns string) error {
+		if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+			return fmt.Errorf("add netns: %v: %s", err, out)
+		}
+		created = append(created, ns)
+		return exec.Command("ip", "-n", ns, "link", "set", "lo", "up").Run()
 	}
-	defer exec.Command("ip", "netns", "del", name).Run()
+	defer func() {
+		for _, ns := range created {
+			exec.Command("ip", "netns", "del", ns).Run()
+		}
+	}()
+	if err := mkns(name); err != nil {
+		return err
+	}
 	nsPath := "/run/netns/" + name
-	exec.Command("ip", "-n", name, "link", "set", "lo", "up").Run()
 	other := name + "-other"
-	if out, err := exec.Command("ip", "netns", "add", other).CombinedOutput(); err != nil {
-		return fmt.Errorf("add netns: %v: %s", err, out)
+	if err := mkns(other); err != nil {
+		return err
 	}
-	defer exec.Command("ip", "netns", "del", other).Run()
 
-	root, err := bindguard.CgroupRoot()
+	root, err := bindguard.OpenRoot()
 	if err != nil {
 		return err
 	}
-	cgPath := filepath.Join(root, name)
-	if err := os.Mkdir(cgPath, 0o755); err != nil {
+	defer root.Close()
+	if err := unix.Mkdirat(int(root.Fd()), name, 0o755); err != nil {
 		return fmt.Errorf("create cgroup: %w", err)
 	}
-	defer os.Remove(cgPath)
-	cg, err := unix.Open(cgPath, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	defer unix.Unlinkat(int(root.Fd()), name, unix.AT_REMOVEDIR)
+	cg, err := unix.Openat(int(root.Fd()), name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("open cgroup: %w", err)
 	}
 	defer unix.Close(cg)
-
-	r := &policy.Resolved{Settings: policy.Settings{AllowRoot: true}}
-	for i := range count {
-		r.Reservations = append(r.Reservations, policy.Reservation{
-			Name:      fmt.Sprintf("r%05d", i),
-			Protocols: []policy.Protocol{policy.TCP, policy.UDP},
-			Ports:     []policy.PortRange{{Lo: uint16(firstPort + i), Hi: uint16(firstPort + i)}},
-			UIDs:      []policy.IDRange{{Lo: uint32(firstUID + i), Hi: uint32(firstUID + i)}},
-		})
-	}
-	spec := bindguard.FromResolved(r)
-	var first, second time.Duration
-	err = inNS(nsPath, func() error {
-		t0 := time.Now()
-		if err := bindguard.Apply(spec, cgPath); err != nil {
-			return err
-		}
-		t1 := time.Now()
-		err := bindguard.Apply(spec, cgPath) // in place: the other generation
-		first, second = t1.Sub(t0), time.Since(t1)
-		return err
-	})
-	defer inNS(nsPath, func() error { _, err := bindguard.Remove(); return err })
+	host, err := bindguard.OpenHost("/" + name)
 	if err != nil {
+		return err
+	}
+	defer host.Close()
+
+	policy := func(shift int) bindguard.Spec {
+		r := &model.Resolved{}
+		for i := range count {
+			r.Reservations = append(r.Reservations, model.Reservation{
+				Name:      fmt.Sprintf("r%05d", i),
+				Protocols: []model.Protocol{model.TCP, model.UDP},
+				Ports:     []model.PortRange{model.Port(uint16(firstPort + i + shift*min(i/(count-1), 1)))},
+				Owners:    model.Owners{Root: true, UIDs: []model.IDRange{model.ID(uint32(firstUID + i))}},
+			})
+		}
+		return bindguard.FromResolved(r)
+	}
+	spec := policy(0)
+	apply := func(path string, s bindguard.Spec) (time.Duration, error) {
+		var took time.Duration
+		err := inNS(path, func() error {
+			cookie, err := netns.Cookie()
+			if err != nil {
+				return err
+			}
+			inode, err := netns.Inode()
+			if err != nil {
+				return err
+			}
+			t0 := time.Now()
+			err = host.Apply(cookie, inode, s)
+			took = time.Since(t0)
+			return err
+		})
+		return took, err
+	}
+	first, err := apply(nsPath, spec)
+	if err != nil {
+		return err
+	}
+	defer inNS(nsPath, func() error { c, _ := netns.Cookie(); _, err := host.Remove(c); return err })
+	same, err := apply(nsPath, spec)
+	if err != nil {
+		return err
+	}
+	onePort, err := apply(nsPath, policy(1)) // the last reservation moves one port up
+	if err != nil {
+		return err
+	}
+	if _, err := apply(nsPath, spec); err != nil {
 		return err
 	}
 
@@ -121,41 +163,71 @@ func run(n, rounds, count int) error {
 	unix.Uname(&u)
 	fmt.Printf("bind guard, %d reservations (%d port keys, %d owner sets), kernel %s, %d CPUs\n",
 		count, len(spec.Ports), len(spec.Owners), unix.ByteSliceToString(u.Release[:]), runtime.NumCPU())
-	fmt.Printf("apply: first %v, update in place %v\n\n", first.Round(time.Millisecond), second.Round(time.Millisecond))
-	fmt.Printf("%-40s %12s %12s %8s\n", "case (tcp4, ns per bind)", "no guard", "guard", "ratio")
+	fmt.Printf("apply: first %v, in place with the same policy %v, in place with one port changed %v\n",
+		first.Round(time.Millisecond), same.Round(time.Millisecond), onePort.Round(time.Millisecond))
 
-	owner := strconv.Itoa(firstUID + count/2)
-	port := strconv.Itoa(firstPort + count/2)
-	cases := []struct {
-		name, uid, port, proto string
-		outsideNS              bool // both run in another namespace: the guard's cookie check alone
-		want                   string
-	}{
-		{"unreserved port", owner, strconv.Itoa(freePort), "tcp4", false, "ok"},
-		{"reserved port, owner", owner, port, "tcp4", false, "ok"},
-		{"reserved port, other uid (EPERM)", "99999", port, "tcp4", false, "EPERM"},
-		{"reserved port, owner, udp", owner, port, "udp4", false, "ok"},
-		{"another namespace (cookie check only)", "99999", port, "tcp4", true, "ok"},
+	table := func(title string) error {
+		fmt.Printf("\n%-44s %12s %12s %8s\n", title+" (ns per bind)", "no guard", "guard", "ratio")
+		owner := strconv.Itoa(firstUID + count/2)
+		port := strconv.Itoa(firstPort + count/2)
+		cases := []struct {
+			name, uid, port, proto string
+			outsideNS              bool // both run in another namespace: the guard's cookie check alone
+			want                   string
+		}{
+			{"unreserved port", owner, strconv.Itoa(freePort), "tcp4", false, "ok"},
+			{"reserved port, owner", owner, port, "tcp4", false, "ok"},
+			{"reserved port, other uid (EPERM)", "99999", port, "tcp4", false, "EPERM"},
+			{"reserved port, owner, udp", owner, port, "udp4", false, "ok"},
+			{"unguarded namespace (cookie check only)", "99999", port, "tcp4", true, "ok"},
+		}
+		for _, c := range cases {
+			var without, with []float64
+			ns := nsPath
+			if c.outsideNS {
+				ns = "/run/netns/" + other
+			}
+			for range rounds {
+				a, err := measure(ns, -1, c.uid, c.proto, c.port, n, "ok")
+				if err != nil {
+					return fmt.Errorf("%s, no guard: %w", c.name, err)
+				}
+				b, err := measure(ns, cg, c.uid, c.proto, c.port, n, c.want)
+				if err != nil {
+					return fmt.Errorf("%s, guard: %w", c.name, err)
+				}
+				without, with = append(without, a), append(with, b)
+			}
+			a, b := median(without), median(with)
+			fmt.Printf("%-44s %12.0f %12.0f %7.2fx\n", c.name, a, b, b/a)
+		}
+		return nil
 	}
-	for _, c := range cases {
-		var without, with []float64
-		ns := nsPath
-		if c.outsideNS {
-			ns = "/run/netns/" + other
+	if err := table("policy in 1 namespace"); err != nil {
+		return err
+	}
+	var more []time.Duration
+	for i := 1; i < namespaces; i++ {
+		ns := fmt.Sprintf("%s-%d", name, i)
+		if err := mkns(ns); err != nil {
+			return err
 		}
-		for range rounds {
-			a, err := measure(ns, -1, c.uid, c.proto, c.port, n, "ok")
-			if err != nil {
-				return fmt.Errorf("%s, no guard: %w", c.name, err)
-			}
-			b, err := measure(ns, cg, c.uid, c.proto, c.port, n, c.want)
-			if err != nil {
-				return fmt.Errorf("%s, guard: %w", c.name, err)
-			}
-			without, with = append(without, a), append(with, b)
+		d, err := apply("/run/netns/"+ns, spec)
+		if err != nil {
+			return err
 		}
-		a, b := median(without), median(with)
-		fmt.Printf("%-40s %12.0f %12.0f %7.2fx\n", c.name, a, b, b/a)
+		more = append(more, d)
+		defer inNS("/run/netns/"+ns, func() error { c, _ := netns.Cookie(); _, err := host.Remove(c); return err })
+	}
+	if len(more) > 0 {
+		ds := make([]float64, len(more))
+		for i, d := range more {
+			ds[i] = float64(d)
+		}
+		fmt.Printf("\napply in %d more namespaces: median %v each\n", len(more), time.Duration(median(ds)).Round(time.Millisecond))
+		if err := table(fmt.Sprintf("policy in %d namespaces", namespaces)); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -14,7 +14,9 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/portfw/portfw/model"
 	"github.com/portfw/portfw/policy"
+	"github.com/portfw/portfw/resolve"
 )
 
 // Port layout. FillerBase.. holds the exact ports of the filler
@@ -105,12 +107,12 @@ func (s Spec) YAML(ownerOverride map[string]uint32) []byte {
 }
 
 // Resolved parses and resolves the policy of s, as portfw would.
-func (s Spec) Resolved() (*policy.Resolved, error) {
+func (s Spec) Resolved() (*model.Resolved, error) {
 	p, err := policy.Parse("bench.yaml", s.YAML(nil))
 	if err != nil {
 		return nil, err
 	}
-	return policy.Resolve(p, policy.Static{})
+	return resolve.Resolve(p, resolve.Static{})
 }
 
 // Naive is the iptables-guard approach in nft syntax: one rule per port and

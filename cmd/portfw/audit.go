@@ -10,10 +10,8 @@ import (
 	"github.com/portfw/portfw/audit"
 )
 
-// scanSockets lists this namespace's sockets; tests may replace it.
-var scanSockets = audit.Sockets
-
 type auditJSON struct {
+	Version   int             `json:"version"`
 	Policy    string          `json:"policy"`
 	Sockets   []audit.Finding `json:"sockets"`
 	Free      []audit.Free    `json:"free"`
@@ -27,30 +25,45 @@ func runAudit(a *app, args []string) int {
 	fs := a.flags("audit")
 	path := fileFlag(fs)
 	asJSON := fs.Bool("json", false, "print the result as JSON")
+	o := a.hostFlags(fs, 0)
 	if code, done := a.parse(fs, args); done {
 		return code
 	}
-	l, _ := a.load(*path)
-	if l == nil {
+	// Listing sockets changes nothing: no permission check.
+	l, err := a.load(*path, true)
+	if err != nil {
+		a.printError("audit", *path, err)
 		return exitUsage
 	}
-	if l.HostErr != nil {
-		fmt.Fprintf(a.stderr, "warning: cannot read this namespace's sysctls (%v): the root-only guard ports are not audited\n", l.HostErr)
+	e, err := a.host(*o)
+	if err != nil {
+		a.printError("audit", *path, err)
+		return exitUsage
 	}
-	socks, err := scanSockets()
+	res := l.resolved
+	if p, err := e.Prepare(l.path, l.policy, l.resolved); err == nil {
+		res = p.Resolved // with the root-only guard ports
+	} else {
+		fmt.Fprintf(a.stderr, "warning: %v: the root-only guard ports are not audited\n", err)
+	}
+	if e.Host.Sockets == nil {
+		fmt.Fprintln(a.stderr, "portfw audit: no socket list on this host")
+		return exitUsage
+	}
+	socks, err := e.Host.Sockets()
 	if err != nil {
 		fmt.Fprintf(a.stderr, "portfw audit: %v\n", err)
 		return exitUsage
 	}
-	rep := audit.Classify(l.Resolved, socks)
+	rep := audit.Classify(res, socks)
 	if missingHolders(rep) && os.Geteuid() != 0 {
 		fmt.Fprintln(a.stderr, "warning: not running as root: processes of other users are not shown, and sockets whose owner is a group may show as squatters")
 	}
 	n := rep.Squatters()
 	if *asJSON {
-		writeJSON(a.stdout, auditJSON{Policy: l.Path, Sockets: rep.Findings, Free: rep.Free, Squatters: n})
+		writeJSON(a.stdout, auditJSON{Version: outputVersion, Policy: l.path, Sockets: rep.Findings, Free: rep.Free, Squatters: n})
 	} else {
-		a.printAudit(l.Path, rep, n)
+		a.printAudit(l.path, rep, n)
 	}
 	if n > 0 {
 		return exitNo
@@ -135,9 +148,9 @@ func freeLines(free []audit.Free) [][2]string {
 		var parts []string
 		for j < len(free) && free[j].Reservation == free[i].Reservation {
 			ports := strings.Join(free[j].Ports, ",")
-			protos := string(free[j].Protocol)
+			protos := free[j].Protocol.String()
 			if j+1 < len(free) && free[j+1].Reservation == free[j].Reservation && strings.Join(free[j+1].Ports, ",") == ports {
-				protos += "+" + string(free[j+1].Protocol)
+				protos += "+" + free[j+1].Protocol.String()
 				j++
 			}
 			parts = append(parts, ports+"/"+protos)

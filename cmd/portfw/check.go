@@ -1,97 +1,121 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 
 	"github.com/portfw/portfw/internal/engine"
-	"github.com/portfw/portfw/policy"
+	"github.com/portfw/portfw/internal/tune"
 )
 
-type jsonError struct {
-	File    string `json:"file"`
-	Line    int    `json:"line"`
-	Col     int    `json:"col"`
-	Field   string `json:"field,omitempty"`
-	Message string `json:"message"`
+type checkJSON struct {
+	Version      int         `json:"version"`
+	File         string      `json:"file"`
+	Valid        bool        `json:"valid"`
+	Table        string      `json:"table,omitempty"`
+	Reservations int         `json:"reservations"`
+	Elements     int         `json:"elements"`
+	Errors       []jsonError `json:"errors"`
+	Warnings     []string    `json:"warnings"`
+	Notes        []string    `json:"notes"`
+	ApplyWould   []string    `json:"apply_would"`
+	Layers       *layersJSON `json:"layers,omitempty"`
 }
 
+// runCheck validates a policy the way apply would (permissions included)
+// and says what applying it would do in this namespace, changing nothing.
 func runCheck(a *app, args []string) int {
 	fs := a.flags("check")
 	path := fileFlag(fs)
 	asJSON := fs.Bool("json", false, "print the result as JSON")
+	insecure := insecureFlag(fs)
+	o := a.hostFlags(fs, 0)
 	if code, done := a.parse(fs, args); done {
 		return code
 	}
-	l, code := a.loadQuiet(*path, *asJSON)
-	if l == nil {
-		return code
+	out := checkJSON{Version: outputVersion, File: *path, Errors: []jsonError{}, Warnings: []string{}, Notes: []string{}, ApplyWould: []string{}}
+	fail := func(err error) int {
+		if *asJSON {
+			out.Errors = jsonErrors(*path, err)
+			writeJSON(a.stdout, out)
+		} else {
+			a.printError("check", *path, err)
+		}
+		return exitNo
 	}
-	ws := warnings(l.Resolved)
+	l, err := a.load(*path, *insecure)
+	if err != nil {
+		return fail(err)
+	}
+	e, err := a.host(*o)
+	if err != nil {
+		return fail(err)
+	}
+	p, err := e.Prepare(l.path, l.policy, l.resolved)
+	if err != nil {
+		return fail(err)
+	}
+	out.Valid, out.Table, out.Reservations, out.Elements = true, p.Ruleset.Table, len(l.resolved.Reservations), elementCount(p)
+	out.Warnings, out.Notes, out.ApplyWould = nonNil(p.Warnings()), nonNil(append(p.Notes(), tune.Ephemeral(p.Resolved, p.Host)...)), nonNil(planNotes(p))
+	layers := planLayers(p)
+	out.Layers = &layers
 	if *asJSON {
-		writeJSON(a.stdout, map[string]any{
-			"file": *path, "valid": true, "table": l.Resolved.Settings.Table,
-			"reservations": len(l.Resolved.Reservations), "errors": []jsonError{}, "warnings": nonNil(ws),
-			"apply_would": nonNil(planNotes(l)),
-		})
+		writeJSON(a.stdout, out)
 		return exitOK
 	}
-	a.printWarnings(ws)
+	a.printWarnings(out.Warnings)
 	fmt.Fprintf(a.stdout, "%s: valid: %d reservations, %d nftables elements, table inet %s\n",
-		*path, len(l.Resolved.Reservations), elementCount(l), l.Resolved.Settings.Table)
-	for _, n := range planNotes(l) {
+		*path, out.Reservations, out.Elements, out.Table)
+	for _, n := range out.ApplyWould {
 		fmt.Fprintf(a.stdout, "  apply: %s\n", n)
 	}
+	for _, n := range out.Notes {
+		fmt.Fprintf(a.stdout, "  note: %s\n", n)
+	}
+	fmt.Fprintf(a.stdout, "  layers: %s\n", layersText(layers))
 	return exitOK
 }
 
-// loadQuiet is load, but with --json the errors go to stdout as data.
-func (a *app) loadQuiet(path string, asJSON bool) (*engine.Prepared, int) {
-	if !asJSON {
-		return a.load(path)
+// planNotes says what apply will do to the sysctls.
+func planNotes(p *engine.Plan) []string {
+	n := p.Sysctls.Changes()
+	if g := guardText(p.Sysctls.Guard); g != "" {
+		n = append(n, "guard: "+g+" reserved for root (ports the lowered threshold opens that no reservation holds)")
 	}
-	res, pol, err := policy.Load(path, policy.System{})
-	if err == nil {
-		return engine.Prepare(path, pol, res), exitOK
-	}
-	errs := []jsonError{}
-	var es policy.Errors
-	if errors.As(err, &es) {
-		for _, e := range es {
-			errs = append(errs, jsonError{e.Pos.File, e.Pos.Line, e.Pos.Col, e.Field, e.Msg})
-		}
-	} else {
-		errs = append(errs, jsonError{File: path, Message: err.Error()})
-	}
-	writeJSON(a.stdout, map[string]any{"file": path, "valid": false, "errors": errs, "warnings": []string{}})
-	return nil, exitNo
+	return n
 }
 
-func elementCount(l *engine.Prepared) int {
+func elementCount(p *engine.Plan) int {
 	n := 0
-	for _, s := range l.Ruleset.Sets {
+	for _, s := range p.Ruleset.Sets {
 		n += len(s.Elements)
 	}
 	return n
 }
 
-func nonNil(s []string) []string {
-	if s == nil {
-		return []string{}
-	}
-	return s
-}
-
+// runCompile prints the table apply would install in this namespace.
 func runCompile(a *app, args []string) int {
 	fs := a.flags("compile")
 	path := fileFlag(fs)
+	o := a.hostFlags(fs, 0)
 	if code, done := a.parse(fs, args); done {
 		return code
 	}
-	l, code := a.load(*path)
-	if l == nil {
-		return code
+	// Printing a ruleset changes nothing: no permission check.
+	l, err := a.load(*path, true)
+	if err != nil {
+		a.printError("compile", *path, err)
+		return exitNo
 	}
-	fmt.Fprint(a.stdout, l.Ruleset.String())
+	e, err := a.host(*o)
+	if err != nil {
+		a.printError("compile", *path, err)
+		return exitUsage
+	}
+	p, err := e.Prepare(l.path, l.policy, l.resolved)
+	if err != nil {
+		a.printError("compile", *path, err)
+		return exitNo
+	}
+	fmt.Fprint(a.stdout, p.Ruleset.String())
 	return exitOK
 }

@@ -1,6 +1,9 @@
 // Command portfw makes ports belong to users: it compiles a YAML policy
-// into one nftables table that starves any other uid on a reserved port,
-// and keeps the kernel in step with the policy.
+// into one nftables table and an eBPF bind guard that keep any other uid
+// off a reserved port, and keeps the kernel in step with the policy.
+//
+// The command is flags, output and exit codes: everything it does to the
+// host goes through package engine.
 package main
 
 import (
@@ -10,6 +13,10 @@ import (
 	"io"
 	"os"
 	"strings"
+	"time"
+
+	"github.com/portfw/portfw/internal/engine"
+	"github.com/portfw/portfw/resolve"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -18,7 +25,7 @@ var version = "dev"
 const defaultPolicy = "/etc/portfw/policy.yaml"
 
 // Exit codes. 1 means "the answer is no" (invalid policy, not in sync,
-// apply failed); 2 means portfw could not run as asked.
+// apply failed, a squatter found); 2 means portfw could not run as asked.
 const (
 	exitOK    = 0
 	exitNo    = 1
@@ -34,25 +41,44 @@ var commands []command
 
 func init() {
 	commands = []command{
-		{"check", "[-f FILE] [--json]", "validate a policy and warn about what will matter at apply time", runCheck},
+		{"check", "[-f FILE] [--json]", "validate a policy and say what applying it would do here", runCheck},
 		{"compile", "[-f FILE]", "print the nftables ruleset for a policy (nft -f syntax)", runCompile},
 		{"apply", "[-f FILE] [--dry-run] [--json]", "make the kernel enforce a policy (one atomic transaction)", runApply},
-		{"diff", "[-f FILE] [--json]", "show what apply would change; exit 0 when in sync, 1 when not", runDiff},
+		{"diff", "[-f FILE] [--json]", "show what apply would change; exit 0 in sync, 1 changes, 2 error", runDiff},
 		{"status", "[-f FILE] [--table NAME] [--json]", "show what is installed, with drop counters", runStatus},
 		{"audit", "[-f FILE] [--json]", "list the sockets on reserved ports; exit 1 when a squatter holds one", runAudit},
-		{"remove", "[-f FILE] [--table NAME]", "delete portfw's table and restore the sysctls it changed", runRemove},
+		{"remove", "[-f FILE] [--table NAME]", "delete portfw's table and guard, restore the sysctls it changed", runRemove},
 		{"watch", "[-f FILE] [--log-format text|json] [--remove-on-exit]", "run as a daemon: apply, reload on change, repair drift", runWatch},
-		{"version", "", "print the version", func(a *app, _ []string) int { fmt.Fprintln(a.stdout, "portfw", version); return exitOK }},
+		{"version", "", "print the version", runVersion},
 	}
 }
 
-// app carries the process's streams so commands can be tested in-process.
+// app carries the process's streams and its view of the host, so commands
+// can be tested in-process against fakes.
 type app struct {
 	stdout, stderr io.Writer
+	getenv         func(string) string
+	// host builds the engine for this namespace; tests give fakes.
+	host  func(hostOptions) (*engine.Engine, error)
+	users resolve.Resolver
+}
+
+func newApp(stdout, stderr io.Writer) *app {
+	a := &app{stdout: stdout, stderr: stderr, getenv: os.Getenv}
+	a.host = a.realHost
+	return a
 }
 
 func main() {
-	os.Exit((&app{stdout: os.Stdout, stderr: os.Stderr}).run(os.Args[1:]))
+	os.Exit(newApp(os.Stdout, os.Stderr).run(os.Args[1:]))
+}
+
+// resolver is the user database, shared by the daemon's reloads.
+func (a *app) resolver() resolve.Resolver {
+	if a.users == nil {
+		a.users = resolve.NewSystem(a.getenv("PORTFW_PASSWD_FILE"), a.getenv("PORTFW_GROUP_FILE"))
+	}
+	return a.users
 }
 
 func (a *app) run(args []string) int {
@@ -91,6 +117,7 @@ func (a *app) usage(w io.Writer) {
 		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
 	}
 	fmt.Fprintf(w, "\nThe policy file defaults to %s. Run 'portfw help <command>' for its flags.\n", defaultPolicy)
+	fmt.Fprintf(w, "Exit codes: 0 success, 1 the answer is no (invalid policy, not applied, changes pending, squatter found), 2 usage or runtime error.\n")
 }
 
 // flags makes a FlagSet for a command with the usage line every command
@@ -132,9 +159,34 @@ func fileFlag(fs *flag.FlagSet) *string {
 	return p
 }
 
+func insecureFlag(fs *flag.FlagSet) *bool {
+	return fs.Bool("insecure-policy-perms", false, "accept a policy file (or a directory on the way to it) that users other than root can write")
+}
+
+// hostFlags are the flags of commands that change the host.
+func (a *app) hostFlags(fs *flag.FlagSet, wait time.Duration) *hostOptions {
+	o := &hostOptions{}
+	fs.StringVar(&o.cgroup, "bind-guard-cgroup", a.getenv(envGuardCgroup),
+		"attach the bind guard to this cgroup v2 `path` (relative to the hierarchy's root, as in /proc/self/cgroup) instead of the root, "+
+			"guarding only processes below it (tests); default $"+envGuardCgroup)
+	if wait > 0 {
+		fs.DurationVar(&o.lockWait, "wait", wait, "how long to wait while another portfw holds this network namespace's lock")
+	}
+	return o
+}
+
 func upperFirst(s string) string {
 	if s == "" {
 		return s
 	}
 	return strings.ToUpper(s[:1]) + s[1:]
+}
+
+func runVersion(a *app, args []string) int {
+	fs := a.flags("version")
+	if code, done := a.parse(fs, args); done {
+		return code
+	}
+	fmt.Fprintln(a.stdout, "portfw", version)
+	return exitOK
 }

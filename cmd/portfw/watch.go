@@ -12,20 +12,22 @@ import (
 	"github.com/coreos/go-systemd/v22/daemon"
 
 	"github.com/portfw/portfw/internal/watch"
+	"github.com/portfw/portfw/model"
 	"github.com/portfw/portfw/nft"
 	"github.com/portfw/portfw/policy"
+	"github.com/portfw/portfw/resolve"
 )
 
 func runWatch(a *app, args []string) int {
 	fs := a.flags("watch")
 	path := fileFlag(fs)
 	logFormat := fs.String("log-format", "text", "log format: text or json")
-	removeOnExit := fs.Bool("remove-on-exit", false, "remove the table and restore sysctls on SIGTERM/SIGINT (default: rules stay)")
-	insecure := fs.Bool("insecure-policy-perms", false, "accept a policy file writable by users other than root")
+	removeOnExit := fs.Bool("remove-on-exit", false, "remove the table and guard and restore sysctls on SIGTERM/SIGINT (default: they stay)")
+	insecure := insecureFlag(fs)
 	debounce := fs.Duration("debounce", 10*time.Millisecond, "quiet time before acting on a burst of file or kernel events")
 	recheck := fs.Duration("recheck", 30*time.Second, "how often to compare the kernel with the policy even without events")
-	auditEvery := fs.Duration("audit-interval", time.Minute, "how often to look for squatters (0: never)")
-	bg := addBindGuardFlags(fs)
+	auditEvery := fs.Duration("audit-interval", time.Minute, "how often to look for squatters and sweep the guard entries of deleted namespaces (0: never)")
+	o := a.hostFlags(fs, 0)
 	if code, done := a.parse(fs, args); done {
 		return code
 	}
@@ -40,23 +42,15 @@ func runWatch(a *app, args []string) int {
 		return exitUsage
 	}
 	log := slog.New(h)
-	if !*insecure {
-		// Refuse at start too: a daemon that runs with a world-writable
-		// policy would hand ports to whoever edits it.
-		if err := policy.CheckPerms(*path); err != nil {
-			log.Error("policy refused", "err", err)
-			return exitNo
-		}
-	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 
-	k, err := nft.Open(-1)
+	e, err := a.host(*o)
 	if err != nil {
-		log.Error("open nftables", "err", err)
+		log.Error("open the host", "err", err)
 		return exitNo
 	}
 	changes, err := nft.WatchChanges(ctx, -1)
@@ -67,11 +61,23 @@ func runWatch(a *app, args []string) int {
 	if audit == 0 {
 		audit = -1
 	}
+	var watchFiles []string
+	var forget func()
+	if s, ok := a.resolver().(*resolve.System); ok {
+		watchFiles, forget = s.Files(), s.Forget
+	}
 	d, err := watch.New(watch.Config{
-		Path: *path, Kernel: k, Log: log, KernelChanges: changes, Reload: hup,
+		Path: *path, Engine: e, Log: log, KernelChanges: changes, Reload: hup, Forget: forget,
+		Load: func(path string) (*policy.Policy, *model.Resolved, error) {
+			l, err := a.load(path, *insecure)
+			if err != nil {
+				return nil, nil, err
+			}
+			return l.policy, l.resolved, nil
+		},
 		Notify:   func(s string) { daemon.SdNotify(false, s) },
 		Debounce: *debounce, Recheck: *recheck, AuditInterval: audit,
-		InsecurePerms: *insecure, RemoveOnExit: *removeOnExit, BindGuardCgroup: *bg.cgroup,
+		RemoveOnExit: *removeOnExit, WatchFiles: watchFiles,
 	})
 	if err != nil {
 		log.Error("start", "err", err)

@@ -1,84 +1,159 @@
-// Package engine runs portfw's pipeline for the CLI and the daemon alike:
-// load (parse and resolve a policy file), prepare (read this namespace's
-// sysctls, plan them, compile) and sync (make the kernel match, in one
-// transaction, with the sysctls in the safe order).
+// Package engine carries portfw's pipeline to the host for the CLI and the
+// daemon alike: Prepare reads the namespace (sysctls, recorded state, what
+// the bind guard can do) and decides everything; Sync makes the kernel
+// match, in the order that keeps every reserved and every low port guarded
+// at every moment; Remove undoes it.
 //
-// Load and the compiler are pure apart from the user database; Prepare is
-// the only step that reads sysctls; Sync is the only one that writes.
+// Every host effect sits behind one small interface in Host (nftables,
+// sysctls, the state store and lock, the bind guard, the socket list), each
+// with a fake, so the ordering is tested without a kernel and nothing else
+// in portfw touches the host.
 package engine
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
 	"fmt"
+	"strconv"
+	"time"
 
+	"github.com/portfw/portfw/audit"
 	"github.com/portfw/portfw/bindguard"
 	"github.com/portfw/portfw/compiler"
+	"github.com/portfw/portfw/internal/state"
+	"github.com/portfw/portfw/internal/sysctl"
 	"github.com/portfw/portfw/internal/tune"
+	"github.com/portfw/portfw/model"
 	"github.com/portfw/portfw/nft"
 	"github.com/portfw/portfw/policy"
 )
 
-// Prepared is a resolved policy made ready for this namespace: its sysctl
-// plan and the ruleset, which holds the plan's guard entries.
-type Prepared struct {
+// Guard is the bind guard as one network namespace uses it
+// (bindguard.Namespace; bindguard.Fake in tests).
+type Guard interface {
+	// Supported returns nil when the guard can run here, or why not.
+	Supported() error
+	// Apply makes the guard enforce spec in the namespace.
+	Apply(spec bindguard.Spec) error
+	// Remove takes the namespace's policy out; it reports whether there was one.
+	Remove() (bool, error)
+	// Status reports the guard and the namespace's part of it.
+	Status() (bindguard.Info, error)
+	// Sweep removes the entries of namespaces that no longer exist.
+	Sweep() ([]uint64, error)
+}
+
+var (
+	_ Guard = (*bindguard.Namespace)(nil)
+	_ Guard = (*bindguard.Fake)(nil)
+)
+
+// Host is every effect portfw has on one network namespace.
+type Host struct {
+	Tables  nft.Kernel
+	Sysctls sysctl.Sysctls
+	State   state.Store
+	Lock    state.Locker
+	Guard   Guard
+	// Sockets lists the namespace's bound sockets, for reporting squatters
+	// that bound a reserved port before the guard could refuse them. Nil
+	// reports none.
+	Sockets func() ([]audit.Socket, error)
+}
+
+// Engine runs the pipeline on a Host.
+type Engine struct {
+	Host Host
+	// LockWait bounds how long a one-shot command waits for the namespace's
+	// lock; the daemon does not wait.
+	LockWait time.Duration
+}
+
+// Lock takes the namespace's lock (see state.Locker).
+func (e *Engine) Lock() (func(), error) { return e.Host.Lock.Lock(e.LockWait) }
+
+// GuardPlan is what Sync does with the bind guard.
+type GuardPlan struct {
+	Mode model.BindGuardMode
+	On   bool
+	// Note says why auto left the guard off.
+	Note string
+	Spec bindguard.Spec
+	// Digest identifies Spec, recorded in the state.
+	Digest string
+}
+
+// Plan is everything Sync will do, decided before anything changes.
+type Plan struct {
 	Path     string
 	Policy   *policy.Policy
-	Resolved *policy.Resolved
+	Resolved *model.Resolved // with the root-only guard entries
 	Ruleset  *compiler.Ruleset
-
-	Plan      tune.Plan
-	State     tune.State
-	StatePath string
-	// HostErr is set when the sysctls or the state file could not be read:
-	// the ruleset then has no guard and Sync refuses to run.
-	HostErr error
-
-	// BindGuard says whether the eBPF bind guard runs (settings.bind_guard
-	// and what the kernel supports); BindGuardNote says why auto left it
-	// off; BindGuardErr is set when the policy asks for it (on) and the
-	// kernel cannot: Sync then refuses before touching anything.
-	BindGuard     bool
-	BindGuardNote string
-	BindGuardErr  error
-	// BindGuardCgroup narrows the guard to a cgroup v2 subtree; empty is
-	// the whole hierarchy. Set by the caller.
-	BindGuardCgroup string
+	Digest   string // identifies Ruleset, recorded in the state
+	Sysctls  tune.Plan
+	Host     tune.Host
+	State    state.State
+	Guard    GuardPlan
 }
 
-// bindGuardSupported is bindguard.Supported; tests replace it.
-var bindGuardSupported = bindguard.Supported
+// Notes are what Sync decided and why, for the admin to read; Warnings what
+// works against the policy. Both are in the order they matter.
+func (p *Plan) Notes() []string { return p.Sysctls.Notes }
 
-// Load parses, validates and resolves a policy file. Policy problems come
-// back as policy.Errors.
-func Load(path string, r policy.Resolver) (*policy.Resolved, *policy.Policy, error) {
-	return policy.Load(path, r)
+// Warnings lists what in the host works against the policy.
+func (p *Plan) Warnings() []string {
+	w := p.Sysctls.Warnings
+	if p.Guard.Note != "" {
+		w = append([]string{p.Guard.Note}, w...)
+	}
+	return w
 }
 
-// Prepare plans the sysctls of the calling process's network namespace
-// for a resolved policy and compiles it. It does not modify res.
-func Prepare(path string, pol *policy.Policy, res *policy.Resolved) *Prepared {
+func digest(s string) string {
+	h := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(h[:16])
+}
+
+// Prepare decides what applying res (parsed from pol at path) does in this
+// namespace. It reads the sysctls, the state and the guard's support, and
+// changes nothing. It fails, before anything could change, for a policy the
+// host cannot have safely: bind_guard on where the guard cannot run, a
+// threshold it cannot set, a starved ephemeral range, an unreadable state.
+func (e *Engine) Prepare(path string, pol *policy.Policy, res *model.Resolved) (*Plan, error) {
 	r := *res
-	p := &Prepared{Path: path, Policy: pol, Resolved: &r}
-	p.BindGuard, p.BindGuardNote, p.BindGuardErr = bindguard.Decide(r.Settings.BindGuard, bindGuardSupported)
-	p.Plan, p.State, p.StatePath, p.HostErr = planHost(&r, p.BindGuard)
-	if p.HostErr == nil {
-		r.Guard = p.Plan.Guard
+	p := &Plan{Path: path, Policy: pol, Resolved: &r}
+	var err error
+	if p.State, err = e.Host.State.Load(); err != nil {
+		if errors.Is(err, state.ErrCorrupt) {
+			return nil, fmt.Errorf("%w; `portfw remove` restores the safest values (the threshold back to 1024 or above) and starts over", err)
+		}
+		return nil, err
 	}
+	supported := func() error {
+		if e.Host.Guard == nil {
+			return fmt.Errorf("%w: no guard on this host", bindguard.ErrNotSupported)
+		}
+		return e.Host.Guard.Supported()
+	}
+	p.Guard.Mode = r.Settings.BindGuard
+	if p.Guard.On, p.Guard.Note, err = bindguard.Decide(r.Settings.BindGuard, supported); err != nil {
+		return nil, err
+	}
+	if p.Host, err = tune.ReadHost(e.Host.Sysctls); err != nil {
+		return nil, fmt.Errorf("read this namespace's sysctls: %w", err)
+	}
+	if p.Sysctls, err = tune.Compute(&r, p.Host, p.State, p.Guard.On); err != nil {
+		return nil, err
+	}
+	r.Guard = p.Sysctls.Guard
 	p.Ruleset = compiler.Compile(&r)
-	return p
-}
-
-func planHost(res *policy.Resolved, bindGuard bool) (tune.Plan, tune.State, string, error) {
-	h, err := tune.ReadHost()
-	if err != nil {
-		return tune.Plan{}, tune.State{}, "", err
+	p.Digest = digest(p.Ruleset.String())
+	if p.Guard.On {
+		p.Guard.Spec = bindguard.FromResolved(&r)
+		p.Guard.Digest = digest(p.Guard.Spec.String())
 	}
-	h.BindGuard = bindGuard
-	st, path, err := tune.LoadState()
-	if err != nil {
-		return tune.Plan{}, st, path, err
-	}
-	p, err := tune.Compute(res, h, st)
-	return p, st, path, err
+	return p, nil
 }
 
 // Mode says how Sync changed the table.
@@ -90,114 +165,413 @@ const (
 	ModeReplace Mode = "replace" // the whole table replaced in one transaction
 )
 
+// GuardChange is what Sync did to the bind guard.
+type GuardChange string
+
+const (
+	GuardUnchanged GuardChange = "unchanged"
+	GuardUpdated   GuardChange = "updated"
+	GuardRemoved   GuardChange = "removed"
+	GuardOff       GuardChange = "off"
+)
+
 // Result is what Sync did (or, dry, would do).
 type Result struct {
 	Changes compiler.Changes
-	Sysctls []string // "name: old -> new"
 	Mode    Mode
-	// BindGuard is set when the bind guard was installed or updated.
-	BindGuard bool
+	Sysctls []string // "name: old -> new"
+	Guard   GuardChange
+	// Read is false when the table was known to be in sync from the
+	// generation of portfw's last commit, without reading it.
+	Read bool
+	// OldTable names a table of an earlier policy (settings.table
+	// changed) that the transaction deleted.
+	OldTable string
+	// Squatters are sockets of non-owners on reserved ports, bound before
+	// the guard could refuse them: their traffic is dropped.
+	Squatters []audit.Finding
+	// Swept counts guard entries of deleted namespaces removed.
+	Swept int
+	// Warnings are problems of the steps after the commit that did not
+	// fail the sync (a sweep that could not tell, a socket list that failed).
+	Warnings []string
 }
 
 // InSync reports whether nothing needed to change.
-func (r Result) InSync() bool { return r.Changes.InSync() && len(r.Sysctls) == 0 }
-
-// Sync makes the kernel enforce p: a change that only adds or removes
-// elements goes in as one element transaction, anything else replaces the
-// table in one transaction; the sysctls change around it in the order
-// that keeps every low port guarded. With dry set nothing is changed.
-func Sync(k nft.Kernel, p *Prepared, dry bool) (Result, error) {
-	cur, err := nft.ReadOrNil(k, p.Ruleset.Table)
-	if err != nil {
-		return Result{}, err
-	}
-	return SyncFrom(k, p, cur, dry)
+func (r Result) InSync() bool {
+	return r.Changes.InSync() && len(r.Sysctls) == 0 && r.OldTable == "" && (r.Guard == GuardUnchanged || r.Guard == GuardOff)
 }
 
-// SyncFrom is Sync with the kernel's table already known: cur is what it
-// holds (nil: no table). The daemon uses it for reloads when no other
-// process has committed since its own last transaction: reading a 10k
-// reservation table back costs ~0.3 s, the change itself a few ms.
-func SyncFrom(k nft.Kernel, p *Prepared, cur *compiler.Ruleset, dry bool) (Result, error) {
-	if p.HostErr != nil {
-		return Result{}, fmt.Errorf("read sysctls: %w", p.HostErr)
-	}
-	if p.BindGuardErr != nil {
-		return Result{}, fmt.Errorf("bind_guard: on: %w", p.BindGuardErr)
-	}
-	var err error
-	changes, delta, deltaOK := compiler.Compare(cur, p.Ruleset)
-	res := Result{Changes: changes, Sysctls: p.Plan.Changes(), Mode: ModeNone}
-	if dry {
-		return res, nil
-	}
-	// The guard goes on before the table and the sysctls change, so owners
-	// keep their low ports while a threshold portfw had lowered goes back
-	// up; it refuses binds and grants owners theirs, so it is safe ahead
-	// of the table. It is rewritten only when something changed or it is
-	// missing (an update at 10k reservations takes ~0.2 s).
-	if p.BindGuard {
-		if res.BindGuard, err = syncBindGuard(p, !res.InSync()); err != nil {
-			return res, err
-		}
-	}
-	if res.InSync() {
-		return res, nil
-	}
-	_, err = tune.Apply(p.Plan, p.State, p.StatePath, p.Ruleset.Table, func() error {
-		if res.Changes.InSync() {
-			return nil
-		}
-		if deltaOK {
-			res.Mode = ModeDelta
-			return k.ApplyDelta(delta)
-		}
-		res.Mode = ModeReplace
-		return k.Apply(p.Ruleset)
-	})
+// PartialError is returned by Sync when the table went in and a later step
+// failed: the kernel enforces the new table, and Err says what is missing.
+type PartialError struct {
+	Done string
+	Err  error
+}
+
+func (e *PartialError) Error() string { return e.Done + ", but " + e.Err.Error() }
+func (e *PartialError) Unwrap() error { return e.Err }
+
+// commitRetries bounds how often Sync re-reads the table when another
+// process commits between its read and its commit.
+const commitRetries = 5
+
+// Sync makes the kernel enforce p. The caller holds the namespace's lock
+// (Lock) from before Prepare. Order, each step only after the one before
+// succeeded:
+//
+//  1. the bind guard, when on: it refuses non-owners and grants owners
+//     their low ports, so it is safe ahead of everything;
+//  2. the state, with the values portfw is about to change;
+//  3. a threshold going up;
+//  4. the table, in one transaction (an element delta when only
+//     membership changed), committed on the generation it was read at: a
+//     change by another process in between makes Sync read again instead
+//     of overwriting it; a table of an earlier policy goes in the same
+//     transaction;
+//  5. a threshold going down, then ip_local_reserved_ports;
+//  6. a guard the policy no longer asks for goes;
+//  7. the state, with the new generation and digests.
+//
+// A failure before 4 leaves the previous table; after 4 it is a
+// *PartialError: the new table stays (it is at least as strict), and the
+// error says what did not happen. With dry set nothing changes.
+func (e *Engine) Sync(p *Plan, dry bool) (Result, error) {
+	h := e.Host
+	st := p.State
+	table := p.Ruleset.Table
+	res := Result{Mode: ModeNone, Sysctls: p.Sysctls.Changes(), Guard: GuardUnchanged}
+
+	guardOK, err := e.guardInSync(p)
 	if err != nil {
 		return res, err
 	}
-	// A guard the policy no longer asks for goes once the table and the
-	// threshold are in place.
-	if !p.BindGuard && bindGuardSupported() == nil {
-		if _, err := bindguard.Remove(); err != nil {
+	if !p.Guard.On {
+		res.Guard = GuardOff
+		if !guardOK {
+			res.Guard = GuardRemoved
+		}
+	} else if !guardOK {
+		res.Guard = GuardUpdated
+	}
+	gen, err := h.Tables.Gen()
+	if err != nil {
+		return res, err
+	}
+	if st.Gen != 0 && st.Gen == gen && st.Digest == p.Digest && st.Table == table {
+		// Nobody committed since portfw's last commit here, which made
+		// exactly this table.
+		if !dry && res.InSync() {
+			e.afterSync(p, &res)
+		}
+		if res.InSync() || dry {
+			return res, nil
+		}
+	}
+
+	var cur *compiler.Ruleset
+	var delta compiler.Delta
+	deltaOK := false
+	read := func() error {
+		var err error
+		if gen, err = h.Tables.Gen(); err != nil {
+			return err
+		}
+		if cur, err = nft.ReadOrNil(h.Tables, table); err != nil {
+			return err
+		}
+		res.Read = true
+		res.Changes, delta, deltaOK = compiler.Compare(cur, p.Ruleset)
+		res.OldTable = ""
+		if st.Table != "" && st.Table != table {
+			old, err := h.Tables.HasTable(st.Table)
+			if err != nil {
+				return err
+			}
+			if old {
+				res.OldTable = st.Table
+			}
+		}
+		return nil
+	}
+	if err := read(); err != nil {
+		return res, err
+	}
+	if dry || res.InSync() {
+		if !dry {
+			// In sync, but the state did not know it (first apply of an
+			// unchanged table, or another process committed something
+			// else): record the generation so the next apply needs no read.
+			st.Table, st.Gen, st.Digest = table, gen, p.Digest
+			if err := h.State.Save(st); err != nil {
+				return res, err
+			}
+			e.afterSync(p, &res)
+		}
+		return res, nil
+	}
+
+	// 1. The guard.
+	if p.Guard.On && res.Guard == GuardUpdated {
+		if err := h.Guard.Apply(p.Guard.Spec); err != nil {
+			return res, fmt.Errorf("install the bind guard: %w; nothing else was changed", err)
+		}
+	}
+	// 2. The state, before any sysctl changes.
+	pending := st
+	pending.Table = table
+	if p.Sysctls.Threshold != p.Sysctls.Original && pending.UnprivPortStartOriginal == nil {
+		orig := p.Sysctls.Original
+		pending.UnprivPortStartOriginal = &orig
+	}
+	pending.ReservedPortsAdded = st.ReservedPortsAdded.Union(p.Sysctls.Added)
+	pending.Gen, pending.Digest = 0, ""
+	if p.Guard.On {
+		pending.GuardDigest = p.Guard.Digest
+	}
+	if err := h.State.Save(pending); err != nil {
+		return res, err
+	}
+	// 3. A threshold going up.
+	if p.Sysctls.Threshold > p.Sysctls.Current {
+		if err := h.Sysctls.Set(tune.UnprivPortStart, strconv.Itoa(p.Sysctls.Threshold)); err != nil {
+			return res, fmt.Errorf("%w; the table was not changed", err)
+		}
+	}
+	// 4. The table.
+	var newGen uint32
+	for attempt := 0; ; attempt++ {
+		tx := new(nft.Tx)
+		if res.Changes.InSync() {
+			// only the old table to delete
+		} else if deltaOK {
+			res.Mode = ModeDelta
+			tx.Delta(delta)
+		} else {
+			res.Mode = ModeReplace
+			tx.Replace(p.Ruleset)
+		}
+		if res.OldTable != "" {
+			tx.Remove(res.OldTable)
+		}
+		newGen, err = h.Tables.Commit(tx, gen)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, nft.ErrChanged) || attempt == commitRetries {
+			return res, fmt.Errorf("apply table inet %s: %w; the kernel keeps its previous table", table, err)
+		}
+		// Another process committed between the read and the commit.
+		if err := read(); err != nil {
 			return res, err
 		}
 	}
+	done := fmt.Sprintf("table inet %s was applied", table)
+	// 5. A threshold going down, then the reserved ports.
+	if p.Sysctls.Threshold < p.Sysctls.Current {
+		if err := h.Sysctls.Set(tune.UnprivPortStart, strconv.Itoa(p.Sysctls.Threshold)); err != nil {
+			return res, &PartialError{done, fmt.Errorf("%w; the threshold stays %d", err, p.Sysctls.Current)}
+		}
+	}
+	if p.Sysctls.ReservedPorts.String() != p.Sysctls.CurrentReserved.String() {
+		if err := h.Sysctls.Set(tune.ReservedPorts, p.Sysctls.ReservedPorts.String()); err != nil {
+			return res, &PartialError{done, fmt.Errorf("%w; reserved ports in the ephemeral range may be picked as local ports "+
+				"of outgoing connections, whose traffic portfw then drops", err)}
+		}
+	}
+	// 6. A guard no longer asked for.
+	if !p.Guard.On && res.Guard == GuardRemoved {
+		if _, err := h.Guard.Remove(); err != nil {
+			return res, &PartialError{done, fmt.Errorf("removing the bind guard failed: %w", err)}
+		}
+		pending.GuardDigest = ""
+	}
+	// 7. The state.
+	final := pending
+	final.Gen, final.Digest = newGen, p.Digest
+	final.ReservedPortsAdded = p.Sysctls.Added
+	if p.Sysctls.Threshold == p.Sysctls.Original {
+		final.UnprivPortStartOriginal = nil
+	}
+	if err := h.State.Save(final); err != nil {
+		return res, &PartialError{done, err}
+	}
+	e.afterSync(p, &res)
 	return res, nil
 }
 
-func syncBindGuard(p *Prepared, changed bool) (bool, error) {
-	if !changed {
-		if st, err := bindguard.Status(); err == nil && st.Installed {
-			return false, nil
+// guardInSync reports whether the guard holds what p asks of it: the
+// state's digest matches and the kernel still has the namespace's entry
+// (on), or portfw has no entry here (off).
+func (e *Engine) guardInSync(p *Plan) (bool, error) {
+	if !p.Guard.On {
+		if p.State.GuardDigest == "" {
+			return true, nil
 		}
+		if e.Host.Guard == nil || e.Host.Guard.Supported() != nil {
+			return true, nil // nothing to remove it with; it cannot be running
+		}
+		return false, nil
 	}
-	if err := bindguard.Apply(bindguard.FromResolved(p.Resolved), p.BindGuardCgroup); err != nil {
-		return false, fmt.Errorf("apply bind guard: %w", err)
+	if p.State.GuardDigest != p.Guard.Digest {
+		return false, nil
 	}
-	return true, nil
+	info, err := e.Host.Guard.Status()
+	if err != nil {
+		return false, fmt.Errorf("read the bind guard: %w", err)
+	}
+	return info.Active, nil
 }
 
-// Remove restores the sysctls portfw changed in this namespace and deletes
-// the table, threshold first. It reports whether there was a table.
-func Remove(k nft.Kernel, table string) (bool, tune.State, error) {
-	st, statePath, err := tune.LoadState()
-	if err != nil {
-		return false, st, err
-	}
-	// The guard goes first: remove leaves no layer behind.
-	if bindGuardSupported() == nil {
-		if _, err := bindguard.Remove(); err != nil {
-			return false, st, err
+// afterSync sweeps the guard entries of deleted namespaces and lists the
+// squatters that bound before the guard: neither changes this namespace's
+// enforcement, so their failures are warnings.
+func (e *Engine) afterSync(p *Plan, res *Result) {
+	if p.Guard.On {
+		swept, err := e.Host.Guard.Sweep()
+		res.Swept = len(swept)
+		if err != nil {
+			res.Warnings = append(res.Warnings, "bind guard: entries of deleted namespaces not swept: "+err.Error())
 		}
 	}
-	found := false
-	err = tune.Remove(st, statePath, func() error {
-		var err error
-		found, err = k.Remove(table)
-		return err
-	})
-	return found, st, err
+	if e.Host.Sockets != nil {
+		socks, err := e.Host.Sockets()
+		if err != nil {
+			res.Warnings = append(res.Warnings, "cannot list sockets to look for squatters: "+err.Error())
+			return
+		}
+		for _, f := range audit.Classify(p.Resolved, socks).Findings {
+			if f.Verdict == audit.Squatter {
+				res.Squatters = append(res.Squatters, f)
+			}
+		}
+	}
+}
+
+// RemoveResult is what Remove did.
+type RemoveResult struct {
+	// Tables are the tables deleted (those that existed).
+	Tables []string
+	// Guard is true when the namespace's guard entries were removed.
+	Guard bool
+	// Restored lists the sysctls written back, "name: old -> new".
+	Restored []string
+	// Corrupt is set when the state could not be read: the threshold was
+	// set to the safest value instead of the recorded one, and reserved
+	// ports portfw may have added were left in place.
+	Corrupt error
+}
+
+// Remove undoes portfw in this namespace: the threshold goes back up
+// first (so no low port is ever bindable by anyone and unguarded), then the
+// guard, then the tables (the state's and those named), then the reserved
+// ports, then the state. It needs no policy. The caller holds the lock.
+func (e *Engine) Remove(tables ...string) (RemoveResult, error) {
+	h := e.Host
+	var rr RemoveResult
+	st, err := h.State.Load()
+	if err != nil {
+		if !errors.Is(err, state.ErrCorrupt) {
+			return rr, err
+		}
+		rr.Corrupt = err
+	}
+	cur, err := tune.ReadHost(h.Sysctls)
+	if err != nil {
+		return rr, fmt.Errorf("read this namespace's sysctls: %w", err)
+	}
+	restore := -1
+	switch {
+	case rr.Corrupt != nil && cur.UnprivPortStart < 1024:
+		// Nobody knows what it was: the kernel's default is the safe value.
+		restore = 1024
+	case rr.Corrupt == nil && st.UnprivPortStartOriginal != nil && *st.UnprivPortStartOriginal != cur.UnprivPortStart:
+		restore = *st.UnprivPortStartOriginal
+	}
+	if restore >= 0 {
+		if err := h.Sysctls.Set(tune.UnprivPortStart, strconv.Itoa(restore)); err != nil {
+			return rr, fmt.Errorf("%w; nothing was removed", err)
+		}
+		rr.Restored = append(rr.Restored, fmt.Sprintf("%s: %d -> %d", tune.UnprivPortStart, cur.UnprivPortStart, restore))
+	}
+	if h.Guard != nil && h.Guard.Supported() == nil {
+		if rr.Guard, err = h.Guard.Remove(); err != nil {
+			return rr, fmt.Errorf("remove the bind guard: %w", err)
+		}
+	}
+	names := tables
+	if st.Table != "" {
+		names = append([]string{st.Table}, tables...)
+	}
+	tx := new(nft.Tx)
+	seen := map[string]bool{}
+	for _, name := range names {
+		if seen[name] {
+			continue
+		}
+		seen[name] = true
+		ok, err := h.Tables.HasTable(name)
+		if err != nil {
+			return rr, err
+		}
+		if ok {
+			tx.Remove(name)
+			rr.Tables = append(rr.Tables, name)
+		}
+	}
+	if !tx.Empty() {
+		if _, err := h.Tables.Commit(tx, 0); err != nil {
+			return rr, fmt.Errorf("delete tables: %w", err)
+		}
+	}
+	if rr.Corrupt == nil && len(st.ReservedPortsAdded) > 0 {
+		next := cur.ReservedPorts.Minus(st.ReservedPortsAdded)
+		if err := h.Sysctls.Set(tune.ReservedPorts, next.String()); err != nil {
+			return rr, err
+		}
+		rr.Restored = append(rr.Restored, fmt.Sprintf("%s: %q -> %q", tune.ReservedPorts, cur.ReservedPorts, next))
+	}
+	return rr, h.State.Delete()
+}
+
+// Status is what portfw holds in this namespace.
+type Status struct {
+	// Table is the table read (nil: not installed).
+	Table *compiler.Ruleset
+	// State is what portfw recorded; StateErr why it could not be read.
+	State    state.State
+	StateErr error
+	// Host is the namespace's sysctls; HostErr why they could not be read.
+	Host    tune.Host
+	HostErr error
+	// Guard is the bind guard; GuardErr why it could not be read, or why
+	// it cannot run here.
+	Guard    bindguard.Info
+	GuardErr error
+}
+
+// Status reads the namespace: the named table (the state's when empty),
+// the state, the sysctls and the guard. It changes nothing and needs no
+// lock.
+func (e *Engine) Status(table string) (Status, error) {
+	h := e.Host
+	var s Status
+	s.State, s.StateErr = h.State.Load()
+	if table == "" {
+		table = s.State.Table
+	}
+	if table == "" {
+		table = model.DefaultTable
+	}
+	var err error
+	if s.Table, err = nft.ReadOrNil(h.Tables, table); err != nil {
+		return s, err
+	}
+	s.Host, s.HostErr = tune.ReadHost(h.Sysctls)
+	if h.Guard == nil {
+		s.GuardErr = bindguard.ErrNotSupported
+	} else if s.GuardErr = h.Guard.Supported(); s.GuardErr == nil {
+		s.Guard, s.GuardErr = h.Guard.Status()
+	}
+	return s, nil
 }

@@ -10,10 +10,11 @@ import (
 
 	"github.com/portfw/portfw/compiler"
 	"github.com/portfw/portfw/policy"
+	"github.com/portfw/portfw/resolve"
 )
 
 // Users is the fake user database every test policy resolves against.
-var Users = policy.Static{
+var Users = resolve.Static{
 	Users:  map[string]uint32{"www-data": 33, "alice": 1000, "_sipd": 5060, "_dnsd": 5353},
 	Groups: map[string]uint32{"voip": 2000},
 }
@@ -29,7 +30,7 @@ func CompileFile(t testing.TB, path string) *compiler.Ruleset {
 	if err != nil {
 		t.Fatalf("parse: %v", err)
 	}
-	r, err := policy.Resolve(p, Users)
+	r, err := resolve.Resolve(p, Users)
 	if err != nil {
 		t.Fatalf("resolve: %v", err)
 	}

@@ -4,8 +4,10 @@
 // anyone else changes portfw's table. An invalid policy never replaces a
 // good one: the last good policy stays enforced and the error is logged.
 //
-// All kernel work goes through engine.Sync, so a reload that only changes
-// membership is an element delta and anything else one atomic replace.
+// The daemon holds its network namespace's lock for as long as it runs, so
+// a second daemon (or a one-shot apply) refuses instead of fighting over
+// the table. Every host effect goes through package engine; time comes from
+// a clock.Clock, so tests drive the debounce and the periodic checks.
 package watch
 
 import (
@@ -22,69 +24,71 @@ import (
 	"github.com/fsnotify/fsnotify"
 
 	"github.com/portfw/portfw/audit"
-	"github.com/portfw/portfw/compiler"
+	"github.com/portfw/portfw/internal/clock"
 	"github.com/portfw/portfw/internal/engine"
-	"github.com/portfw/portfw/nft"
+	"github.com/portfw/portfw/model"
 	"github.com/portfw/portfw/policy"
 )
 
 // Config is what the daemon needs; zero durations take the defaults.
 type Config struct {
-	Path     string
-	Kernel   nft.Kernel
-	Resolver policy.Resolver
-	Log      *slog.Logger
+	Path   string
+	Engine *engine.Engine
+	// Load reads, checks and resolves the policy at path.
+	Load func(path string) (*policy.Policy, *model.Resolved, error)
+	Log  *slog.Logger
 	// KernelChanges signals that some nftables transaction committed
 	// (nft.WatchChanges); nil leaves drift to the periodic recheck.
 	KernelChanges <-chan struct{}
 	// Reload receives SIGHUP.
 	Reload <-chan os.Signal
+	// Forget drops cached user lookups; called on SIGHUP. May be nil.
+	Forget func()
 	// Notify sends a systemd notification ("READY=1"); may be nil.
 	Notify func(state string)
+	Clock  clock.Clock
 
 	Debounce      time.Duration // quiet time before acting on a burst of events; 10ms
 	Recheck       time.Duration // periodic comparison with the kernel, a fallback; 30s
-	AuditInterval time.Duration // how often to look for squatters; 60s; < 0 turns it off
-	InsecurePerms bool          // accept a policy writable by others than root
+	AuditInterval time.Duration // how often to look for squatters and sweep; 60s; < 0 turns it off
 	RemoveOnExit  bool          // remove the table and restore sysctls on SIGTERM
-	// UserDB are the files names resolve through; a change re-resolves.
-	UserDB []string
-	// BindGuardCgroup narrows the bind guard (settings.bind_guard) to a
-	// cgroup v2 subtree; empty is the whole hierarchy.
-	BindGuardCgroup string
-
-	// Sync makes the kernel match p: engine.SyncFrom(cur) when known,
-	// else engine.Sync (which reads the table). Scan is audit.Scan. Tests
-	// replace them.
-	Sync func(k nft.Kernel, p *engine.Prepared, cur *compiler.Ruleset, known bool) (engine.Result, error)
-	Scan func(*policy.Resolved) (audit.Report, error)
+	// WatchFiles are other files whose change means a reload: the user
+	// database names resolve through.
+	WatchFiles []string
+	// FileEvents, when set, replaces watching the file system: each value
+	// is the path of a file that changed (tests).
+	FileEvents <-chan string
+	// Idle, when set, is called each time the daemon waits for work
+	// (tests).
+	Idle func()
 }
+
+// errorRepeat is how often a failure that keeps happening is logged again.
+const errorRepeat = 10 * time.Minute
 
 // Daemon is one running watch.
 type Daemon struct {
 	cfg      Config
-	good     *policy.Resolved // last good policy; nil until one loads
+	good     *model.Resolved // last good policy; nil until one loads
 	goodPol  *policy.Policy
-	rejected [sha256.Size]byte // the last rejected content, logged once
+	plan     *engine.Plan // of the last enforce that got that far
+	rejected [sha256.Size]byte
 	tracker  audit.Tracker
-	// applied is the table as this daemon last made it, trusted (known)
-	// until another process commits to nftables: then, and for periodic
-	// checks, the table is read back instead.
-	applied *compiler.Ruleset
-	known   bool
-	// notified is whether change notifications arrive at all; without
-	// them nothing tells the daemon about others' commits, so it always
-	// reads the table.
-	notified bool
+	// lastGen is the ruleset generation of the daemon's own last commit
+	// (or check): a change notification whose generation is still this
+	// one is the daemon's own.
+	lastGen uint32
+	// failure is the last failure logged, so that one that repeats is
+	// logged once and then every errorRepeat.
+	failure     string
+	failureAt   time.Time
+	failureSeen int
 }
 
 // New checks cfg and fills in defaults.
 func New(cfg Config) (*Daemon, error) {
-	if cfg.Path == "" || cfg.Kernel == nil || cfg.Log == nil {
-		return nil, errors.New("watch: Path, Kernel and Log are required")
-	}
-	if cfg.Resolver == nil {
-		cfg.Resolver = policy.System{}
+	if cfg.Path == "" || cfg.Engine == nil || cfg.Load == nil || cfg.Log == nil {
+		return nil, errors.New("watch: Path, Engine, Load and Log are required")
 	}
 	if cfg.Debounce == 0 {
 		cfg.Debounce = 10 * time.Millisecond
@@ -95,103 +99,109 @@ func New(cfg Config) (*Daemon, error) {
 	if cfg.AuditInterval == 0 {
 		cfg.AuditInterval = time.Minute
 	}
-	if cfg.UserDB == nil {
-		cfg.UserDB = []string{"/etc/passwd", "/etc/group"}
-	}
-	if cfg.Sync == nil {
-		cfg.Sync = func(k nft.Kernel, p *engine.Prepared, cur *compiler.Ruleset, known bool) (engine.Result, error) {
-			if known {
-				return engine.SyncFrom(k, p, cur, false)
-			}
-			return engine.Sync(k, p, false)
-		}
-	}
-	if cfg.Scan == nil {
-		cfg.Scan = audit.Scan
-	}
 	if cfg.Notify == nil {
 		cfg.Notify = func(string) {}
 	}
-	return &Daemon{cfg: cfg, notified: cfg.KernelChanges != nil}, nil
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real{}
+	}
+	return &Daemon{cfg: cfg}, nil
 }
 
-// Run applies the policy and keeps the kernel in step until ctx ends. It
-// returns nil on a normal stop, leaving the rules in place (the kernel
-// keeps enforcing) unless RemoveOnExit.
+// Run takes the namespace's lock, applies the policy and keeps the kernel
+// in step until ctx ends. It returns nil on a normal stop, leaving the
+// rules in place (the kernel keeps enforcing) unless RemoveOnExit.
 func (d *Daemon) Run(ctx context.Context) error {
-	w, err := fsnotify.NewWatcher()
+	unlock, err := d.cfg.Engine.Host.Lock.Lock(0)
 	if err != nil {
-		return fmt.Errorf("watch policy: %w", err)
+		return err
 	}
-	defer w.Close()
-	for _, dir := range d.watchDirs() {
-		if err := w.Add(dir); err != nil {
-			return fmt.Errorf("watch %s: %w", dir, err)
+	defer unlock()
+	events := d.cfg.FileEvents
+	var watchErrs <-chan error
+	if events == nil {
+		w, err := fsnotify.NewWatcher()
+		if err != nil {
+			return fmt.Errorf("watch policy: %w", err)
 		}
+		defer w.Close()
+		for _, dir := range d.watchDirs() {
+			if err := w.Add(dir); err != nil {
+				return fmt.Errorf("watch %s: %w", dir, err)
+			}
+		}
+		names := make(chan string)
+		go func() {
+			defer close(names)
+			for ev := range w.Events {
+				select {
+				case names <- ev.Name:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}()
+		events, watchErrs = names, w.Errors
 	}
 
 	d.reload("start")
-	d.notifyReady()
 
-	// One timer per kind of pending work, each debounced: a burst of
-	// file events (an editor's rename dance, a ConfigMap's symlink swap)
-	// is one reload, and our own transaction's notification one check.
-	reloadT := stoppedTimer()
-	checkT := stoppedTimer()
-	recheck := time.NewTicker(d.cfg.Recheck)
+	// One timer per kind of pending work, each debounced: a burst of file
+	// events (an editor's rename dance, a ConfigMap's symlink swap) is one
+	// reload, and a burst of kernel notifications one check.
+	clk := d.cfg.Clock
+	reloadT, checkT := clk.NewTimer(), clk.NewTimer()
+	recheck := clk.NewTicker(d.cfg.Recheck)
 	defer recheck.Stop()
 	var auditC <-chan time.Time
 	if d.cfg.AuditInterval > 0 {
-		t := time.NewTicker(d.cfg.AuditInterval)
+		t := clk.NewTicker(d.cfg.AuditInterval)
 		defer t.Stop()
-		auditC = t.C
+		auditC = t.C()
 		d.audit()
 	}
 	changes := d.cfg.KernelChanges
 	for {
+		if d.cfg.Idle != nil {
+			d.cfg.Idle()
+		}
 		select {
 		case <-ctx.Done():
 			return d.stop()
-		case ev, ok := <-w.Events:
+		case name, ok := <-events:
 			if !ok {
 				return errors.New("watch policy: file watcher closed")
 			}
-			if d.relevant(ev) {
+			if d.relevant(name) {
 				reloadT.Reset(d.cfg.Debounce)
 			}
-		case err := <-w.Errors:
+		case err := <-watchErrs:
 			// An overflowed inotify queue loses events: reload to be sure.
 			d.cfg.Log.Warn("file watcher error; reloading to be safe", "err", err)
 			reloadT.Reset(d.cfg.Debounce)
-		case <-reloadT.C:
+		case <-reloadT.C():
 			d.reload("file changed")
 		case <-d.cfg.Reload:
 			d.cfg.Notify("RELOADING=1")
+			if d.cfg.Forget != nil {
+				d.cfg.Forget()
+			}
 			d.reload("SIGHUP")
-			d.notifyReady()
 		case _, ok := <-changes:
 			if !ok {
 				d.cfg.Log.Warn("nftables change notifications stopped; drift is now caught by the periodic check", "every", d.cfg.Recheck)
-				changes, d.notified, d.known = nil, false, false
+				changes = nil
 				continue
 			}
-			d.known = false
 			checkT.Reset(d.cfg.Debounce)
-		case <-checkT.C:
-			d.enforce("kernel changed")
-		case <-recheck.C:
-			d.known = false
+		case <-checkT.C():
+			d.kernelChanged()
+		case <-recheck.C():
 			d.enforce("periodic check")
 		case <-auditC:
 			d.audit()
 		}
 	}
-}
-
-func stoppedTimer() *time.Timer {
-	t := time.NewTimer(time.Hour)
-	t.Stop()
-	return t
 }
 
 // watchDirs are the directories to watch: editors replace files by
@@ -202,7 +212,7 @@ func (d *Daemon) watchDirs() []string {
 	if real, err := filepath.EvalSymlinks(d.cfg.Path); err == nil {
 		dirs = append(dirs, filepath.Dir(real))
 	}
-	for _, f := range d.cfg.UserDB {
+	for _, f := range d.cfg.WatchFiles {
 		dirs = append(dirs, filepath.Dir(f))
 	}
 	seen := map[string]bool{}
@@ -221,16 +231,16 @@ func (d *Daemon) watchDirs() []string {
 // relevant picks the events that can change what the policy means: the
 // policy file by name, Kubernetes' ..data swaps, the file a symlinked
 // policy points to, and the user database. Editor swap files are not.
-func (d *Daemon) relevant(ev fsnotify.Event) bool {
-	name := filepath.Base(ev.Name)
-	if ev.Name == d.cfg.Path || name == filepath.Base(d.cfg.Path) || strings.HasPrefix(name, "..") {
+func (d *Daemon) relevant(name string) bool {
+	base := filepath.Base(name)
+	if name == d.cfg.Path || base == filepath.Base(d.cfg.Path) || strings.HasPrefix(base, "..") {
 		return true
 	}
-	if real, err := filepath.EvalSymlinks(d.cfg.Path); err == nil && ev.Name == real {
+	if real, err := filepath.EvalSymlinks(d.cfg.Path); err == nil && name == real {
 		return true
 	}
-	for _, f := range d.cfg.UserDB {
-		if ev.Name == f {
+	for _, f := range d.cfg.WatchFiles {
+		if name == f {
 			return true
 		}
 	}
@@ -240,16 +250,9 @@ func (d *Daemon) relevant(ev fsnotify.Event) bool {
 // reload reads the policy; a valid one becomes the good one and is
 // enforced, an invalid one is logged and changes nothing.
 func (d *Daemon) reload(reason string) {
-	data, err := os.ReadFile(d.cfg.Path)
-	if err == nil && !d.cfg.InsecurePerms {
-		err = policy.CheckPerms(d.cfg.Path)
-	}
-	var res *policy.Resolved
-	var pol *policy.Policy
-	if err == nil {
-		res, pol, err = engine.Load(d.cfg.Path, d.cfg.Resolver)
-	}
+	pol, res, err := d.cfg.Load(d.cfg.Path)
 	if err != nil {
+		data, _ := os.ReadFile(d.cfg.Path)
 		h := sha256.Sum256(append(data, err.Error()...))
 		if h != d.rejected || reason == "SIGHUP" {
 			d.rejected = h
@@ -259,6 +262,7 @@ func (d *Daemon) reload(reason string) {
 			}
 			d.cfg.Log.Error("policy rejected; "+state, "reason", reason, "policy", d.cfg.Path, "errors", errorList(err))
 		}
+		d.notifyStatus()
 		return
 	}
 	d.rejected = [sha256.Size]byte{}
@@ -267,88 +271,173 @@ func (d *Daemon) reload(reason string) {
 }
 
 func errorList(err error) string {
-	var es policy.Errors
+	var es *policy.Errors
 	if errors.As(err, &es) {
-		lines := make([]string, len(es))
-		for i, e := range es {
-			lines[i] = e.Error()
+		lines := make([]string, 0, len(es.List)+1)
+		for _, e := range es.List {
+			lines = append(lines, e.Error())
+		}
+		if es.Dropped > 0 {
+			lines = append(lines, fmt.Sprintf("and %d more", es.Dropped))
 		}
 		return strings.Join(lines, "; ")
 	}
 	return err.Error()
 }
 
+// kernelChanged looks at a change notification: nothing to do when the
+// ruleset's generation is still the daemon's own commit's.
+func (d *Daemon) kernelChanged() {
+	if d.lastGen != 0 {
+		if gen, err := d.cfg.Engine.Host.Tables.Gen(); err == nil && gen == d.lastGen {
+			return
+		}
+	}
+	d.enforce("kernel changed")
+}
+
 // enforce makes the kernel match the last good policy. It is how reloads
-// apply and how drift is repaired: Sync reads the table back and changes
-// only what differs.
+// apply and how drift is repaired.
 func (d *Daemon) enforce(reason string) {
+	defer d.notifyStatus()
 	if d.good == nil {
 		return
 	}
-	start := time.Now()
-	// Another process's commit may be pending on the channel while a
-	// reload runs: then the table must be read, not assumed.
-	select {
-	case _, ok := <-d.cfg.KernelChanges:
-		if ok {
-			d.known = false
-		}
-	default:
-	}
-	p := engine.Prepare(d.cfg.Path, d.goodPol, d.good)
-	p.BindGuardCgroup = d.cfg.BindGuardCgroup
-	if p.BindGuardNote != "" && reason == "start" {
-		d.cfg.Log.Warn(p.BindGuardNote)
-	}
-	cur := d.applied
-	if cur != nil && cur.Table != p.Ruleset.Table {
-		d.known = false // settings.table changed: the old table is not ours to compare
-	}
-	r, err := d.cfg.Sync(d.cfg.Kernel, p, cur, d.known && d.notified)
-	took := time.Since(start)
+	e := d.cfg.Engine
+	start := d.cfg.Clock.Now()
+	p, err := e.Prepare(d.cfg.Path, d.goodPol, d.good)
 	if err != nil {
-		d.known = false
-		d.cfg.Log.Error("apply failed; the kernel keeps its previous table", "reason", reason, "err", err)
+		d.fail("policy cannot be enforced here; the kernel was not changed", reason, err)
 		return
 	}
-	d.applied, d.known = p.Ruleset, true
+	if reason == "start" {
+		for _, w := range p.Warnings() {
+			d.cfg.Log.Warn(w)
+		}
+		for _, n := range p.Notes() {
+			d.cfg.Log.Info(n)
+		}
+	}
+	d.plan = p
+	r, err := e.Sync(p, false)
+	took := d.cfg.Clock.Now().Sub(start)
+	var partial *engine.PartialError
+	if err != nil && !errors.As(err, &partial) {
+		d.fail("apply failed", reason, err)
+		return
+	}
+	if st, serr := e.Host.State.Load(); serr == nil {
+		d.lastGen = st.Gen
+	}
+	if err != nil {
+		d.fail("applied only in part", reason, err)
+	} else {
+		d.recovered(reason)
+	}
+	d.report(r)
 	if r.InSync() {
 		if reason == "start" || reason == "SIGHUP" || reason == "file changed" {
 			d.cfg.Log.Info("policy in force", "reason", reason, "policy", d.cfg.Path,
-				"reservations", len(d.good.Reservations), "table", p.Ruleset.Table, "changed", false)
+				"reservations", len(d.good.Reservations), "table", p.Ruleset.Table, "changed", false,
+				"bind_guard", p.Guard.On)
 		}
 		return
 	}
 	attrs := []any{"reason", reason, "policy", d.cfg.Path, "table", p.Ruleset.Table, "mode", r.Mode,
 		"reservations", len(d.good.Reservations),
 		"added", r.Changes.Added, "removed", r.Changes.Removed, "changed", r.Changes.Changed,
-		"sysctls", r.Sysctls, "bind_guard_updated", r.BindGuard, "took_ms", took.Milliseconds()}
+		"sysctls", r.Sysctls, "bind_guard", r.Guard, "took_ms", took.Milliseconds()}
+	if r.OldTable != "" {
+		attrs = append(attrs, "old_table_removed", r.OldTable)
+	}
 	if reason == "kernel changed" || reason == "periodic check" {
-		d.cfg.Log.Warn("drift repaired: portfw's table or sysctls were changed by someone else", attrs...)
+		d.cfg.Log.Warn("drift repaired: portfw's table, guard or sysctls were changed by someone else", attrs...)
 		return
 	}
 	d.cfg.Log.Info("applied", attrs...)
 }
 
-// audit logs each squatter once, when it first appears.
-func (d *Daemon) audit() {
-	if d.good == nil {
-		return
+// report logs what a sync found besides its changes: new squatters, swept
+// guard entries, warnings.
+func (d *Daemon) report(r engine.Result) {
+	for _, f := range d.tracker.New(audit.Report{Findings: r.Squatters}) {
+		d.cfg.Log.Warn("squatter on a reserved port (bound before the guard could refuse it; its traffic is dropped)", "finding", f.String())
 	}
-	rep, err := d.cfg.Scan(d.good)
-	if err != nil {
-		d.cfg.Log.Warn("audit failed", "err", err)
-		return
+	if r.Swept > 0 {
+		d.cfg.Log.Info("bind guard: removed the entries of deleted network namespaces", "count", r.Swept)
 	}
-	for _, f := range d.tracker.New(rep) {
-		d.cfg.Log.Warn("squatter on a reserved port (its traffic is dropped)", "finding", f.String())
+	for _, w := range r.Warnings {
+		d.cfg.Log.Warn(w)
 	}
 }
 
-func (d *Daemon) notifyReady() {
+// fail logs a failure: once when it first happens, then at most every
+// errorRepeat while it keeps happening identically.
+func (d *Daemon) fail(msg, reason string, err error) {
+	text := msg + ": " + err.Error()
+	now := d.cfg.Clock.Now()
+	if text == d.failure && now.Sub(d.failureAt) < errorRepeat {
+		d.failureSeen++
+		return
+	}
+	attrs := []any{"reason", reason, "err", err}
+	if text == d.failure {
+		attrs = append(attrs, "repeated", d.failureSeen+1, "since", d.failureAt.Format(time.RFC3339))
+	}
+	d.failure, d.failureAt, d.failureSeen = text, now, 0
+	d.cfg.Log.Error(msg, attrs...)
+}
+
+func (d *Daemon) recovered(reason string) {
+	if d.failure != "" {
+		d.cfg.Log.Info("recovered: the policy is enforced again", "reason", reason, "after_failures", d.failureSeen+1)
+		d.failure, d.failureSeen = "", 0
+	}
+}
+
+// audit logs each squatter once, when it first appears, and sweeps the
+// bind guard's entries of deleted namespaces.
+func (d *Daemon) audit() {
+	if d.plan == nil {
+		return
+	}
+	h := d.cfg.Engine.Host
+	if h.Sockets != nil {
+		socks, err := h.Sockets()
+		if err != nil {
+			d.cfg.Log.Warn("audit failed", "err", err)
+		} else {
+			for _, f := range d.tracker.New(audit.Classify(d.plan.Resolved, socks)) {
+				d.cfg.Log.Warn("squatter on a reserved port (its traffic is dropped)", "finding", f.String())
+			}
+		}
+	}
+	if d.plan.Guard.On {
+		swept, err := h.Guard.Sweep()
+		if len(swept) > 0 {
+			d.cfg.Log.Info("bind guard: removed the entries of deleted network namespaces", "count", len(swept))
+		}
+		if err != nil {
+			d.cfg.Log.Debug("bind guard sweep incomplete", "err", err)
+		}
+	}
+}
+
+// notifyStatus tells systemd what the daemon is doing, after every reload
+// and check.
+func (d *Daemon) notifyStatus() {
 	status := "no valid policy yet; watching " + d.cfg.Path
-	if d.good != nil {
+	switch {
+	case d.good != nil && d.failure != "":
+		status = "FAILING: " + d.failure
+	case d.good != nil:
 		status = fmt.Sprintf("enforcing %d reservations from %s", len(d.good.Reservations), d.cfg.Path)
+		if d.plan != nil && !d.plan.Guard.On {
+			status += " (bind guard off)"
+		}
+	}
+	if len(status) > 200 {
+		status = status[:200]
 	}
 	d.cfg.Notify("READY=1\nSTATUS=" + status)
 }
@@ -359,14 +448,14 @@ func (d *Daemon) stop() error {
 		d.cfg.Log.Info("stopping; rules stay in place", "policy", d.cfg.Path)
 		return nil
 	}
-	table := policy.DefaultTable
+	var tables []string
 	if d.good != nil {
-		table = d.good.Settings.Table
+		tables = append(tables, d.good.Settings.Table)
 	}
-	found, _, err := engine.Remove(d.cfg.Kernel, table)
+	rr, err := d.cfg.Engine.Remove(tables...)
 	if err != nil {
 		return fmt.Errorf("remove on exit: %w", err)
 	}
-	d.cfg.Log.Info("stopping; removed table and restored sysctls", "table", table, "found", found)
+	d.cfg.Log.Info("stopping; removed table, guard and restored sysctls", "tables", rr.Tables, "restored", rr.Restored)
 	return nil
 }

@@ -4,12 +4,19 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"os"
 	"slices"
 
+	"github.com/portfw/portfw/bindguard"
 	"github.com/portfw/portfw/compiler"
 	"github.com/portfw/portfw/internal/engine"
+	"github.com/portfw/portfw/internal/netns"
+	"github.com/portfw/portfw/internal/state"
+	"github.com/portfw/portfw/internal/sysctl"
+	"github.com/portfw/portfw/model"
 	"github.com/portfw/portfw/nft"
 	"github.com/portfw/portfw/policy"
+	"github.com/portfw/portfw/resolve"
 )
 
 // Phases is what `pfwbench phases` writes: per step, one sample (ms) per
@@ -26,8 +33,8 @@ type Phases struct {
 // and printing); the rest compare a one-membership change applied as an
 // element delta with a full replace of the same size.
 var phaseSteps = []struct{ Key, Desc string }{
-	{"load", "parse + resolve the policy file (engine.Load)"},
-	{"prepare", "read sysctls + compile (engine.Prepare)"},
+	{"load", "parse + resolve the policy file (resolve.Load)"},
+	{"prepare", "read sysctls and state + compile (engine.Prepare)"},
 	{"sync_cold", "engine.Sync with no table: read (absent) + diff + one Apply transaction"},
 	{"read", "nft Read of the installed table (netlink dump of every set)"},
 	{"diff", "compiler.Diff of the table read back against the policy"},
@@ -56,21 +63,25 @@ func runPhases(args []string) error {
 	if err != nil {
 		return err
 	}
+	e, err := benchEngine(k)
+	if err != nil {
+		return err
+	}
 	ph := Phases{Policy: *path, Edited: *edit, Samples: map[string][]float64{}}
 	add := func(key string, v float64) { ph.Samples[key] = append(ph.Samples[key], v) }
 	for range *rounds {
-		if err := phaseRound(k, *path, *edit, add, &ph.Reservations); err != nil {
+		if err := phaseRound(e, k, *path, *edit, add, &ph.Reservations); err != nil {
 			return err
 		}
 	}
 	return writeJSON(*out, ph)
 }
 
-func phaseRound(k *nft.Conn, path, edit string, add func(string, float64), nres *int) error {
+func phaseRound(e *engine.Engine, k *nft.Conn, path, edit string, add func(string, float64), nres *int) error {
 	var (
-		res    *policy.Resolved
+		res    *model.Resolved
 		pol    *policy.Policy
-		pA, pB *engine.Prepared
+		pA, pB *engine.Plan
 		cur    *compiler.Ruleset
 		d      compiler.Delta
 	)
@@ -78,9 +89,9 @@ func phaseRound(k *nft.Conn, path, edit string, add func(string, float64), nres 
 		key string
 		f   func() error
 	}{
-		{"load", func() (err error) { res, pol, err = engine.Load(path, policy.System{}); return err }},
-		{"prepare", func() error { pA = engine.Prepare(path, pol, res); return pA.HostErr }},
-		{"sync_cold", func() error { return wantMode(engine.Sync(k, pA, false))(engine.ModeReplace) }},
+		{"load", func() (err error) { res, pol, err = resolve.Load(path, resolve.NewSystem("", "")); return err }},
+		{"prepare", func() (err error) { pA, err = e.Prepare(path, pol, res); return err }},
+		{"sync_cold", func() error { return wantMode(e.Sync(pA, false))(engine.ModeReplace) }},
 		{"read", func() (err error) { cur, err = k.Read(pA.Ruleset.Table); return err }},
 		{"diff", func() error {
 			if c := compiler.Diff(cur, pA.Ruleset); !c.InSync() {
@@ -98,16 +109,16 @@ func phaseRound(k *nft.Conn, path, edit string, add func(string, float64), nres 
 		}},
 		{"apply_delta", func() error { return k.ApplyDelta(d) }},
 		{"apply_full", func() error { return k.Apply(pA.Ruleset) }},
-		{"sync_delta", func() error { return wantMode(engine.Sync(k, pB, false))(engine.ModeDelta) }},
+		{"sync_delta", func() error { return wantMode(e.Sync(pB, false))(engine.ModeDelta) }},
 	}
-	if _, err := k.Remove(policy.DefaultTable); err != nil {
+	if _, err := e.Remove(model.DefaultTable); err != nil {
 		return err
 	}
 	for _, s := range steps {
 		if s.key == "element_delta" {
 			// Not timed: the edited policy B, one reservation's owner changed.
 			var err error
-			if pB, err = edited(path, pol, res, edit); err != nil {
+			if pB, err = edited(e, path, pol, res, edit); err != nil {
 				return err
 			}
 		}
@@ -132,16 +143,31 @@ func phaseRound(k *nft.Conn, path, edit string, add func(string, float64), nres 
 
 // edited is res with the owner of reservation name replaced by a uid no
 // other reservation uses, prepared like the original.
-func edited(path string, pol *policy.Policy, res *policy.Resolved, name string) (*engine.Prepared, error) {
+func edited(e *engine.Engine, path string, pol *policy.Policy, res *model.Resolved, name string) (*engine.Plan, error) {
 	r := *res
 	r.Reservations = slices.Clone(res.Reservations)
-	i := slices.IndexFunc(r.Reservations, func(x policy.Reservation) bool { return x.Name == name })
+	i := slices.IndexFunc(r.Reservations, func(x model.Reservation) bool { return x.Name == name })
 	if i < 0 {
 		return nil, fmt.Errorf("no reservation %q to edit (use -n 2 or more)", name)
 	}
-	r.Reservations[i].UIDs = []policy.IDRange{{Lo: 77777, Hi: 77777}}
-	p := engine.Prepare(path, pol, &r)
-	return p, p.HostErr
+	r.Reservations[i].Owners.UIDs = []model.IDRange{model.ID(77777)}
+	return e.Prepare(path, pol, &r)
+}
+
+// benchEngine is portfw's engine on this namespace, with its state in
+// $PORTFW_STATE_DIR and the bind guard off (the guard has a benchmark of
+// its own).
+func benchEngine(k *nft.Conn) (*engine.Engine, error) {
+	cookie, err := netns.Cookie()
+	if err != nil {
+		return nil, err
+	}
+	dir := state.Dir{Dir: os.Getenv("PORTFW_STATE_DIR"), Cookie: cookie}
+	if dir.Dir == "" {
+		return nil, errors.New("set PORTFW_STATE_DIR")
+	}
+	return &engine.Engine{Host: engine.Host{Tables: k, Sysctls: sysctl.Proc{}, State: dir, Lock: dir,
+		Guard: &bindguard.Fake{Unsupported: bindguard.ErrNotSupported}}}, nil
 }
 
 // wantMode checks that Sync changed the table the way the step means to

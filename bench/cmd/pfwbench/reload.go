@@ -19,6 +19,7 @@ import (
 	"github.com/portfw/portfw/compiler"
 	"github.com/portfw/portfw/nft"
 	"github.com/portfw/portfw/policy"
+	"github.com/portfw/portfw/resolve"
 )
 
 // Reload is what `pfwbench reload` writes.
@@ -243,7 +244,7 @@ func checkInSync(yaml []byte) error {
 	if err != nil {
 		return err
 	}
-	res, err := policy.Resolve(p, policy.Static{})
+	res, err := resolve.Resolve(p, resolve.Static{})
 	if err != nil {
 		return err
 	}

@@ -1,19 +1,24 @@
-package policy
+// Package resolve turns a parsed policy into the ownership model: names to
+// ids through a Resolver (the only way the pipeline reads the host's user
+// database), every list normalised, and the checks that need ids, such as
+// two reservations claiming the same (protocol, port, address). It also
+// holds the host-facing parts of reading a policy: Load (a size-capped
+// read, then parse and resolve) and CheckPerms (who may change the file).
+package resolve
 
 import (
 	"cmp"
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
-	"os/user"
 	"slices"
-	"strconv"
 	"strings"
+
+	"github.com/portfw/portfw/model"
+	"github.com/portfw/portfw/policy"
 )
 
-// Resolver turns user and group names into ids. It is the only way the
-// policy pipeline reads the host, so tests can replace it with Static.
+// Resolver turns user and group names into ids. Tests use Static.
 type Resolver interface {
 	// LookupUser returns the uid of a user. The error wraps ErrUnknown
 	// when there is no such user; any other error means the lookup
@@ -25,42 +30,6 @@ type Resolver interface {
 
 // ErrUnknown is wrapped by Resolver errors for names that do not exist.
 var ErrUnknown = errors.New("unknown")
-
-// System resolves names with os/user. portfw is built with cgo so that
-// this goes through NSS and sees LDAP or SSSD users, not only /etc/passwd.
-type System struct{}
-
-var _ Resolver = System{}
-
-func (System) LookupUser(name string) (uint32, error) {
-	u, err := user.Lookup(name)
-	if err != nil {
-		if errors.As(err, new(user.UnknownUserError)) {
-			return 0, fmt.Errorf("user %q: %w", name, ErrUnknown)
-		}
-		return 0, fmt.Errorf("look up user %q: %w", name, err)
-	}
-	return parseID(u.Uid, "user", name)
-}
-
-func (System) LookupGroup(name string) (uint32, error) {
-	g, err := user.LookupGroup(name)
-	if err != nil {
-		if errors.As(err, new(user.UnknownGroupError)) {
-			return 0, fmt.Errorf("group %q: %w", name, ErrUnknown)
-		}
-		return 0, fmt.Errorf("look up group %q: %w", name, err)
-	}
-	return parseID(g.Gid, "group", name)
-}
-
-func parseID(s, kind, name string) (uint32, error) {
-	id, err := strconv.ParseUint(s, 10, 32)
-	if err != nil || id > MaxID {
-		return 0, fmt.Errorf("look up %s %q: unusable id %q", kind, name, s)
-	}
-	return uint32(id), nil
-}
 
 // Static resolves names from fixed maps; a name missing from a map is
 // unknown. It is for tests.
@@ -84,64 +53,47 @@ func (s Static) LookupGroup(name string) (uint32, error) {
 	return 0, fmt.Errorf("group %q: %w", name, ErrUnknown)
 }
 
-// Load reads, parses and resolves the policy file at path. The Policy is
-// returned whenever parsing succeeded, even if resolving failed, so that
-// `portfw check` can still summarise it.
-func Load(path string, r Resolver) (*Resolved, *Policy, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, nil, fmt.Errorf("read policy: %w", err)
-	}
-	p, err := Parse(path, data)
-	if err != nil {
-		return nil, nil, err
-	}
-	res, err := Resolve(p, r)
-	if err != nil {
-		return nil, p, err
-	}
-	return res, p, nil
-}
-
 // Resolve turns names into ids, normalises every list and checks that no
 // two reservations claim the same (protocol, port, address). The result
-// satisfies the invariants documented on Resolved. p must come from Parse:
-// Resolve does not repeat Parse's checks. It reports every problem it
-// finds, as Errors.
-func Resolve(p *Policy, r Resolver) (*Resolved, error) {
-	var errs Errors
+// satisfies the invariants documented on model.Resolved. p must come from
+// policy.Parse: Resolve does not repeat its checks. It reports every
+// problem it finds, as *policy.Errors.
+func Resolve(p *policy.Policy, r Resolver) (*model.Resolved, error) {
+	if s, ok := r.(interface{ Snapshot() Resolver }); ok {
+		r = s.Snapshot()
+	}
+	var errs policy.Errors
 	users := lookups{kind: "user", fn: r.LookupUser, done: map[string]lookup{}}
 	groups := lookups{kind: "group", fn: r.LookupGroup, done: map[string]lookup{}}
-	res := make([]Reservation, len(p.Reservations))
+	res := make([]model.Reservation, len(p.Reservations))
 	for i, rs := range p.Reservations {
-		field := index("reservations", i)
-		ports := make([]IDRange, len(rs.Ports))
-		for j, pr := range rs.Ports {
-			ports[j] = IDRange{uint32(pr.Lo), uint32(pr.Hi)}
-		}
+		field := "reservations[" + fmt.Sprint(i) + "]"
 		protos := slices.Clone(rs.Protocols)
 		slices.Sort(protos)
-		res[i] = Reservation{
+		res[i] = model.Reservation{
 			Name:        rs.Name,
 			Description: rs.Description,
 			Protocols:   slices.Compact(protos),
-			Ports:       toPorts(mergeRanges(ports)),
-			UIDs:        mergeRanges(users.resolve(rs.Users, field+".owner.users", &errs)),
-			GIDs:        mergeRanges(groups.resolve(rs.Groups, field+".owner.groups", &errs)),
+			Ports:       model.ExactPorts(rs.Ports),
 			Addresses:   mergePrefixes(rs.Addresses),
-			Pos:         rs.Pos,
+			Owners: model.Owners{
+				Root: p.Settings.AllowRoot,
+				UIDs: model.ExactIDs(users.resolve(rs.Users, field+".owner.users", &errs)),
+				GIDs: model.ExactIDs(groups.resolve(rs.Groups, field+".owner.groups", &errs)),
+			},
+			Pos: rs.Pos,
 		}
 	}
-	if len(errs) == 0 {
+	if errs.Len() == 0 {
 		// Owners are compared after resolution, so overlaps are only
 		// meaningful once every name is known.
-		errs = overlaps(res)
+		overlaps(res, &errs)
 	}
-	if err := errs.err(); err != nil {
+	if err := errs.Err(); err != nil {
 		return nil, err
 	}
-	slices.SortFunc(res, func(a, b Reservation) int { return strings.Compare(a.Name, b.Name) })
-	return &Resolved{Settings: p.Settings, Reservations: res}, nil
+	slices.SortFunc(res, func(a, b model.Reservation) int { return strings.Compare(a.Name, b.Name) })
+	return &model.Resolved{Settings: p.Settings, Reservations: res}, nil
 }
 
 type lookup struct {
@@ -157,8 +109,8 @@ type lookups struct {
 	done map[string]lookup
 }
 
-func (l *lookups) resolve(refs []OwnerRef, field string, errs *Errors) []IDRange {
-	out := make([]IDRange, 0, len(refs))
+func (l *lookups) resolve(refs []policy.OwnerRef, field string, errs *policy.Errors) []model.IDRange {
+	out := make([]model.IDRange, 0, len(refs))
 	for j, ref := range refs {
 		if ref.Name == "" {
 			out = append(out, ref.IDs)
@@ -169,50 +121,18 @@ func (l *lookups) resolve(refs []OwnerRef, field string, errs *Errors) []IDRange
 			got.id, got.err = l.fn(ref.Name)
 			l.done[ref.Name] = got
 		}
-		if got.err == nil && got.id > MaxID {
-			got.err = fmt.Errorf("%s %q has id %d, out of range 0..%d", l.kind, ref.Name, got.id, uint32(MaxID))
+		if got.err == nil && got.id > model.MaxID {
+			got.err = fmt.Errorf("%s %q has id %d, out of range 0..%d", l.kind, ref.Name, got.id, uint32(model.MaxID))
 		}
 		if got.err != nil {
 			msg := got.err.Error()
 			if errors.Is(got.err, ErrUnknown) {
 				msg = fmt.Sprintf("unknown %s %q", l.kind, ref.Name)
 			}
-			*errs = append(*errs, &Error{Pos: ref.Pos, Field: index(field, j), Msg: msg})
+			errs.Add(ref.Pos, fmt.Sprintf("%s[%d]", field, j), msg)
 			continue
 		}
-		out = append(out, IDRange{got.id, got.id})
-	}
-	return out
-}
-
-// mergeRanges sorts ranges and merges those that overlap. Ranges that
-// only touch stay apart: single ports and ids the admin listed one by one
-// must stay exact, since the compiler puts exact values in hash sets and
-// only true ranges in the (costlier) interval sets.
-func mergeRanges(rs []IDRange) []IDRange { return merge(rs, 0) }
-
-// MergeIDs sorts ranges and merges those that overlap or touch: one
-// representation for equal sets of ids, for comparing owners.
-func MergeIDs(rs []IDRange) []IDRange { return merge(rs, 1) }
-
-func merge(rs []IDRange, touch uint64) []IDRange {
-	rs = slices.Clone(rs)
-	slices.SortFunc(rs, func(a, b IDRange) int { return cmp.Or(cmp.Compare(a.Lo, b.Lo), cmp.Compare(a.Hi, b.Hi)) })
-	var out []IDRange
-	for _, r := range rs {
-		if n := len(out); n > 0 && uint64(r.Lo) <= uint64(out[n-1].Hi)+touch {
-			out[n-1].Hi = max(out[n-1].Hi, r.Hi)
-			continue
-		}
-		out = append(out, r)
-	}
-	return out
-}
-
-func toPorts(rs []IDRange) []PortRange {
-	out := make([]PortRange, len(rs))
-	for i, r := range rs {
-		out[i] = PortRange{uint16(r.Lo), uint16(r.Hi)}
+		out = append(out, model.ID(got.id))
 	}
 	return out
 }
@@ -239,19 +159,20 @@ func mergePrefixes(ps []netip.Prefix) []netip.Prefix {
 // overlap is what two reservations share.
 type overlap struct {
 	addrs []netip.Prefix // nil when either covers every address
-	ports map[Protocol][]IDRange
+	ports map[model.Protocol][]model.IDRange
 }
 
 // overlaps finds every pair of reservations that share a (protocol, port,
 // address). It sweeps sorted port ranges per protocol rather than comparing
 // all pairs, because policies with thousands of reservations are expected.
-func overlaps(res []Reservation) Errors {
+func overlaps(res []model.Reservation, errs *policy.Errors) {
 	type span struct {
 		lo, hi uint16
 		res    int
 	}
 	pairs := map[[2]int]*overlap{}
-	for _, proto := range []Protocol{TCP, UDP} {
+	for _, pi := range model.Protocols() {
+		proto := pi.Protocol
 		var spans []span
 		for i, r := range res {
 			if !slices.Contains(r.Protocols, proto) {
@@ -276,7 +197,7 @@ func overlaps(res []Reservation) Errors {
 					pairs[key] = o
 				}
 				if o != nil {
-					o.ports[proto] = append(o.ports[proto], IDRange{uint32(s.lo), uint32(min(a.hi, s.hi))})
+					o.ports[proto] = append(o.ports[proto], model.IDRange{Lo: uint32(s.lo), Hi: uint32(min(a.hi, s.hi))})
 				}
 			}
 			active = append(active, s)
@@ -289,48 +210,48 @@ func overlaps(res []Reservation) Errors {
 		}
 	}
 	slices.SortFunc(keys, func(a, b [2]int) int { return cmp.Or(cmp.Compare(a[1], b[1]), cmp.Compare(a[0], b[0])) })
-	var errs Errors
 	for _, k := range keys {
 		first, later := res[k[0]], res[k[1]]
 		o := pairs[k]
 		var where []string
-		for _, proto := range []Protocol{TCP, UDP} {
-			if rs := o.ports[proto]; len(rs) > 0 {
-				where = append(where, string(proto)+"/"+rangeList(MergeIDs(rs)))
+		for _, pi := range model.Protocols() {
+			if rs := o.ports[pi.Protocol]; len(rs) > 0 {
+				where = append(where, pi.Name+"/"+rangeList(model.MergeIDs(rs)))
 			}
 		}
 		msg := fmt.Sprintf("reservation %q overlaps reservation %q (%s) on %s", later.Name, first.Name, first.Pos, strings.Join(where, " and "))
 		if o.addrs != nil {
 			msg += " at " + prefixList(o.addrs)
 		}
-		if slices.Equal(MergeIDs(first.UIDs), MergeIDs(later.UIDs)) && slices.Equal(MergeIDs(first.GIDs), MergeIDs(later.GIDs)) {
+		if first.Owners.Equal(later.Owners) {
 			msg += "; merge them into one reservation"
 		} else {
 			msg += " with different owners"
 		}
-		errs = append(errs, &Error{Pos: later.Pos, Field: index("reservations", k[1]) + ".ports", Msg: msg})
+		errs.Add(later.Pos, fmt.Sprintf("reservations[%d].ports", k[1]), msg)
 	}
-	return errs
 }
 
 // addrOverlap returns nil when a and b share no address, else an overlap
 // whose addrs are the shared prefixes (nil when either side is every
 // address, since then the ports alone say where they clash).
 func addrOverlap(a, b []netip.Prefix) *overlap {
-	o := &overlap{ports: map[Protocol][]IDRange{}}
+	o := &overlap{ports: map[model.Protocol][]model.IDRange{}}
 	if len(a) == 0 || len(b) == 0 {
 		return o
 	}
 	for _, x := range a {
 		for _, y := range b {
-			if x.Overlaps(y) {
-				// Of two overlapping prefixes one contains the other;
-				// the shared part is the longer one.
-				if x.Bits() < y.Bits() {
-					x = y
-				}
-				o.addrs = append(o.addrs, x)
+			if !x.Overlaps(y) {
+				continue
 			}
+			// Of two overlapping prefixes one contains the other; the
+			// shared part is the longer one.
+			shared := x
+			if y.Bits() > x.Bits() {
+				shared = y
+			}
+			o.addrs = append(o.addrs, shared)
 		}
 	}
 	if o.addrs == nil {
@@ -343,7 +264,7 @@ func addrOverlap(a, b []netip.Prefix) *overlap {
 // listMax keeps overlap messages readable when ranges are many.
 const listMax = 4
 
-func rangeList(rs []IDRange) string {
+func rangeList(rs []model.IDRange) string {
 	var parts []string
 	for i, r := range rs {
 		if i == listMax {

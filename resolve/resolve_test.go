@@ -1,4 +1,4 @@
-package policy
+package resolve
 
 import (
 	"errors"
@@ -10,11 +10,105 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/portfw/portfw/model"
+	"github.com/portfw/portfw/policy"
 )
 
-func mustResolve(t *testing.T, yaml string) *Resolved {
+// prefixEqual lets cmp compare netip values, whose fields are unexported.
+var prefixEqual = cmp.Comparer(func(a, b netip.Prefix) bool { return a == b })
+
+var testResolver = Static{
+	Users:  map[string]uint32{"www-data": 33, "_sipd": 999, "alice": 1000, "bob": 1001},
+	Groups: map[string]uint32{"voip": 300, "web": 33},
+}
+
+// res wraps lines of one reservation (indented by four spaces) into a
+// policy whose reservation starts at line 3, column 5.
+func res(lines ...string) string {
+	return "version: 1\nreservations:\n  - " + strings.Join(lines, "\n    ") + "\n"
+}
+
+const fullPolicy = `version: 1
+settings:
+  table: pf_test
+  allow_root: false
+  unprivileged_port_start: 80
+  log: { rate: 5/second }
+  marks: { owned: 0x10, squatted: 0x20 }
+reservations:
+  - name: web
+    description: nginx
+    ports: [443, 80, "81", "8000-8080", 8081]
+    protocols: [tcp]
+    owner:
+      users: [www-data, 33]
+    addresses: [192.0.2.10, "2001:db8::/64", "::ffff:198.51.100.0/120", 192.0.2.0/24]
+  - name: sip
+    ports: [5060, "5070-5079"]
+    owner:
+      users: [_sipd, 1001, "1200-1299", "1300"]
+      groups: [voip, 200]
+`
+
+func TestParseResolveFull(t *testing.T) {
+	p, err := policy.Parse("policy.yaml", []byte(fullPolicy))
+	if err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	if len(p.Reservations) != 2 || p.Reservations[0].Name != "web" || p.Reservations[1].Name != "sip" {
+		t.Fatalf("Parse: reservations %+v, want web and sip in file order", p.Reservations)
+	}
+	got, err := Resolve(p, testResolver)
+	if err != nil {
+		t.Fatalf("Resolve: %v", err)
+	}
+	want := &model.Resolved{
+		Settings: model.Settings{
+			Table:        "pf_test",
+			AllowRoot:    false,
+			PortStart:    model.PortStart{Mode: model.PortStartFixed, Value: 80},
+			Log:          model.LogRate{Count: 5, Unit: model.PerSecond},
+			MarkOwned:    0x10,
+			MarkSquatted: 0x20,
+			BindGuard:    model.BindGuardAuto,
+		},
+		Reservations: []model.Reservation{
+			{
+				Name:      "sip",
+				Protocols: []model.Protocol{model.TCP, model.UDP},
+				Ports:     []model.PortRange{{Lo: 5060, Hi: 5060}, {Lo: 5070, Hi: 5079}},
+				Owners: model.Owners{
+					UIDs: []model.IDRange{{Lo: 999, Hi: 999}, {Lo: 1001, Hi: 1001}, {Lo: 1200, Hi: 1299}, {Lo: 1300, Hi: 1300}},
+					GIDs: []model.IDRange{{Lo: 200, Hi: 200}, {Lo: 300, Hi: 300}},
+				},
+				Pos: model.Pos{File: "policy.yaml", Line: 16, Col: 5},
+			},
+			{
+				Name:        "web",
+				Description: "nginx",
+				Protocols:   []model.Protocol{model.TCP},
+				Ports:       []model.PortRange{{Lo: 80, Hi: 80}, {Lo: 81, Hi: 81}, {Lo: 443, Hi: 443}, {Lo: 8000, Hi: 8080}, {Lo: 8081, Hi: 8081}},
+				Owners:      model.Owners{UIDs: []model.IDRange{{Lo: 33, Hi: 33}}},
+				Addresses: []netip.Prefix{
+					netip.MustParsePrefix("192.0.2.0/24"),
+					netip.MustParsePrefix("198.51.100.0/24"),
+					netip.MustParsePrefix("2001:db8::/64"),
+				},
+				Pos: model.Pos{File: "policy.yaml", Line: 9, Col: 5},
+			},
+		},
+	}
+	if diff := cmp.Diff(want, got, prefixEqual); diff != "" {
+		t.Errorf("Resolve mismatch (-want +got):\n%s", diff)
+	}
+}
+
+
+
+func mustResolve(t *testing.T, yaml string) *model.Resolved {
 	t.Helper()
-	p, err := Parse("p.yaml", []byte(yaml))
+	p, err := policy.Parse("p.yaml", []byte(yaml))
 	if err != nil {
 		t.Fatalf("Parse: %v", err)
 	}
@@ -30,49 +124,49 @@ func TestNormalise(t *testing.T) {
 	tests := []struct {
 		name string
 		yaml string
-		want Reservation
+		want model.Reservation
 	}{
 		{
 			name: "overlapping ports merge, touching ones stay exact",
 			yaml: res("name: a", `ports: [81, 80, "82-90", "85-86", 100, "92-95", 91, 65535, "65534-65535"]`, "owner: {users: [1]}"),
-			want: Reservation{Ports: []PortRange{{80, 80}, {81, 81}, {82, 90}, {91, 91}, {92, 95}, {100, 100}, {65534, 65535}}},
+			want: model.Reservation{Ports: []model.PortRange{{Lo: 80, Hi: 80}, {Lo: 81, Hi: 81}, {Lo: 82, Hi: 90}, {Lo: 91, Hi: 91}, {Lo: 92, Hi: 95}, {Lo: 100, Hi: 100}, {Lo: 65534, Hi: 65535}}},
 		},
 		{
 			name: "spaces in a range",
 			yaml: res("name: a", `ports: ["8000 - 8080"]`, "owner: {users: [1]}"),
-			want: Reservation{Ports: []PortRange{{8000, 8080}}},
+			want: model.Reservation{Ports: []model.PortRange{{Lo: 8000, Hi: 8080}}},
 		},
 		{
 			name: "uids and names: duplicates merge, single ids stay exact",
 			yaml: res("name: a", "ports: [1]", `owner: {users: [bob, 1000, alice, "0", "4294967294", "1002-1010", 999]}`),
-			want: Reservation{UIDs: []IDRange{{0, 0}, {999, 999}, {1000, 1000}, {1001, 1001}, {1002, 1010}, {4294967294, 4294967294}}},
+			want: model.Reservation{Owners: model.Owners{Root: true, UIDs: []model.IDRange{{Lo: 0, Hi: 0}, {Lo: 999, Hi: 999}, {Lo: 1000, Hi: 1000}, {Lo: 1001, Hi: 1001}, {Lo: 1002, Hi: 1010}, {Lo: 4294967294, Hi: 4294967294}}}},
 		},
 		{
 			name: "gids only",
 			yaml: res("name: a", "ports: [1]", `owner: {groups: [voip, web, "30-32"]}`),
-			want: Reservation{GIDs: []IDRange{{30, 32}, {33, 33}, {300, 300}}},
+			want: model.Reservation{Owners: model.Owners{Root: true, GIDs: []model.IDRange{{Lo: 30, Hi: 32}, {Lo: 33, Hi: 33}, {Lo: 300, Hi: 300}}}},
 		},
 		{
 			name: "protocols sorted and deduplicated",
 			yaml: res("name: a", "ports: [1]", "protocols: [udp, tcp, udp]", "owner: {users: [1]}"),
-			want: Reservation{Protocols: []Protocol{TCP, UDP}},
+			want: model.Reservation{Protocols: []model.Protocol{model.TCP, model.UDP}},
 		},
 		{
 			name: "one protocol",
 			yaml: res("name: a", "ports: [1]", "protocols: [udp]", "owner: {users: [1]}"),
-			want: Reservation{Protocols: []Protocol{UDP}},
+			want: model.Reservation{Protocols: []model.Protocol{model.UDP}},
 		},
 		{
 			name: "addresses: contained dropped, IPv4 first, mapped unmapped",
 			yaml: res("name: a", "ports: [1]", "owner: {users: [1]}",
 				`addresses: ["2001:db8::1", "2001:db8::/32", 10.1.0.0/16, 10.0.0.0/8, "::ffff:192.0.2.1", 192.0.2.1, "::1", 127.0.0.1/32, "::ffff:0.0.0.0/96"]`),
-			want: Reservation{Addresses: []netip.Prefix{pfx("0.0.0.0/0"), pfx("::1/128"), pfx("2001:db8::/32")}},
+			want: model.Reservation{Addresses: []netip.Prefix{pfx("0.0.0.0/0"), pfx("::1/128"), pfx("2001:db8::/32")}},
 		},
 		{
 			name: "addresses kept apart when disjoint",
 			yaml: res("name: a", "ports: [1]", "owner: {users: [1]}",
 				`addresses: [198.51.100.128/25, 198.51.100.0/25, "2001:db8::/64", 192.0.2.10]`),
-			want: Reservation{Addresses: []netip.Prefix{pfx("192.0.2.10/32"), pfx("198.51.100.0/25"), pfx("198.51.100.128/25"), pfx("2001:db8::/64")}},
+			want: model.Reservation{Addresses: []netip.Prefix{pfx("192.0.2.10/32"), pfx("198.51.100.0/25"), pfx("198.51.100.128/25"), pfx("2001:db8::/64")}},
 		},
 	}
 	for _, tt := range tests {
@@ -86,13 +180,13 @@ func TestNormalise(t *testing.T) {
 			want := tt.want
 			want.Name, want.Pos = got.Name, got.Pos
 			if want.Protocols == nil {
-				want.Protocols = []Protocol{TCP, UDP}
+				want.Protocols = []model.Protocol{model.TCP, model.UDP}
 			}
 			if want.Ports == nil {
 				want.Ports = got.Ports
 			}
-			if want.UIDs == nil && want.GIDs == nil {
-				want.UIDs = []IDRange{{1, 1}}
+			if want.Owners.UIDs == nil && want.Owners.GIDs == nil {
+				want.Owners = model.Owners{Root: true, UIDs: []model.IDRange{{Lo: 1, Hi: 1}}}
 			}
 			if diff := cmp.Diff(want, got, prefixEqual); diff != "" {
 				t.Errorf("mismatch (-want +got):\n%s", diff)
@@ -115,7 +209,7 @@ reservations:
 	if diff := cmp.Diff([]string{"Alpha", "alpha", "zeta"}, names); diff != "" {
 		t.Errorf("names (-want +got):\n%s", diff)
 	}
-	if got, want := r.Reservations[2].Pos, (Pos{"p.yaml", 3, 5}); got != want {
+	if got, want := r.Reservations[2].Pos, (model.Pos{File: "p.yaml", Line: 3, Col: 5}); got != want {
 		t.Errorf("zeta's Pos = %v, want %v (the flow mapping)", got, want)
 	}
 }
@@ -191,7 +285,7 @@ reservations:
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p, err := Parse("p.yaml", []byte(tt.yaml))
+			p, err := policy.Parse("p.yaml", []byte(tt.yaml))
 			if err != nil {
 				t.Fatalf("Parse: %v", err)
 			}
@@ -205,12 +299,12 @@ reservations:
 			if err == nil {
 				t.Fatalf("Resolve succeeded with %+v, want errors", r)
 			}
-			var errs Errors
+			var errs *policy.Errors
 			if !errors.As(err, &errs) {
-				t.Fatalf("Resolve error %T is not Errors: %v", err, err)
+				t.Fatalf("Resolve error %T is not *policy.Errors: %v", err, err)
 			}
 			var got []string
-			for _, e := range errs {
+			for _, e := range errs.List {
 				got = append(got, e.Error())
 			}
 			if diff := cmp.Diff(tt.want, got); diff != "" {
@@ -227,7 +321,7 @@ func (failing) LookupUser(string) (uint32, error)  { return 0, errors.New("ldap:
 func (failing) LookupGroup(string) (uint32, error) { return 0, errors.New("ldap: connection refused") }
 
 func TestResolveLookupFailure(t *testing.T) {
-	p, err := Parse("p.yaml", []byte(res("name: a", "ports: [1]", "owner: {users: [alice]}")))
+	p, err := policy.Parse("p.yaml", []byte(res("name: a", "ports: [1]", "owner: {users: [alice]}")))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -249,17 +343,60 @@ func TestStatic(t *testing.T) {
 }
 
 func TestSystem(t *testing.T) {
-	// Every Linux system has root (uid 0) and group root or wheel (gid 0).
-	if uid, err := (System{}).LookupUser("root"); err != nil || uid != 0 {
+	// Every Linux system has root (uid 0) in /etc/passwd.
+	sys := NewSystem("", "")
+	if uid, err := sys.LookupUser("root"); err != nil || uid != 0 {
 		t.Errorf("LookupUser(root) = %d, %v; want 0", uid, err)
 	}
-	if _, err := (System{}).LookupUser("portfw-no-such-user"); !errors.Is(err, ErrUnknown) {
+	if _, err := sys.LookupUser("portfw-no-such-user"); !errors.Is(err, ErrUnknown) {
 		t.Errorf("LookupUser(portfw-no-such-user) error = %v, want ErrUnknown", err)
 	}
-	if _, err := (System{}).LookupGroup("portfw-no-such-group"); !errors.Is(err, ErrUnknown) {
+	if _, err := sys.LookupGroup("portfw-no-such-group"); !errors.Is(err, ErrUnknown) {
 		t.Errorf("LookupGroup(portfw-no-such-group) error = %v, want ErrUnknown", err)
 	}
 }
+
+// TestSystemFiles: a container's resolver reads the host's files, mounted
+// elsewhere, sees their changes, and never asks NSS (which would read the
+// container's own).
+func TestSystemFiles(t *testing.T) {
+	dir := t.TempDir()
+	passwd, group := filepath.Join(dir, "passwd"), filepath.Join(dir, "group")
+	write := func(path, text string) {
+		t.Helper()
+		tmp := path + ".new"
+		if err := os.WriteFile(tmp, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, path); err != nil { // as useradd does
+			t.Fatal(err)
+		}
+	}
+	write(passwd, "# comment\nwww-data:x:33:33::/var/www:/usr/sbin/nologin\nwww-data:x:99:99::/:/bin/false\n+nis\nbroken\n")
+	write(group, "voip:x:300:\n")
+	sys := NewSystem(passwd, group)
+	if uid, err := sys.LookupUser("www-data"); err != nil || uid != 33 {
+		t.Errorf("LookupUser(www-data) = %d, %v; want 33 (the first entry)", uid, err)
+	}
+	if _, err := sys.LookupUser("root"); !errors.Is(err, ErrUnknown) {
+		t.Errorf("LookupUser(root) error = %v, want ErrUnknown: the files do not have it and NSS is not asked", err)
+	}
+	if gid, err := sys.LookupGroup("voip"); err != nil || gid != 300 {
+		t.Errorf("LookupGroup(voip) = %d, %v; want 300", gid, err)
+	}
+	write(passwd, "alice:x:1000:1000::/home/alice:/bin/sh\n")
+	if uid, err := sys.LookupUser("alice"); err != nil || uid != 1000 {
+		t.Errorf("after the file changed, LookupUser(alice) = %d, %v; want 1000", uid, err)
+	}
+	if _, err := sys.LookupUser("www-data"); !errors.Is(err, ErrUnknown) {
+		t.Errorf("after the file changed, LookupUser(www-data) error = %v, want ErrUnknown", err)
+	}
+	if !slicesEqual(sys.Files(), []string{passwd, group}) {
+		t.Errorf("Files() = %v", sys.Files())
+	}
+}
+
+func slicesEqual(a, b []string) bool { return strings.Join(a, "\x00") == strings.Join(b, "\x00") }
 
 func TestLoad(t *testing.T) {
 	dir := t.TempDir()
@@ -298,7 +435,7 @@ func TestLoad(t *testing.T) {
 }
 
 func TestResolveIDOutOfRange(t *testing.T) {
-	p, err := Parse("p.yaml", []byte(res("name: a", "ports: [1]", "owner: {users: [nobody]}")))
+	p, err := policy.Parse("p.yaml", []byte(res("name: a", "ports: [1]", "owner: {users: [nobody]}")))
 	if err != nil {
 		t.Fatal(err)
 	}

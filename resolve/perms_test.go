@@ -1,16 +1,16 @@
-package policy
+package resolve
 
 import (
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/portfw/portfw/testenv"
 )
 
 func TestCheckPerms(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("CheckPerms wants root-owned files; run the tests as root to check it")
-	}
+	testenv.RequireNetNS(t) // root, to make files of other owners
 	// setup returns a root-owned 0755 directory holding a 0644 policy.
 	setup := func(t *testing.T) (dir, file string) {
 		dir = filepath.Join(t.TempDir(), "etc")
@@ -54,16 +54,16 @@ func TestCheckPerms(t *testing.T) {
 		{"writable directory", func(t *testing.T, dir, file string) string {
 			must(t, os.Chmod(dir, 0o777))
 			return file
-		}, []string{"policy directory DIR is writable by group and others (mode 0777); fix with: chmod go-w DIR"}},
+		}, []string{"directory DIR on the way to the policy is writable by group and others (mode 0777): they can replace the policy; move the policy into a directory only root can write, such as /etc/portfw"}},
 		{"directory owned by a user", func(t *testing.T, dir, file string) string {
 			must(t, os.Chown(dir, 1000, 1000))
 			return file
-		}, []string{"policy directory DIR is owned by uid 1000, not root; fix with: chown root DIR"}},
+		}, []string{"directory DIR on the way to the policy is owned by uid 1000, not root: its owner can replace the policy; move the policy"}},
 		{"every problem at once", func(t *testing.T, dir, file string) string {
 			must(t, os.Chmod(dir, 0o775))
 			must(t, os.Chmod(file, 0o666))
 			return file
-		}, []string{"policy directory DIR is writable by its group", "policy file FILE is writable by group and others"}},
+		}, []string{"directory DIR on the way to the policy is writable by its group", "policy file FILE is writable by group and others"}},
 		{"good symlink", func(t *testing.T, dir, file string) string {
 			link := filepath.Join(dir, "current.yaml")
 			must(t, os.Symlink("policy.yaml", link))
@@ -86,7 +86,7 @@ func TestCheckPerms(t *testing.T) {
 			link := filepath.Join(dir, "current.yaml")
 			must(t, os.Symlink("../other/p.yaml", link))
 			return link
-		}, []string{"policy directory OTHER is writable by others (mode 0757)"}},
+		}, []string{"directory OTHER on the way to the policy is writable by others (mode 0757)"}},
 		{"symlink in a writable directory", func(t *testing.T, dir, file string) string {
 			other := filepath.Join(filepath.Dir(dir), "other")
 			must(t, os.Mkdir(other, 0o755))
@@ -94,7 +94,7 @@ func TestCheckPerms(t *testing.T) {
 			link := filepath.Join(other, "policy.yaml")
 			must(t, os.Symlink(file, link))
 			return link
-		}, []string{"policy directory OTHER is writable by group and others"}},
+		}, []string{"directory OTHER on the way to the policy is writable by group and others"}},
 		{"chain of symlinks", func(t *testing.T, dir, file string) string {
 			other := filepath.Join(filepath.Dir(dir), "other")
 			must(t, os.Mkdir(other, 0o755))
@@ -103,7 +103,22 @@ func TestCheckPerms(t *testing.T) {
 			link := filepath.Join(dir, "current.yaml")
 			must(t, os.Symlink(filepath.Join(other, "hop"), link))
 			return link
-		}, []string{"policy directory OTHER is owned by uid 1000"}},
+		}, []string{"directory OTHER on the way to the policy is owned by uid 1000"}},
+		{"writable grandparent", func(t *testing.T, dir, file string) string {
+			// Whoever can write the grandparent can rename the parent
+			// away and put a directory of their own in its place.
+			must(t, os.Chmod(filepath.Dir(dir), 0o777))
+			return file
+		}, []string{"directory PARENT on the way to the policy is writable by group and others (mode 0777)", "move the policy"}},
+		{"sticky root-owned directory on the way", func(t *testing.T, dir, file string) string {
+			must(t, os.Chmod(filepath.Dir(dir), 0o777|os.ModeSticky)) // like /tmp
+			return file
+		}, nil},
+		{"sticky directory of a user", func(t *testing.T, dir, file string) string {
+			must(t, os.Chmod(filepath.Dir(dir), 0o777|os.ModeSticky))
+			must(t, os.Chown(filepath.Dir(dir), 1000, 1000))
+			return file
+		}, []string{"directory PARENT on the way to the policy is owned by uid 1000"}},
 		{"not a regular file", func(t *testing.T, dir, file string) string { return dir },
 			[]string{"policy file DIR is not a regular file"}},
 		{"missing", func(t *testing.T, dir, file string) string { return filepath.Join(dir, "nope.yaml") },
@@ -123,7 +138,7 @@ func TestCheckPerms(t *testing.T) {
 			if err == nil {
 				t.Fatalf("CheckPerms(%s) = nil, want an error", path)
 			}
-			r := strings.NewReplacer("FILE", file, "DIR", dir, "OTHER", filepath.Join(filepath.Dir(dir), "other"))
+			r := strings.NewReplacer("FILE", file, "DIR", dir, "OTHER", filepath.Join(filepath.Dir(dir), "other"), "PARENT", filepath.Dir(dir))
 			for _, w := range tt.want {
 				if w = r.Replace(w); !strings.Contains(err.Error(), w) {
 					t.Errorf("CheckPerms(%s) = %v\nwant it to contain %q", path, err, w)

@@ -1,0 +1,194 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/portfw/portfw/internal/engine"
+	"github.com/portfw/portfw/internal/tune"
+)
+
+// lockWait is how long a one-shot command waits for the namespace's lock.
+const lockWait = 10 * time.Second
+
+type applyJSON struct {
+	changesJSON
+	Mode      engine.Mode        `json:"mode"`
+	ReadTable bool               `json:"read_table"`
+	OldTable  string             `json:"old_table_removed,omitempty"`
+	Sysctls   []string           `json:"sysctls"`
+	Guard     engine.GuardChange `json:"bind_guard_change"`
+	BindGuard *bindGuardJSON     `json:"bind_guard,omitempty"`
+	Layers    layersJSON         `json:"layers"`
+	Squatters []squatterJSON     `json:"squatters"`
+	Error     string             `json:"error,omitempty"`
+}
+
+func runApply(a *app, args []string) int {
+	fs := a.flags("apply")
+	path := fileFlag(fs)
+	dryRun := fs.Bool("dry-run", false, "show what would change without changing anything")
+	asJSON := fs.Bool("json", false, "print the result as JSON")
+	insecure := insecureFlag(fs)
+	o := a.hostFlags(fs, lockWait)
+	if code, done := a.parse(fs, args); done {
+		return code
+	}
+	l, err := a.load(*path, *insecure)
+	if err != nil {
+		a.printError("apply", *path, err)
+		return exitNo
+	}
+	e, err := a.host(*o)
+	if err != nil {
+		a.printError("apply", *path, err)
+		return exitUsage
+	}
+	if !*dryRun {
+		unlock, err := e.Lock()
+		if err != nil {
+			a.printError("apply", *path, err)
+			return exitNo
+		}
+		defer unlock()
+	}
+	p, err := e.Prepare(l.path, l.policy, l.resolved)
+	if err != nil {
+		fmt.Fprintf(a.stderr, "portfw apply: %v; nothing was changed\n", err)
+		return exitNo
+	}
+	if !*asJSON {
+		a.printWarnings(p.Warnings())
+	}
+	res, err := e.Sync(p, *dryRun)
+	var partial *engine.PartialError
+	if err != nil && !errors.As(err, &partial) {
+		if *asJSON {
+			out := a.applyJSON(e, p, res, false)
+			out.Error = err.Error()
+			writeJSON(a.stdout, out)
+		} else {
+			fmt.Fprintf(a.stderr, "portfw apply: %v\n", err)
+		}
+		return exitNo
+	}
+	applied := !*dryRun && !res.InSync()
+	if *asJSON {
+		out := a.applyJSON(e, p, res, applied)
+		if err != nil {
+			out.Error = err.Error()
+		}
+		writeJSON(a.stdout, out)
+		if err != nil {
+			return exitNo
+		}
+		return exitOK
+	}
+	c := res.Changes
+	switch {
+	case res.InSync():
+		fmt.Fprintf(a.stdout, "table inet %s already enforces %s (%d reservations); nothing to do\n", p.Ruleset.Table, p.Path, len(p.Resolved.Reservations))
+	case *dryRun:
+		fmt.Fprintf(a.stdout, "dry run: applying %s to table inet %s would change: %s\n", p.Path, p.Ruleset.Table, summary(c))
+		a.printChanges(c)
+	default:
+		fmt.Fprintf(a.stdout, "applied %s to table inet %s: %d reservations (%s)\n", p.Path, p.Ruleset.Table, len(p.Resolved.Reservations), summary(c))
+		a.printChanges(c)
+	}
+	if res.OldTable != "" {
+		fmt.Fprintf(a.stdout, "  - table inet %s (the policy's table was renamed; removed in the same transaction)\n", res.OldTable)
+	}
+	for _, n := range res.Sysctls {
+		fmt.Fprintf(a.stdout, "  sysctl %s\n", n)
+	}
+	if g := guardText(p.Sysctls.Guard); g != "" {
+		fmt.Fprintf(a.stdout, "  guard: %s reserved for root (opened by %s=%d)\n", g, tune.UnprivPortStart, p.Sysctls.Threshold)
+	}
+	for _, n := range p.Notes() {
+		fmt.Fprintf(a.stdout, "  note: %s\n", n)
+	}
+	switch res.Guard {
+	case engine.GuardUpdated:
+		if info, err := e.Host.Guard.Status(); err == nil {
+			fmt.Fprintf(a.stdout, "  bind guard: %s\n", describeBindGuard(newBindGuardJSON("", info)))
+		}
+	case engine.GuardRemoved:
+		fmt.Fprintln(a.stdout, "  bind guard: removed (settings.bind_guard is off)")
+	}
+	fmt.Fprintf(a.stdout, "  layers: %s\n", layersText(planLayers(p)))
+	a.printSquatters(res.Squatters)
+	a.printWarnings(res.Warnings)
+	if err != nil {
+		fmt.Fprintf(a.stderr, "portfw apply: %v\n", err)
+		return exitNo
+	}
+	return exitOK
+}
+
+func (a *app) applyJSON(e *engine.Engine, p *engine.Plan, res engine.Result, applied bool) applyJSON {
+	out := applyJSON{changesJSON: newChangesJSON(p, res.Changes, applied), Mode: res.Mode, ReadTable: res.Read,
+		OldTable: res.OldTable, Sysctls: nonNil(res.Sysctls), Guard: res.Guard, Layers: planLayers(p), Squatters: nonNil(res.Squatters)}
+	out.InSync = res.InSync()
+	out.Warnings = append(out.Warnings, res.Warnings...)
+	if info, err := e.Host.Guard.Status(); err == nil {
+		out.BindGuard = newBindGuardJSON(p.Guard.Mode.String(), info)
+	}
+	return out
+}
+
+func runDiff(a *app, args []string) int {
+	fs := a.flags("diff")
+	path := fileFlag(fs)
+	asJSON := fs.Bool("json", false, "print the result as JSON")
+	insecure := insecureFlag(fs)
+	o := a.hostFlags(fs, 0)
+	if code, done := a.parse(fs, args); done {
+		return code
+	}
+	l, err := a.load(*path, *insecure)
+	if err != nil {
+		a.printError("diff", *path, err)
+		return exitUsage // no comparison can be made
+	}
+	e, err := a.host(*o)
+	if err != nil {
+		a.printError("diff", *path, err)
+		return exitUsage
+	}
+	p, err := e.Prepare(l.path, l.policy, l.resolved)
+	if err != nil {
+		a.printError("diff", *path, err)
+		return exitUsage
+	}
+	res, err := e.Sync(p, true)
+	if err != nil {
+		a.printError("diff", *path, err)
+		return exitUsage
+	}
+	c := res.Changes
+	if *asJSON {
+		out := newChangesJSON(p, c, false)
+		out.InSync = res.InSync()
+		writeJSON(a.stdout, struct {
+			changesJSON
+			Sysctls []string           `json:"sysctls"`
+			Guard   engine.GuardChange `json:"bind_guard_change"`
+		}{out, nonNil(res.Sysctls), res.Guard})
+	} else if res.InSync() {
+		fmt.Fprintf(a.stdout, "in sync: table inet %s enforces %s\n", p.Ruleset.Table, p.Path)
+	} else {
+		fmt.Fprintf(a.stdout, "table inet %s differs from %s: %s\n", p.Ruleset.Table, p.Path, summary(c))
+		a.printChanges(c)
+		for _, n := range res.Sysctls {
+			fmt.Fprintf(a.stdout, "  sysctl %s\n", n)
+		}
+		if res.Guard == engine.GuardUpdated || res.Guard == engine.GuardRemoved {
+			fmt.Fprintf(a.stdout, "  bind guard: would be %s\n", res.Guard)
+		}
+	}
+	if res.InSync() {
+		return exitOK
+	}
+	return exitNo
+}

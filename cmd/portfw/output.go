@@ -1,0 +1,168 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/portfw/portfw/audit"
+	"github.com/portfw/portfw/bindguard"
+	"github.com/portfw/portfw/compiler"
+	"github.com/portfw/portfw/internal/engine"
+	"github.com/portfw/portfw/internal/tune"
+	"github.com/portfw/portfw/model"
+)
+
+// The JSON that check, apply, diff, status and audit print with --json is a
+// stable format: fields are added, never renamed or removed, and
+// outputVersion changes if a field ever has to change meaning.
+const outputVersion = 1
+
+type jsonError struct {
+	File    string `json:"file"`
+	Line    int    `json:"line"`
+	Col     int    `json:"col"`
+	Field   string `json:"field,omitempty"`
+	Message string `json:"message"`
+}
+
+// layersJSON says which of portfw's layers enforce the policy in this
+// namespace (docs/layers.md).
+type layersJSON struct {
+	// BindGuard: bind() to a reserved port fails with EPERM for everyone
+	// but its owners.
+	BindGuard bool `json:"bind_guard"`
+	// BindGuardNote says why the guard is off, when it is.
+	BindGuardNote string `json:"bind_guard_note,omitempty"`
+	// Rules: the nftables table starves squatters of traffic.
+	Rules bool `json:"rules"`
+	// UnprivPortStart is net.ipv4.ip_unprivileged_port_start after apply.
+	UnprivPortStart int `json:"unprivileged_port_start"`
+}
+
+func planLayers(p *engine.Plan) layersJSON {
+	l := layersJSON{BindGuard: p.Guard.On, Rules: true, UnprivPortStart: p.Sysctls.Threshold}
+	if !p.Guard.On {
+		l.BindGuardNote = p.Guard.Note
+		if p.Guard.Mode == model.BindGuardOff {
+			l.BindGuardNote = "settings.bind_guard is off"
+		}
+	}
+	return l
+}
+
+func layersText(l layersJSON) string {
+	guard := "bind guard on"
+	if !l.BindGuard {
+		guard = "bind guard OFF"
+	}
+	return fmt.Sprintf("%s, nftables rules on, %s=%d", guard, tune.UnprivPortStart, l.UnprivPortStart)
+}
+
+// changesJSON is the part of apply's and diff's output that says what
+// changes, per reservation.
+type changesJSON struct {
+	Version      int      `json:"version"`
+	Table        string   `json:"table"`
+	Policy       string   `json:"policy"`
+	InSync       bool     `json:"in_sync"`
+	Applied      bool     `json:"applied"`
+	Added        []string `json:"added"`
+	Removed      []string `json:"removed"`
+	Changed      []string `json:"changed"`
+	RulesChanged bool     `json:"rules_changed"`
+	Warnings     []string `json:"warnings"`
+	Notes        []string `json:"notes"`
+}
+
+func newChangesJSON(p *engine.Plan, c compiler.Changes, applied bool) changesJSON {
+	return changesJSON{
+		Version: outputVersion, Table: p.Ruleset.Table, Policy: p.Path, InSync: c.InSync(), Applied: applied,
+		Added: nonNil(c.Added), Removed: nonNil(c.Removed), Changed: nonNil(c.Changed),
+		RulesChanged: c.RulesChanged, Warnings: nonNil(p.Warnings()), Notes: nonNil(p.Notes()),
+	}
+}
+
+func (a *app) printChanges(c compiler.Changes) {
+	for _, n := range c.Added {
+		fmt.Fprintf(a.stdout, "  + %s\n", n)
+	}
+	for _, n := range c.Removed {
+		fmt.Fprintf(a.stdout, "  - %s\n", n)
+	}
+	for _, n := range c.Changed {
+		fmt.Fprintf(a.stdout, "  ~ %s\n", n)
+	}
+	if c.RulesChanged {
+		fmt.Fprintf(a.stdout, "  ~ rules (settings or the kinds of reservation in use)\n")
+	}
+}
+
+func summary(c compiler.Changes) string {
+	return fmt.Sprintf("%d added, %d removed, %d changed", len(c.Added), len(c.Removed), len(c.Changed))
+}
+
+// guardText is the root-only guard as one line: "81-442,444-1023/tcp+udp".
+func guardText(g []model.Reservation) string {
+	byPorts := map[string][]string{}
+	var order []string
+	for _, r := range g {
+		ports := model.Ports(r.Ports).String()
+		if _, ok := byPorts[ports]; !ok {
+			order = append(order, ports)
+		}
+		for _, p := range r.Protocols {
+			byPorts[ports] = append(byPorts[ports], p.String())
+		}
+	}
+	parts := make([]string, len(order))
+	for i, ports := range order {
+		parts[i] = ports + "/" + strings.Join(byPorts[ports], "+")
+	}
+	return strings.Join(parts, " ")
+}
+
+// bindGuardJSON is the guard's part of apply's and status's JSON.
+type bindGuardJSON struct {
+	Mode       string   `json:"mode,omitempty"` // settings.bind_guard, when a policy was read
+	Installed  bool     `json:"installed"`      // portfw's programs are attached
+	Active     bool     `json:"active"`         // and hold this namespace's policy
+	Cgroup     string   `json:"cgroup,omitempty"`
+	Namespaces int      `json:"namespaces"` // network namespaces the programs guard
+	Ports      int      `json:"ports"`      // guarded (protocol, port) pairs here
+	Scopes     int      `json:"scopes"`     // address-scoped entries here
+	ProgramIDs []uint32 `json:"program_ids,omitempty"`
+	Foreign    []string `json:"foreign,omitempty"`
+	// Note says why the guard cannot run here.
+	Note string `json:"note,omitempty"`
+}
+
+func newBindGuardJSON(mode string, info bindguard.Info) *bindGuardJSON {
+	return &bindGuardJSON{Mode: mode, Installed: info.Attached, Active: info.Active, Cgroup: info.Cgroup,
+		Namespaces: info.Namespaces, Ports: info.Ports, Scopes: info.Scopes, ProgramIDs: info.ProgramIDs, Foreign: info.Foreign}
+}
+
+func describeBindGuard(g *bindGuardJSON) string {
+	if !g.Active {
+		if g.Installed {
+			return fmt.Sprintf("not active in this namespace (its programs on cgroup %s guard %d other namespaces)", g.Cgroup, g.Namespaces)
+		}
+		return "not installed"
+	}
+	s := fmt.Sprintf("on for cgroup %s, %d guarded ports", g.Cgroup, g.Ports)
+	if g.Scopes > 0 {
+		s += fmt.Sprintf(" (%d address scopes)", g.Scopes)
+	}
+	if g.Namespaces > 1 {
+		s += fmt.Sprintf("; its programs guard %d network namespaces", g.Namespaces)
+	}
+	return s
+}
+
+// squatterJSON is a socket of a non-owner on a reserved port.
+type squatterJSON = audit.Finding
+
+func (a *app) printSquatters(fs []audit.Finding) {
+	for _, f := range fs {
+		fmt.Fprintf(a.stdout, "  SQUATTER: %s (bound before the guard could refuse it: its traffic is dropped; stop it)\n", f)
+	}
+}

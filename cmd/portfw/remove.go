@@ -1,0 +1,57 @@
+package main
+
+import (
+	"fmt"
+)
+
+func runRemove(a *app, args []string) int {
+	fs := a.flags("remove")
+	path := fileFlag(fs)
+	table := fs.String("table", "", "also remove this table `name` (the one portfw manages here is always removed)")
+	o := a.hostFlags(fs, lockWait)
+	if code, done := a.parse(fs, args); done {
+		return code
+	}
+	var tables []string
+	if tableGiven(fs) {
+		tables = append(tables, *table)
+	}
+	// The policy only names a table to remove: a broken or missing one is
+	// no reason to keep portfw's changes.
+	if l, _ := a.policyFor(fs, *path); l != nil {
+		tables = append(tables, l.resolved.Settings.Table)
+	}
+	e, err := a.host(*o)
+	if err != nil {
+		a.printError("remove", *path, err)
+		return exitUsage
+	}
+	unlock, err := e.Lock()
+	if err != nil {
+		a.printError("remove", *path, err)
+		return exitNo
+	}
+	defer unlock()
+	rr, err := e.Remove(tables...)
+	if rr.Corrupt != nil {
+		fmt.Fprintf(a.stderr, "warning: %v: restored the safest values instead (the threshold to 1024 unless it was higher; "+
+			"reserved ports portfw may have added stay in ip_local_reserved_ports); the file was set aside\n", rr.Corrupt)
+	}
+	for _, n := range rr.Restored {
+		fmt.Fprintf(a.stdout, "  sysctl %s\n", n)
+	}
+	if rr.Guard {
+		fmt.Fprintln(a.stdout, "removed this namespace's bind guard")
+	}
+	for _, t := range rr.Tables {
+		fmt.Fprintf(a.stdout, "removed table inet %s\n", t)
+	}
+	if err != nil {
+		fmt.Fprintf(a.stderr, "portfw remove: %v\n", err)
+		return exitNo
+	}
+	if len(rr.Tables) == 0 {
+		fmt.Fprintln(a.stdout, "no portfw table is installed here; nothing else to remove")
+	}
+	return exitOK
+}

@@ -1,0 +1,213 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/portfw/portfw/compiler"
+	"github.com/portfw/portfw/internal/engine"
+	"github.com/portfw/portfw/internal/tune"
+	"github.com/portfw/portfw/model"
+)
+
+type statusJSON struct {
+	Version      int                `json:"version"`
+	Table        string             `json:"table"`
+	Installed    bool               `json:"installed"`
+	Policy       string             `json:"policy,omitempty"`
+	InSync       *bool              `json:"in_sync,omitempty"`
+	Reservations []compiler.Summary `json:"reservations"`
+	Guard        *compiler.Summary  `json:"guard,omitempty"`
+	Sysctls      *sysctlsJSON       `json:"sysctls,omitempty"`
+	BindGuard    *bindGuardJSON     `json:"bind_guard,omitempty"`
+	Changes      *compiler.Changes  `json:"changes,omitempty"`
+	StateError   string             `json:"state_error,omitempty"`
+}
+
+// sysctlsJSON is the state of the sysctls portfw manages in this namespace.
+type sysctlsJSON struct {
+	UnprivPortStart         int    `json:"ip_unprivileged_port_start"`
+	UnprivPortStartOriginal *int   `json:"ip_unprivileged_port_start_original"` // null: portfw has not changed it
+	LocalPortRange          string `json:"ip_local_port_range"`
+	ReservedPorts           string `json:"ip_local_reserved_ports"`
+	ReservedPortsAdded      string `json:"ip_local_reserved_ports_added"` // by portfw
+}
+
+// policyFor loads the policy a status or remove is about: the one given
+// with -f, or the default one when it exists; nil when there is none or it
+// does not load (remove never needs a valid policy).
+func (a *app) policyFor(fs *flag.FlagSet, path string) (*loaded, error) {
+	given := false
+	fs.Visit(func(f *flag.Flag) { given = given || f.Name == "f" || f.Name == "file" })
+	if !given {
+		if _, err := os.Stat(path); err != nil {
+			return nil, nil
+		}
+	}
+	l, err := a.load(path, true)
+	if err != nil && given {
+		return nil, err
+	}
+	return l, nil
+}
+
+func tableGiven(fs *flag.FlagSet) bool {
+	given := false
+	fs.Visit(func(f *flag.Flag) { given = given || f.Name == "table" })
+	return given
+}
+
+func runStatus(a *app, args []string) int {
+	fs := a.flags("status")
+	path := fileFlag(fs)
+	table := fs.String("table", "", "table `name` (default: the policy's, else the one portfw manages here)")
+	asJSON := fs.Bool("json", false, "print the status as JSON")
+	o := a.hostFlags(fs, 0)
+	if code, done := a.parse(fs, args); done {
+		return code
+	}
+	l, err := a.policyFor(fs, *path)
+	if err != nil {
+		a.printError("status", *path, err)
+		return exitNo
+	}
+	e, err := a.host(*o)
+	if err != nil {
+		a.printError("status", *path, err)
+		return exitUsage
+	}
+	var p *engine.Plan
+	name := *table
+	if l != nil {
+		if p, err = e.Prepare(l.path, l.policy, l.resolved); err != nil {
+			a.printWarnings([]string{err.Error()})
+			p = nil
+		} else if !tableGiven(fs) {
+			name = p.Ruleset.Table
+		}
+	}
+	s, err := e.Status(name)
+	if err != nil {
+		a.printError("status", *path, err)
+		return exitUsage
+	}
+	if name == "" {
+		name = s.State.Table
+		if name == "" {
+			name = model.DefaultTable
+		}
+	}
+	st := statusJSON{Version: outputVersion, Table: name, Installed: s.Table != nil, Reservations: []compiler.Summary{}}
+	if s.Table != nil {
+		for _, r := range compiler.Summarize(s.Table) {
+			if r.Name == model.GuardName {
+				st.Guard = &r
+				continue
+			}
+			st.Reservations = append(st.Reservations, r)
+		}
+	}
+	if s.HostErr == nil {
+		h := s.Host
+		st.Sysctls = &sysctlsJSON{UnprivPortStart: h.UnprivPortStart, UnprivPortStartOriginal: s.State.UnprivPortStartOriginal,
+			LocalPortRange: h.LocalPortRange.String(), ReservedPorts: h.ReservedPorts.String(), ReservedPortsAdded: s.State.ReservedPortsAdded.String()}
+	}
+	if s.StateErr != nil {
+		st.StateError = s.StateErr.Error()
+	}
+	mode := ""
+	if p != nil {
+		mode = p.Guard.Mode.String()
+	}
+	if s.GuardErr != nil {
+		st.BindGuard = &bindGuardJSON{Mode: mode, Note: s.GuardErr.Error()}
+	} else {
+		st.BindGuard = newBindGuardJSON(mode, s.Guard)
+	}
+	if p != nil && p.Ruleset.Table == name {
+		c := compiler.Diff(s.Table, p.Ruleset)
+		in := c.InSync()
+		st.Policy, st.InSync = p.Path, &in
+		if !in {
+			st.Changes = &c
+		}
+	}
+	if *asJSON {
+		writeJSON(a.stdout, st)
+		return exitOK
+	}
+	a.printStatus(st)
+	return exitOK
+}
+
+func (a *app) printStatus(st statusJSON) {
+	w := a.stdout
+	if !st.Installed {
+		fmt.Fprintf(w, "table inet %s: not installed\n", st.Table)
+	} else {
+		sync := ""
+		if st.InSync != nil {
+			if *st.InSync {
+				sync = ", in sync with " + st.Policy
+			} else {
+				sync = ", NOT in sync with " + st.Policy + " (see portfw diff)"
+			}
+		}
+		fmt.Fprintf(w, "table inet %s: installed, %d reservations%s\n", st.Table, len(st.Reservations), sync)
+	}
+	if s := st.Sysctls; s != nil {
+		was := "not changed by portfw"
+		if s.UnprivPortStartOriginal != nil {
+			was = fmt.Sprintf("lowered by portfw from %d", *s.UnprivPortStartOriginal)
+		}
+		fmt.Fprintf(w, "%s = %d (%s)\n", tune.UnprivPortStart, s.UnprivPortStart, was)
+		if s.ReservedPortsAdded != "" {
+			fmt.Fprintf(w, "%s = %q (portfw added %s)\n", tune.ReservedPorts, s.ReservedPorts, s.ReservedPortsAdded)
+		}
+	}
+	if st.StateError != "" {
+		fmt.Fprintf(w, "state: %s\n", st.StateError)
+	}
+	if g := st.Guard; g != nil {
+		fmt.Fprintf(w, "guard: %s reserved for root; %d packets, %d bytes dropped\n", strings.Join(g.Ports, ","), g.DroppedPackets, g.DroppedBytes)
+	}
+	if g := st.BindGuard; g != nil {
+		switch {
+		case g.Note != "":
+			fmt.Fprintf(w, "bind guard: not available: %s\n", g.Note)
+		case g.Active:
+			fmt.Fprintf(w, "bind guard: %s; owners bind their reserved low ports through it\n", describeBindGuard(g))
+		default:
+			fmt.Fprintf(w, "bind guard: %s\n", describeBindGuard(g))
+		}
+		for _, f := range g.Foreign {
+			fmt.Fprintf(w, "bind guard: left alone: %s\n", f)
+		}
+	}
+	if len(st.Reservations) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\n%-16s %-28s %-20s %s\n", "RESERVATION", "PORTS", "OWNERS", "DROPPED")
+	for _, r := range st.Reservations {
+		owners := append(prefixAll("uid ", r.UIDs), prefixAll("gid ", r.GIDs)...)
+		fmt.Fprintf(w, "%-16s %-28s %-20s %d packets, %d bytes\n", r.Name, clip(strings.Join(r.Ports, ","), 28),
+			clip(strings.Join(owners, ","), 20), r.DroppedPackets, r.DroppedBytes)
+	}
+}
+
+func prefixAll(p string, xs []string) []string {
+	out := make([]string, len(xs))
+	for i, x := range xs {
+		out[i] = p + x
+	}
+	return out
+}
+
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n-3] + "..."
+}

@@ -1,0 +1,81 @@
+package state
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// ErrLocked is wrapped when another process holds a namespace's lock.
+var ErrLocked = errors.New("locked")
+
+// Locker is a namespace's lock: one portfw at a time reads the sysctls,
+// changes the kernel and writes the state. Without it two applies at once
+// (a config-management run and an admin) could leave a lowered threshold
+// with nobody's guard rules and no state; two daemons replaced each
+// other's table 130 times in 4 s.
+type Locker interface {
+	// Lock takes the lock, waiting at most wait for it (0: not at all).
+	// When another process holds it past that, the error wraps ErrLocked
+	// and names the holder's pid. The lock is released by unlock, or when
+	// the process exits.
+	Lock(wait time.Duration) (unlock func(), err error)
+}
+
+// Lock is Dir's lock file, held with flock(2): the kernel releases it when
+// its holder dies, so a crash never leaves a namespace locked.
+func (d Dir) Lock(wait time.Duration) (func(), error) {
+	if err := os.MkdirAll(d.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("lock network namespace: %w", err)
+	}
+	f, err := os.OpenFile(d.lockPath(), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("lock network namespace: %w", err)
+	}
+	deadline := time.Now().Add(wait)
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			f.Close()
+			return nil, fmt.Errorf("lock network namespace: %w", err)
+		}
+		if !time.Now().Before(deadline) {
+			holder := holderOf(d.lockPath())
+			f.Close()
+			waited := ""
+			if wait > 0 {
+				waited = " after waiting " + wait.String()
+			}
+			return nil, fmt.Errorf("another portfw (%s) manages this network namespace: lock %s is held%s: %w",
+				holder, d.lockPath(), waited, ErrLocked)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// Say who holds it, for the message another process prints.
+	if err := f.Truncate(0); err == nil {
+		f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	}
+	return func() {
+		f.Truncate(0)
+		syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+		f.Close()
+	}, nil
+}
+
+func holderOf(path string) string {
+	b, err := os.ReadFile(path)
+	if pid := strings.TrimSpace(string(b)); err == nil && pid != "" {
+		if comm, err := os.ReadFile("/proc/" + pid + "/comm"); err == nil {
+			return "pid " + pid + ", " + strings.TrimSpace(string(comm))
+		}
+		return "pid " + pid
+	}
+	return "pid unknown"
+}

@@ -1,0 +1,127 @@
+package model
+
+import (
+	"net/netip"
+	"slices"
+)
+
+// Resolved is a policy with every name turned into a number: the ownership
+// model. It is a value; consumers map it without looking at the host.
+//
+// Invariants (established by resolve, relied on by every consumer):
+//   - Reservations are sorted by Name and names are unique.
+//   - In each reservation Protocols, Ports and Addresses are sorted and
+//     deduplicated; overlapping port ranges are merged but ranges that only
+//     touch are not, so values listed one by one stay exact; no address
+//     prefix contains another; Protocols and Ports are non-empty; Owners
+//     are canonical (see Owners).
+//   - No two reservations share a (protocol, port, address): every packet
+//     on a reserved port belongs to exactly one reservation.
+type Resolved struct {
+	Settings     Settings
+	Reservations []Reservation
+	// Guard reserves for root alone the ports that lowering
+	// net.ipv4.ip_unprivileged_port_start opens and that no reservation
+	// holds for every address, so a lowered threshold opens nothing to
+	// anyone else. At most one entry per protocol, named GuardName, owned by
+	// Root alone. It is planned from the host's sysctls (package tune),
+	// never read from the policy file. A guard port may also be in an
+	// address-scoped reservation: the scoped owner passes on its addresses,
+	// only root anywhere else.
+	Guard []Reservation
+}
+
+// GuardName is the reservation name of the root-only guard entries. It
+// cannot collide with a policy's names, which start with a letter.
+const GuardName = "_guard"
+
+// All returns the reservations and then the guard entries.
+func (r *Resolved) All() []*Reservation {
+	out := make([]*Reservation, 0, len(r.Reservations)+len(r.Guard))
+	for i := range r.Reservations {
+		out = append(out, &r.Reservations[i])
+	}
+	for i := range r.Guard {
+		out = append(out, &r.Guard[i])
+	}
+	return out
+}
+
+// Reservation is one resolved reservation.
+type Reservation struct {
+	Name        string
+	Description string
+	Protocols   []Protocol
+	Ports       []PortRange
+	// Addresses limits the reservation to these local addresses; empty
+	// means every address. Single addresses are /32 or /128 prefixes;
+	// IPv4-mapped IPv6 addresses are stored as IPv4.
+	Addresses []netip.Prefix
+	Owners    Owners
+	Pos       Pos // where the reservation starts in the policy file
+}
+
+// Covers reports whether the reservation holds (proto, port) on some
+// address.
+func (r *Reservation) Covers(proto Protocol, port uint16) bool {
+	if !slices.Contains(r.Protocols, proto) {
+		return false
+	}
+	for _, p := range r.Ports {
+		if p.Contains(port) {
+			return true
+		}
+	}
+	return false
+}
+
+// Owners is who owns a reservation's ports. A socket or a bind is an
+// owner's when any part matches: it is root's and Root is set, or its uid
+// is in UIDs, or its gid in GIDs.
+//
+// Canonical Owners (as resolve makes them): UIDs and GIDs are sorted with
+// overlapping ranges merged (touching ones stay apart, see ExactIDs); at
+// least one part is non-empty. Root comes from settings.allow_root, so
+// every consumer sees root's ownership in one place.
+type Owners struct {
+	Root bool
+	UIDs []IDRange
+	GIDs []IDRange
+}
+
+// HasUID reports whether a socket or task with this uid is an owner.
+func (o Owners) HasUID(uid uint32) bool {
+	return (o.Root && uid == 0) || ContainsID(o.UIDs, uid)
+}
+
+// HasGID reports whether a socket or task with this gid is an owner.
+func (o Owners) HasGID(gid uint32) bool { return ContainsID(o.GIDs, gid) }
+
+// NonRoot reports whether someone other than root owns the ports.
+func (o Owners) NonRoot() bool {
+	for _, u := range o.UIDs {
+		if u.Hi > 0 {
+			return true
+		}
+	}
+	return len(o.GIDs) > 0
+}
+
+// Equal reports whether two owner sets own the same sockets.
+func (o Owners) Equal(p Owners) bool {
+	a, b := o.allUIDs(), p.allUIDs()
+	return slices.Equal(a, b) && slices.Equal(MergeIDs(o.GIDs), MergeIDs(p.GIDs))
+}
+
+// allUIDs is UIDs with root folded in, merged.
+func (o Owners) allUIDs() []IDRange {
+	u := slices.Clone(o.UIDs)
+	if o.Root {
+		u = append(u, ID(0))
+	}
+	return MergeIDs(u)
+}
+
+// UIDSet is every uid that owns, root included, merged: the form the bind
+// guard looks up.
+func (o Owners) UIDSet() []IDRange { return o.allUIDs() }

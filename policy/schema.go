@@ -1,0 +1,468 @@
+package policy
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/portfw/portfw/model"
+)
+
+// Policy is a parsed and validated policy whose owners are still names.
+// It is what `portfw check` summarises; package resolve turns it into the
+// ownership model.
+type Policy struct {
+	File         string
+	Settings     model.Settings // validated, defaults filled in
+	Reservations []ReservationSpec
+}
+
+// ReservationSpec is one reservation as written. Lists keep the file's
+// order and duplicates; resolve sorts and merges them.
+type ReservationSpec struct {
+	Name        string
+	Description string
+	Protocols   []model.Protocol // DefaultProtocols when the policy names none
+	Ports       []model.PortRange
+	Users       []OwnerRef
+	Groups      []OwnerRef
+	// Addresses are masked prefixes, IPv4-mapped IPv6 turned into IPv4;
+	// empty means every address.
+	Addresses []netip.Prefix
+	Pos       model.Pos // the reservation's first key
+}
+
+// OwnerRef is one entry of owner.users or owner.groups. It keeps its
+// position so that an unknown name, found only when resolving, is reported
+// where it was written.
+type OwnerRef struct {
+	Name string        // a name to look up; empty when IDs was written as numbers
+	IDs  model.IDRange // meaningful only when Name is empty
+	Pos  model.Pos
+}
+
+// MaxSize is the largest policy file accepted, checked before parsing: a
+// 50 MB policy once took 37 s and 3.2 GB to reject.
+const MaxSize = 16 << 20
+
+var (
+	topKeys         = []string{"version", "settings", "reservations"}
+	settingsKeys    = []string{"table", "allow_root", "unprivileged_port_start", "log", "marks", "bind_guard"}
+	logKeys         = []string{"rate"}
+	marksKeys       = []string{"owned", "squatted"}
+	reservationKeys = []string{"name", "description", "ports", "protocols", "owner", "addresses"}
+	ownerKeys       = []string{"users", "groups"}
+)
+
+// Parse parses and validates a policy. It does not look at the host, so
+// names of users and groups are not checked here. It reports every problem
+// it finds (up to MaxErrors), as *Errors.
+func Parse(filename string, data []byte) (*Policy, error) {
+	p := &parser{file: filename}
+	if len(data) > MaxSize {
+		p.errs.add(&Error{Pos: model.Pos{File: filename, Line: 1, Col: 1},
+			Msg: fmt.Sprintf("the policy is %d bytes, over the limit of %d (16 MiB); split it into drop-in files", len(data), MaxSize)})
+		return nil, p.errs.Err()
+	}
+	body := p.document(data)
+	if body == nil {
+		return nil, p.errs.Err()
+	}
+	pol := p.policy(body)
+	if err := p.errs.Err(); err != nil {
+		return nil, err
+	}
+	return pol, nil
+}
+
+func (p *parser) policy(n *yaml.Node) *Policy {
+	vals, ok := p.mapping(n, "", "a mapping with version, settings and reservations at the top level", topKeys)
+	if !ok {
+		return nil
+	}
+	pol := &Policy{File: p.file}
+	if v := vals["version"]; v == nil {
+		p.errorf(n, "version", `missing; add "version: 1"`)
+	} else {
+		p.version(v)
+	}
+	pol.Settings = p.settings(vals["settings"])
+	if v := vals["reservations"]; v != nil && !isNull(v) {
+		if items, ok := p.sequence(v, "reservations", "a list of reservations"); ok {
+			pol.Reservations = p.reservations(items)
+		}
+	}
+	return pol
+}
+
+func (p *parser) version(n *yaml.Node) {
+	s, ok := p.scalar(n, "version", "the number 1", "!!int")
+	if !ok {
+		return
+	}
+	if s != "1" {
+		p.errorf(n, "version", "unsupported version %s; only version 1 exists", s)
+	}
+}
+
+func (p *parser) settings(n *yaml.Node) model.Settings {
+	s := model.DefaultSettings()
+	if n == nil || isNull(n) {
+		return s
+	}
+	vals, ok := p.mapping(n, "settings", "a mapping of settings", settingsKeys)
+	if !ok {
+		return s
+	}
+	if v := vals["table"]; v != nil {
+		if t, ok := p.scalar(v, "settings.table", "a table name", "!!str"); ok {
+			if tableRE.MatchString(t) {
+				s.Table = t
+			} else {
+				p.errorf(v, "settings.table", "invalid table name %q; use a letter then up to 31 letters, digits or _", t)
+			}
+		}
+	}
+	if v := vals["allow_root"]; v != nil {
+		if b, ok := p.boolean(v, "settings.allow_root", "true or false"); ok {
+			s.AllowRoot = b
+		}
+	}
+	if v := vals["unprivileged_port_start"]; v != nil {
+		s.PortStart = p.portStart(v)
+	}
+	if v := vals["log"]; v != nil {
+		s.Log = p.log(v)
+	}
+	if v := vals["marks"]; v != nil && !isNull(v) {
+		p.marks(v, &s)
+	}
+	if v := vals["bind_guard"]; v != nil {
+		s.BindGuard = p.bindGuard(v)
+	}
+	return s
+}
+
+func (p *parser) bindGuard(n *yaml.Node) model.BindGuardMode {
+	const field, want = "settings.bind_guard", "off, on or auto"
+	v, ok := p.scalar(n, field, want, "!!str", "!!bool")
+	if !ok {
+		return model.BindGuardAuto
+	}
+	// YAML 1.1 readers take on and off for booleans; accept true and
+	// false too, so that both readings of the file mean the same.
+	if deref(n).ShortTag() == "!!bool" {
+		var on bool
+		if err := deref(n).Decode(&on); err == nil && on {
+			return model.BindGuardOn
+		} else if err == nil {
+			return model.BindGuardOff
+		}
+	}
+	switch v {
+	case "off":
+		return model.BindGuardOff
+	case "on":
+		return model.BindGuardOn
+	case "auto":
+		return model.BindGuardAuto
+	}
+	p.wrongType(n, field, want)
+	return model.BindGuardAuto
+}
+
+func (p *parser) portStart(n *yaml.Node) model.PortStart {
+	const field, want = "settings.unprivileged_port_start", "auto, keep or a number 0..1024"
+	auto := model.PortStart{Mode: model.PortStartAuto}
+	v, ok := p.scalar(n, field, want, "!!str", "!!int")
+	if !ok {
+		return auto
+	}
+	if deref(n).ShortTag() == "!!str" {
+		switch v {
+		case "auto":
+			return auto
+		case "keep":
+			return model.PortStart{Mode: model.PortStartKeep}
+		}
+		p.wrongType(n, field, want)
+		return auto
+	}
+	x, err := strconv.ParseUint(v, 10, 64)
+	switch {
+	case err != nil && errors.Is(err, strconv.ErrRange), err == nil && x > 1024:
+		p.errorf(n, field, "%s is out of range 0..1024", v)
+	case err != nil:
+		p.wrongType(n, field, want)
+	default:
+		return model.PortStart{Mode: model.PortStartFixed, Value: uint16(x)}
+	}
+	return auto
+}
+
+func (p *parser) log(n *yaml.Node) model.LogRate {
+	const want = "true, false or a mapping with rate"
+	n = deref(n)
+	switch {
+	case isNull(n):
+		return model.DefaultLog
+	case n.Kind == yaml.ScalarNode && n.ShortTag() == "!!bool":
+		on, ok := p.boolean(n, "settings.log", want)
+		if ok && !on {
+			return model.LogRate{}
+		}
+		return model.DefaultLog
+	}
+	vals, ok := p.mapping(n, "settings.log", want, logKeys)
+	if !ok || vals["rate"] == nil {
+		return model.DefaultLog
+	}
+	v := vals["rate"]
+	s, ok := p.scalar(v, "settings.log.rate", "a rate N/second, N/minute, N/hour or N/day", "!!str")
+	if !ok {
+		return model.DefaultLog
+	}
+	rate, err := parseRate(s)
+	if err != nil {
+		p.errorf(v, "settings.log.rate", "invalid rate %q: %v", s, err)
+		return model.DefaultLog
+	}
+	return rate
+}
+
+func (p *parser) marks(n *yaml.Node, s *model.Settings) {
+	vals, ok := p.mapping(n, "settings.marks", "a mapping with owned and squatted", marksKeys)
+	if !ok {
+		return
+	}
+	mark := func(key string, dst *uint32) bool {
+		v := vals[key]
+		if v == nil {
+			return false
+		}
+		field := "settings.marks." + key
+		text, ok := p.scalar(v, field, "a number with one bit set, such as 0x01000000", "!!int")
+		if !ok {
+			return false
+		}
+		x, err := strconv.ParseUint(strings.ReplaceAll(text, "_", ""), 0, 32)
+		if err != nil || x == 0 || x&(x-1) != 0 {
+			p.errorf(v, field, "%s is not a single bit of the 32-bit conntrack mark; use a power of two such as 0x01000000", text)
+			return false
+		}
+		*dst = uint32(x)
+		return true
+	}
+	owned := mark("owned", &s.MarkOwned)
+	squatted := mark("squatted", &s.MarkSquatted)
+	if s.MarkOwned == s.MarkSquatted {
+		at, field := vals["owned"], "settings.marks.owned"
+		if squatted || !owned {
+			at, field = vals["squatted"], "settings.marks.squatted"
+		}
+		p.errorf(at, field, "owned and squatted must be different bits (both are 0x%08x)", s.MarkOwned)
+	}
+}
+
+func (p *parser) reservations(items []*yaml.Node) []ReservationSpec {
+	out := make([]ReservationSpec, 0, len(items))
+	type seen struct {
+		line  int
+		index int
+	}
+	first := make(map[string]seen, len(items))
+	for i, item := range items {
+		field := index("reservations", i)
+		r, nameNode, ok := p.reservation(item, field)
+		if !ok {
+			continue
+		}
+		if nameNode != nil {
+			if f, dup := first[r.Name]; dup {
+				p.errorf(nameNode, field+".name", "duplicate reservation name %q (first at line %d, reservations[%d])", r.Name, f.line, f.index)
+			} else {
+				first[r.Name] = seen{nameNode.Line, i}
+			}
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// reservation parses one reservation. nameNode is nil when the name is
+// missing or invalid (and already reported).
+func (p *parser) reservation(n *yaml.Node, field string) (r ReservationSpec, nameNode *yaml.Node, ok bool) {
+	n = deref(n)
+	vals, ok := p.mapping(n, field, "a reservation (a mapping with name, ports and owner)", reservationKeys)
+	if !ok {
+		return r, nil, false
+	}
+	r.Pos = p.pos(n)
+	if v := vals["name"]; v == nil {
+		p.errorf(n, field+".name", "missing; every reservation needs a name")
+	} else if s, ok := p.scalar(v, field+".name", "a name", "!!str"); ok {
+		if nameRE.MatchString(s) {
+			r.Name, nameNode = s, deref(v)
+		} else {
+			p.errorf(v, field+".name", "invalid name %q; use a letter then up to 63 letters, digits, _, . or -", s)
+		}
+	}
+	if v := vals["description"]; v != nil && !isNull(v) {
+		if s, ok := p.scalar(v, field+".description", "a string", "!!str", "!!int", "!!float", "!!bool"); ok {
+			r.Description = s
+		}
+	}
+	if v := vals["ports"]; v == nil {
+		p.errorf(n, field+".ports", `missing; list the reserved ports, e.g. ports: [80, "8000-8080"]`)
+	} else {
+		r.Ports = p.ports(v, field+".ports")
+	}
+	r.Protocols = model.DefaultProtocols
+	if v := vals["protocols"]; v != nil {
+		r.Protocols = p.protocols(v, field+".protocols")
+	}
+	if v := vals["owner"]; v == nil {
+		p.errorf(n, field+".owner", "missing; every reservation needs an owner with users and/or groups")
+	} else {
+		r.Users, r.Groups = p.owner(v, field+".owner")
+	}
+	if v := vals["addresses"]; v != nil {
+		r.Addresses = p.addresses(v, field+".addresses")
+	}
+	return r, nameNode, true
+}
+
+func (p *parser) ports(n *yaml.Node, field string) []model.PortRange {
+	items, ok := p.sequence(n, field, `a list of ports such as [80, "8000-8080"]`)
+	if !ok {
+		return nil
+	}
+	if len(items) == 0 {
+		p.errorf(n, field, "empty; list at least one port")
+		return nil
+	}
+	out := make([]model.PortRange, 0, len(items))
+	for i, item := range items {
+		s, ok := p.scalar(item, index(field, i), `a port or a range such as "8000-8080"`, "!!int", "!!float", "!!str")
+		if !ok {
+			continue
+		}
+		lo, hi, err := parseRange(s, "port", 1, 65535)
+		if err != nil {
+			p.errorf(item, index(field, i), "%v", err)
+			continue
+		}
+		out = append(out, model.PortRange{Lo: uint16(lo), Hi: uint16(hi)})
+	}
+	return out
+}
+
+func (p *parser) protocols(n *yaml.Node, field string) []model.Protocol {
+	names := model.ProtocolNames()
+	items, ok := p.sequence(n, field, "a list of protocols such as [tcp, udp]")
+	if !ok {
+		return nil
+	}
+	if len(items) == 0 {
+		p.errorf(n, field, "empty; list some of %s, or leave protocols out for tcp and udp", names)
+		return nil
+	}
+	var out []model.Protocol
+	for i, item := range items {
+		s, ok := p.scalar(item, index(field, i), "a protocol name ("+names+")", "!!str")
+		if !ok {
+			continue
+		}
+		proto, known := model.ProtocolByName(s)
+		if !known {
+			p.errorf(item, index(field, i), "unknown protocol %q; valid protocols are %s", s, names)
+			continue
+		}
+		out = append(out, proto)
+	}
+	return out
+}
+
+func (p *parser) owner(n *yaml.Node, field string) (users, groups []OwnerRef) {
+	if isNull(n) {
+		p.errorf(n, field, "empty; list at least one user or group")
+		return nil, nil
+	}
+	vals, ok := p.mapping(n, field, "a mapping with users and/or groups", ownerKeys)
+	if !ok {
+		return nil, nil
+	}
+	users, uok := p.ids(vals["users"], field+".users", "user", "uid")
+	groups, gok := p.ids(vals["groups"], field+".groups", "group", "gid")
+	if uok && gok && len(users) == 0 && len(groups) == 0 {
+		p.errorf(n, field, "empty; list at least one user or group")
+	}
+	return users, groups
+}
+
+// ids parses a list of names, ids and id ranges. ok is false when an
+// entry was wrong, so that the caller does not also call the owner empty.
+func (p *parser) ids(n *yaml.Node, field, kind, idName string) (out []OwnerRef, ok bool) {
+	if n == nil || isNull(n) {
+		return nil, true
+	}
+	items, ok := p.sequence(n, field, fmt.Sprintf("a list of %s names, %ss or %s ranges", kind, idName, idName))
+	if !ok {
+		return nil, false
+	}
+	for i, item := range items {
+		s, good := p.scalar(item, index(field, i), fmt.Sprintf("a %s name, %s or %s range", kind, idName, idName), "!!str", "!!int", "!!float")
+		if !good {
+			ok = false
+			continue
+		}
+		ref := OwnerRef{Pos: p.pos(deref(item))}
+		if deref(item).ShortTag() == "!!str" && !numericRE.MatchString(s) {
+			if s == "" || strings.TrimSpace(s) != s || strings.ContainsAny(s, ":\n\t\r") {
+				p.errorf(item, index(field, i), "invalid %s name %q", kind, s)
+				ok = false
+				continue
+			}
+			ref.Name = s
+		} else {
+			lo, hi, err := parseRange(s, idName, 0, model.MaxID)
+			if err != nil {
+				p.errorf(item, index(field, i), "%v", err)
+				ok = false
+				continue
+			}
+			ref.IDs = model.IDRange{Lo: uint32(lo), Hi: uint32(hi)}
+		}
+		out = append(out, ref)
+	}
+	return out, ok
+}
+
+func (p *parser) addresses(n *yaml.Node, field string) []netip.Prefix {
+	items, ok := p.sequence(n, field, `a list of addresses or prefixes such as [192.0.2.10, "2001:db8::/64"]`)
+	if !ok {
+		return nil
+	}
+	if len(items) == 0 {
+		p.errorf(n, field, "empty; leave addresses out to cover every address")
+		return nil
+	}
+	var out []netip.Prefix
+	for i, item := range items {
+		s, ok := p.scalar(item, index(field, i), "an IP address or prefix", "!!str")
+		if !ok {
+			continue
+		}
+		pfx, err := parsePrefix(s)
+		if err != nil {
+			p.errorf(item, index(field, i), "%v", err)
+			continue
+		}
+		out = append(out, pfx)
+	}
+	return out
+}
