@@ -88,11 +88,13 @@ func (f *Fake) NewTicker(d time.Duration) Ticker {
 
 // Advance moves the clock and fires every timer whose time came, in order
 // of their deadlines. A channel holds one pending tick; further ticks of a
-// ticker nobody read are dropped, as with time.Ticker.
-func (f *Fake) Advance(d time.Duration) {
+// ticker nobody read are dropped, as with time.Ticker. It returns how many
+// ticks it delivered: how many wake-ups the reader has coming.
+func (f *Fake) Advance(d time.Duration) int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	end := f.now.Add(d)
+	delivered := 0
 	for {
 		var next *fakeTimer
 		for _, t := range f.timers {
@@ -106,6 +108,7 @@ func (f *Fake) Advance(d time.Duration) {
 		f.now = next.when
 		select {
 		case next.c <- f.now:
+			delivered++
 		default:
 		}
 		if next.period > 0 {
@@ -115,6 +118,7 @@ func (f *Fake) Advance(d time.Duration) {
 		}
 	}
 	f.now = end
+	return delivered
 }
 
 // Armed counts the timers and tickers waiting to fire.

@@ -1,0 +1,464 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/portfw/portfw/audit"
+	"github.com/portfw/portfw/bindguard"
+	"github.com/portfw/portfw/compiler"
+	"github.com/portfw/portfw/internal/state"
+	"github.com/portfw/portfw/internal/sysctl"
+	"github.com/portfw/portfw/internal/tune"
+	"github.com/portfw/portfw/model"
+	"github.com/portfw/portfw/nft"
+	"github.com/portfw/portfw/policy"
+	"github.com/portfw/portfw/resolve"
+)
+
+// The engine's tests run against fakes of every host effect, wrapped to
+// record the order of what changed, and check after every change that no
+// low port is open to anyone without a guard.
+
+type world struct {
+	t      *testing.T
+	tables *nft.Fake
+	sys    *sysctl.Fake
+	store  *state.Mem
+	guard  *bindguard.Fake
+	events []string
+	e      *Engine
+	// guarded says whether a threshold below 1024 is covered right now.
+	socks []audit.Socket
+}
+
+func newWorld(t *testing.T) *world {
+	w := &world{t: t, tables: nft.NewFake(), sys: sysctl.NewFake(), store: &state.Mem{}, guard: &bindguard.Fake{}}
+	w.e = &Engine{Host: Host{
+		Tables:  &recTables{w, w.tables},
+		Sysctls: &recSysctls{w, w.sys},
+		State:   &recStore{w, w.store},
+		Lock:    w.store,
+		Guard:   &recGuard{w, w.guard},
+		Sockets: func() ([]audit.Socket, error) { return w.socks, nil },
+	}}
+	return w
+}
+
+func (w *world) event(s string) {
+	w.events = append(w.events, s)
+	w.checkSafe(s)
+}
+
+// checkSafe: whenever the threshold is below 1024, every port from it to
+// 1023 is guarded: held by the guard's root-only entries in the table, or
+// by the bind guard, or reserved by the policy.
+func (w *world) checkSafe(after string) {
+	v, _ := w.sys.Get(tune.UnprivPortStart)
+	var thr int
+	fmt.Sscan(v, &thr)
+	if thr >= 1024 {
+		return
+	}
+	if spec := w.guard.Spec(); spec != nil {
+		return
+	}
+	rs, err := w.tables.Read(model.DefaultTable)
+	covered := map[int]bool{}
+	if err == nil {
+		for _, s := range rs.Sets {
+			if s.Name != "res_port" && s.Name != "res_port_r" {
+				continue
+			}
+			for _, e := range s.Elements {
+				if e.Proto == model.UDP {
+					for p := int(e.Ports.Lo); p <= int(e.Ports.Hi); p++ {
+						covered[p] = true
+					}
+				}
+			}
+		}
+	}
+	for p := max(thr, 1); p < 1024; p++ {
+		if !covered[p] {
+			w.t.Errorf("after %s: the threshold is %d and udp/%d is guarded by nothing", after, thr, p)
+			return
+		}
+	}
+}
+
+type recTables struct {
+	w *world
+	nft.Kernel
+}
+
+func (r *recTables) Commit(tx *nft.Tx, gen uint32) (uint32, error) {
+	g, err := r.Kernel.Commit(tx, gen)
+	if err == nil && !tx.Empty() {
+		r.w.event("commit")
+	}
+	return g, err
+}
+
+type recSysctls struct {
+	w *world
+	sysctl.Sysctls
+}
+
+func (r *recSysctls) Set(name, value string) error {
+	if err := r.Sysctls.Set(name, value); err != nil {
+		return err
+	}
+	r.w.event(strings.TrimPrefix(name, "net.ipv4.") + "=" + value)
+	return nil
+}
+
+type recStore struct {
+	w *world
+	state.Store
+}
+
+func (r *recStore) Save(st state.State) error {
+	if err := r.Store.Save(st); err != nil {
+		return err
+	}
+	orig := "-"
+	if st.UnprivPortStartOriginal != nil {
+		orig = fmt.Sprint(*st.UnprivPortStartOriginal)
+	}
+	r.w.event("state(original=" + orig + ")")
+	return nil
+}
+
+func (r *recStore) Delete() error {
+	if err := r.Store.Delete(); err != nil {
+		return err
+	}
+	r.w.event("state deleted")
+	return nil
+}
+
+type recGuard struct {
+	w *world
+	Guard
+}
+
+func (r *recGuard) Apply(s bindguard.Spec) error {
+	if err := r.Guard.Apply(s); err != nil {
+		return err
+	}
+	r.w.event("guard applied")
+	return nil
+}
+
+func (r *recGuard) Remove() (bool, error) {
+	had, err := r.Guard.Remove()
+	if had && err == nil {
+		r.w.event("guard removed")
+	}
+	return had, err
+}
+
+var users = resolve.Static{Users: map[string]uint32{"www-data": 33, "alice": 1000}}
+
+func load(t *testing.T, text string) (*policy.Policy, *model.Resolved) {
+	t.Helper()
+	p, err := policy.Parse("p.yaml", []byte(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := resolve.Resolve(p, users)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, r
+}
+
+func policyText(settings string) string {
+	return "version: 1\nsettings: {" + settings + "}\nreservations:\n  - name: web\n    ports: [80]\n    protocols: [tcp]\n    owner: { users: [www-data] }\n"
+}
+
+// apply runs what `portfw apply` runs: lock, prepare, sync.
+func (w *world) apply(text string) (Result, error) {
+	w.t.Helper()
+	unlock, err := w.e.Lock()
+	if err != nil {
+		return Result{}, err
+	}
+	defer unlock()
+	pol, res := load(w.t, text)
+	p, err := w.e.Prepare("p.yaml", pol, res)
+	if err != nil {
+		return Result{}, err
+	}
+	return w.e.Sync(p, false)
+}
+
+func (w *world) mustApply(text string) Result {
+	w.t.Helper()
+	r, err := w.apply(text)
+	if err != nil {
+		w.t.Fatalf("apply: %v", err)
+	}
+	return r
+}
+
+func (w *world) threshold() string { v, _ := w.sys.Get(tune.UnprivPortStart); return v }
+
+func (w *world) wantEvents(want ...string) {
+	w.t.Helper()
+	if !slices.Equal(w.events, want) {
+		w.t.Errorf("events:\n  %s\nwant:\n  %s", strings.Join(w.events, "\n  "), strings.Join(want, "\n  "))
+	}
+	w.events = nil
+}
+
+// TestLowerAfterRules: a threshold going down is lowered only after the
+// state recorded the original and the table guards the range; one going up
+// is raised before the table drops its guard; remove raises it first.
+func TestLowerAfterRules(t *testing.T) {
+	w := newWorld(t)
+	w.guard.Unsupported = bindguard.ErrNotSupported
+	w.mustApply(policyText("unprivileged_port_start: 80"))
+	w.wantEvents("state(original=1024)", "commit", "ip_unprivileged_port_start=80", "state(original=1024)")
+	if w.threshold() != "80" {
+		t.Fatalf("threshold %s", w.threshold())
+	}
+	// Up again (keep): raised before the table loses its guard entries.
+	w.mustApply(policyText("unprivileged_port_start: keep"))
+	w.wantEvents("state(original=1024)", "ip_unprivileged_port_start=1024", "commit", "state(original=-)")
+	// Down, then remove: the threshold goes back up before the table goes.
+	w.mustApply(policyText("unprivileged_port_start: 80"))
+	w.events = nil
+	unlock, _ := w.e.Lock()
+	rr, err := w.e.Remove()
+	unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.wantEvents("ip_unprivileged_port_start=1024", "commit", "state deleted")
+	if !slices.Equal(rr.Tables, []string{"portfw"}) || len(rr.Restored) != 1 {
+		t.Errorf("remove: %+v", rr)
+	}
+	if tabs := w.tables.Tables(); len(tabs) != 0 {
+		t.Errorf("tables after remove: %v", tabs)
+	}
+}
+
+// TestGuardFirstAndLast: the bind guard goes in before the table and the
+// sysctls change, and goes only after them when the policy turns it off.
+func TestGuardFirstAndLast(t *testing.T) {
+	w := newWorld(t)
+	r := w.mustApply(policyText("bind_guard: auto"))
+	w.wantEvents("guard applied", "state(original=-)", "commit", "state(original=-)")
+	if r.Guard != GuardUpdated || w.guard.Spec() == nil || w.threshold() != "1024" {
+		t.Fatalf("guard %v spec %v threshold %s", r.Guard, w.guard.Spec(), w.threshold())
+	}
+	// The table is the same with the guard off: only the guard goes.
+	r = w.mustApply(policyText("bind_guard: off"))
+	w.wantEvents("state(original=-)", "guard removed", "state(original=-)")
+	if r.Guard != GuardRemoved || w.guard.Spec() != nil {
+		t.Errorf("guard %v spec %v", r.Guard, w.guard.Spec())
+	}
+	// on where it cannot run: refused before anything changes.
+	w.guard.Unsupported = fmt.Errorf("%w: test", bindguard.ErrNotSupported)
+	if _, err := w.apply(policyText("bind_guard: on")); err == nil || !strings.Contains(err.Error(), "bind_guard is on but") {
+		t.Errorf("bind_guard: on without support: %v", err)
+	}
+	w.wantEvents()
+}
+
+// TestFailureMidway: a commit the kernel refuses leaves the previous
+// table and a threshold never lowered; a threshold that cannot be lowered
+// after the table went in is reported as exactly that.
+func TestFailureMidway(t *testing.T) {
+	w := newWorld(t)
+	w.guard.Unsupported = bindguard.ErrNotSupported
+	w.tables.FailNext = errors.New("kernel says no")
+	if _, err := w.apply(policyText("unprivileged_port_start: 80")); err == nil || !strings.Contains(err.Error(), "the kernel keeps its previous table") {
+		t.Fatalf("apply with a failing commit: %v", err)
+	}
+	w.wantEvents("state(original=1024)")
+	if w.threshold() != "1024" {
+		t.Errorf("threshold %s after a failed commit", w.threshold())
+	}
+	w.sys.Fail = map[string]error{tune.UnprivPortStart: errors.New("EPERM")}
+	_, err := w.apply(policyText("unprivileged_port_start: 80"))
+	var partial *PartialError
+	if !errors.As(err, &partial) || !strings.Contains(err.Error(), "table inet portfw was applied, but") || !strings.Contains(err.Error(), "the threshold stays 1024") {
+		t.Fatalf("apply with a failing sysctl: %v", err)
+	}
+	w.wantEvents("state(original=1024)", "commit")
+	// The next apply, once the sysctl can be written, finishes the job.
+	w.sys.Fail = nil
+	w.mustApply(policyText("unprivileged_port_start: 80"))
+	if w.threshold() != "80" {
+		t.Errorf("threshold %s", w.threshold())
+	}
+}
+
+// TestInSyncByGeneration: an apply with nothing to do reads nothing back
+// while nobody else committed; after someone did, it reads once and
+// repairs what they changed.
+func TestInSyncByGeneration(t *testing.T) {
+	w := newWorld(t)
+	text := policyText("bind_guard: auto")
+	w.mustApply(text)
+	reads := w.tables.Reads
+	r := w.mustApply(text)
+	if !r.InSync() || r.Read || w.tables.Reads != reads {
+		t.Fatalf("second apply: in sync %v, read %v (%d reads, was %d); want in sync without a read", r.InSync(), r.Read, w.tables.Reads, reads)
+	}
+	// Another process deletes an element.
+	w.tables.Tamper("portfw", func(rs *compiler.Ruleset) *compiler.Ruleset {
+		rs.Sets[0].Elements = rs.Sets[0].Elements[:0]
+		return rs
+	})
+	r = w.mustApply(text)
+	if r.InSync() || !r.Read || r.Mode != ModeDelta {
+		t.Errorf("after tampering: %+v; want a delta after a read", r)
+	}
+	// Someone commits to an unrelated table: read once, nothing to do,
+	// and the generation is recorded so the next apply reads nothing.
+	w.tables.Tamper("other", func(*compiler.Ruleset) *compiler.Ruleset { return &compiler.Ruleset{Table: "other"} })
+	if r = w.mustApply(text); !r.InSync() || !r.Read {
+		t.Errorf("after an unrelated commit: %+v", r)
+	}
+	reads = w.tables.Reads
+	if r = w.mustApply(text); !r.InSync() || r.Read || w.tables.Reads != reads {
+		t.Errorf("next apply read the table again: %+v", r)
+	}
+}
+
+// racing commits once, from "another process", between the engine's read
+// and its commit.
+type racing struct {
+	nft.Kernel
+	fake *nft.Fake
+	done bool
+}
+
+func (r *racing) Read(table string) (*compiler.Ruleset, error) {
+	rs, err := r.Kernel.Read(table)
+	if !r.done {
+		r.done = true
+		r.fake.Tamper("intruder", func(*compiler.Ruleset) *compiler.Ruleset { return &compiler.Ruleset{Table: "intruder"} })
+	}
+	return rs, err
+}
+
+// TestCommitRereadsAfterRace: a commit built on a generation another
+// process has moved past is refused by the kernel; the engine reads again
+// and commits on the new generation, never blind.
+func TestCommitRereadsAfterRace(t *testing.T) {
+	w := newWorld(t)
+	race := &racing{Kernel: w.tables, fake: w.tables}
+	w.e.Host.Tables = race
+	r := w.mustApply(policyText("bind_guard: off"))
+	if !race.done || r.Mode != ModeReplace || w.tables.Reads != 2 {
+		t.Errorf("result %+v after %d reads; want a replace after a second read", r, w.tables.Reads)
+	}
+	if !slices.Equal(w.tables.Tables(), []string{"intruder", "portfw"}) {
+		t.Errorf("tables %v: the other process's table must survive", w.tables.Tables())
+	}
+}
+
+// TestTableRenamed: a policy that renames its table removes the old one in
+// the same transaction.
+func TestTableRenamed(t *testing.T) {
+	w := newWorld(t)
+	w.mustApply(policyText("bind_guard: off"))
+	commits := w.tables.Replaces
+	r := w.mustApply(policyText("bind_guard: off, table: renamed"))
+	if r.OldTable != "portfw" || !slices.Equal(w.tables.Tables(), []string{"renamed"}) || w.tables.Replaces != commits+1 {
+		t.Errorf("result %+v, tables %v", r, w.tables.Tables())
+	}
+	st, _ := w.store.Load()
+	if st.Table != "renamed" {
+		t.Errorf("state names table %q", st.Table)
+	}
+}
+
+// TestCorruptState: apply refuses with the way out; remove restores the
+// safest threshold and sets the file aside.
+func TestCorruptState(t *testing.T) {
+	w := newWorld(t)
+	w.guard.Unsupported = bindguard.ErrNotSupported
+	w.mustApply(policyText("unprivileged_port_start: 80"))
+	w.store.Corrupt = true
+	if _, err := w.apply(policyText("unprivileged_port_start: 80")); err == nil || !strings.Contains(err.Error(), "`portfw remove` restores the safest values") {
+		t.Fatalf("apply over a corrupt state: %v", err)
+	}
+	w.events = nil
+	rr, err := w.e.Remove("portfw")
+	if err != nil || rr.Corrupt == nil || w.threshold() != "1024" || len(w.tables.Tables()) != 0 {
+		t.Fatalf("remove over a corrupt state: %+v %v; threshold %s tables %v", rr, err, w.threshold(), w.tables.Tables())
+	}
+	w.wantEvents("ip_unprivileged_port_start=1024", "commit", "state deleted")
+}
+
+// TestReadOnlySysctls: a container's read-only /proc/sys: the table goes
+// in, nothing is written, and the warning says what is missing.
+func TestReadOnlySysctls(t *testing.T) {
+	w := newWorld(t)
+	w.sys.ReadOnly = true
+	pol, res := load(t, "version: 1\nreservations:\n  - name: app\n    ports: [40000]\n    owner: { users: [alice] }\n")
+	p, err := w.e.Prepare("p.yaml", pol, res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(strings.Join(p.Warnings(), "\n"), "cannot reserve ports 40000") {
+		t.Errorf("warnings %q", p.Warnings())
+	}
+	if _, err := w.e.Sync(p, false); err != nil {
+		t.Fatalf("sync: %v", err)
+	}
+	if len(w.sys.Written()) != 0 || len(w.tables.Tables()) != 1 {
+		t.Errorf("writes %v, tables %v", w.sys.Written(), w.tables.Tables())
+	}
+	if _, err := w.apply(policyText("unprivileged_port_start: 80")); err == nil || !strings.Contains(err.Error(), "read-only") {
+		t.Errorf("a threshold with read-only sysctls: %v", err)
+	}
+}
+
+// TestLocked: a second holder of the namespace's lock is refused.
+func TestLocked(t *testing.T) {
+	w := newWorld(t)
+	unlock, err := w.e.Lock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
+	if _, err := w.apply(policyText("")); !errors.Is(err, state.ErrLocked) {
+		t.Errorf("apply while locked: %v", err)
+	}
+}
+
+// TestSquattersReported: a socket a non-owner bound before the guard went
+// in is reported by the sync that installs the guard.
+func TestSquattersReported(t *testing.T) {
+	w := newWorld(t)
+	w.socks = []audit.Socket{{Protocol: model.TCP, Port: 80, UID: 1000, Inode: 7}, {Protocol: model.TCP, Port: 80, UID: 33, Inode: 8}}
+	r := w.mustApply(policyText("bind_guard: auto"))
+	if len(r.Squatters) != 1 || r.Squatters[0].UID != 1000 || r.Squatters[0].Reservation != "web" {
+		t.Errorf("squatters %+v", r.Squatters)
+	}
+}
+
+// TestDry: a dry sync changes nothing.
+func TestDry(t *testing.T) {
+	w := newWorld(t)
+	pol, res := load(t, policyText("unprivileged_port_start: 80"))
+	p, err := w.e.Prepare("p.yaml", pol, res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := w.e.Sync(p, true)
+	if err != nil || r.InSync() || len(r.Sysctls) != 1 {
+		t.Fatalf("dry sync: %+v %v", r, err)
+	}
+	w.wantEvents()
+}
