@@ -62,23 +62,23 @@ type Process struct {
 // reservation of its port, since it would receive their traffic, and one
 // for the reservation holding the port on every address.
 type Finding struct {
-	Reservation string          `json:"reservation"`
+	Reservation string         `json:"reservation"`
 	Protocol    model.Protocol `json:"protocol"`
-	Address     netip.Addr      `json:"address"`
-	Port        uint16          `json:"port"`
-	UID         uint32          `json:"uid"`
-	User        string          `json:"user"`
-	Processes   []Process       `json:"processes"`
-	Verdict     Verdict         `json:"verdict"`
-	Inode       uint64          `json:"-"`
+	Address     netip.Addr     `json:"address"`
+	Port        uint16         `json:"port"`
+	UID         uint32         `json:"uid"`
+	User        string         `json:"user"`
+	Processes   []Process      `json:"processes"`
+	Verdict     Verdict        `json:"verdict"`
+	Inode       uint64         `json:"-"`
 }
 
 // Free lists the ports of a reservation, for one protocol, that no socket
 // is bound to.
 type Free struct {
-	Reservation string          `json:"reservation"`
+	Reservation string         `json:"reservation"`
 	Protocol    model.Protocol `json:"protocol"`
-	Ports       []string        `json:"ports"` // "80", "30000-30999"
+	Ports       []string       `json:"ports"` // "80", "30000-30999"
 }
 
 // Report is the result of an audit.

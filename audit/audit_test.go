@@ -10,8 +10,8 @@ import (
 )
 
 func ports(rs ...model.PortRange) []model.PortRange { return rs }
-func port(p uint16) model.PortRange                  { return model.PortRange{Lo: p, Hi: p} }
-func ids(lo, hi uint32) []model.IDRange              { return []model.IDRange{{Lo: lo, Hi: hi}} }
+func port(p uint16) model.PortRange                 { return model.PortRange{Lo: p, Hi: p} }
+func ids(lo, hi uint32) []model.IDRange             { return []model.IDRange{{Lo: lo, Hi: hi}} }
 
 var (
 	tcp  = []model.Protocol{model.TCP}

@@ -44,7 +44,7 @@ type Owners struct {
 // Port is one reserved (protocol, port).
 type Port struct {
 	Proto model.Protocol `json:"proto"`
-	Port  uint16          `json:"port"`
+	Port  uint16         `json:"port"`
 	// Default owns every address of the port that no Scope covers (a
 	// reservation for every address, or the root-only guard); 0 when
 	// other addresses are free.
@@ -64,9 +64,9 @@ type Port struct {
 // address inside Prefix needs Owner.
 type Scope struct {
 	Proto  model.Protocol `json:"proto"`
-	Port   uint16          `json:"port"`
-	Prefix netip.Prefix    `json:"prefix"` // IPv4 or IPv6, masked
-	Owner  OwnerID         `json:"owner"`
+	Port   uint16         `json:"port"`
+	Prefix netip.Prefix   `json:"prefix"` // IPv4 or IPv6, masked
+	Owner  OwnerID        `json:"owner"`
 }
 
 // Spec is everything the guard enforces, keyed the way the program looks

@@ -45,7 +45,9 @@ func (es *Errors) add(e *Error) {
 
 // Add records a problem (for package resolve, which finds problems that
 // need ids).
-func (es *Errors) Add(pos model.Pos, field, msg string) { es.add(&Error{Pos: pos, Field: field, Msg: msg}) }
+func (es *Errors) Add(pos model.Pos, field, msg string) {
+	es.add(&Error{Pos: pos, Field: field, Msg: msg})
+}
 
 // Len is the number of problems found, kept or not.
 func (es *Errors) Len() int { return len(es.List) + es.Dropped }

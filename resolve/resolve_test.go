@@ -104,8 +104,6 @@ func TestParseResolveFull(t *testing.T) {
 	}
 }
 
-
-
 func mustResolve(t *testing.T, yaml string) *model.Resolved {
 	t.Helper()
 	p, err := policy.Parse("p.yaml", []byte(yaml))

@@ -30,11 +30,11 @@ type System struct {
 	// read-only (say /host/etc/passwd).
 	PasswdFile, GroupFile string
 
-	mu             sync.Mutex
-	users, groups  dbFile
-	nssUsers       map[string]uint32
-	nssGroups      map[string]uint32
-	noNSS          bool // set for custom files: NSS would read the wrong ones
+	mu            sync.Mutex
+	users, groups dbFile
+	nssUsers      map[string]uint32
+	nssGroups     map[string]uint32
+	noNSS         bool // set for custom files: NSS would read the wrong ones
 }
 
 // NewSystem returns a resolver for the given database files ("" for the
@@ -166,9 +166,9 @@ type dbFile struct {
 // fileStamp identifies a version of a file: an editor's rename gives a new
 // inode, an in-place write a new size or time.
 type fileStamp struct {
-	dev, ino, size    uint64
-	mtime, ctime      int64
-	mtimeNs, ctimeNs  int64
+	dev, ino, size   uint64
+	mtime, ctime     int64
+	mtimeNs, ctimeNs int64
 }
 
 func stampOf(path string) (fileStamp, error) {

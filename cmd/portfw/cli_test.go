@@ -176,9 +176,9 @@ func TestApplyDiffStatusRemove(t *testing.T) {
 	}
 	code, out, _ = f.run("apply", insecure, "-f", path, "--json")
 	var aj struct {
-		Version   int    `json:"version"`
-		InSync    bool   `json:"in_sync"`
-		ReadTable bool   `json:"read_table"`
+		Version   int  `json:"version"`
+		InSync    bool `json:"in_sync"`
+		ReadTable bool `json:"read_table"`
 		Layers    struct {
 			BindGuard bool `json:"bind_guard"`
 		} `json:"layers"`

@@ -106,7 +106,7 @@ func (h *harness) config() Config {
 		KernelChanges: h.changes, Reload: h.hup, FileEvents: h.files,
 		Notify:   func(s string) { h.mu.Lock(); h.notes = append(h.notes, s); h.mu.Unlock() },
 		Debounce: 10 * time.Millisecond, Recheck: time.Hour, AuditInterval: -1,
-		Idle:     func() { h.idles.Add(1) },
+		Idle: func() { h.idles.Add(1) },
 	}
 }
 
