@@ -24,10 +24,10 @@ import (
 //     root (inode 1): the host's /sys/fs/cgroup[/unified], or the host's
 //     hierarchy mounted into a container;
 //  2. a private cgroup2 mount, made on a thread of its own in a mount
-//     namespace of its own (nobody else ever sees it), after joining PID
-//     1's cgroup namespace if it differs from ours (a container with the
-//     host's PID namespace); the directory stays open when the thread and
-//     its mount namespace go away.
+//     namespace of its own (nobody else ever sees it), after joining the
+//     initial cgroup namespace if ours is another and a process in it is
+//     visible (a container with the host's PID namespace); the directory
+//     stays open when the thread and its mount namespace go away.
 //
 // A mount whose root is not inode 1 is a cgroup namespace's subtree: the
 // guard never attaches there silently.
@@ -193,21 +193,45 @@ func privateMount() (*os.File, error) {
 	return r.f, r.err
 }
 
-// joinInitCgroupNS moves the calling thread into PID 1's cgroup namespace
-// when it differs from ours (a container that shares the host's PID
-// namespace but has a cgroup namespace of its own). Failure is not an
+// initCgroupNS is PROC_CGROUP_INIT_INO, the inode of the initial cgroup
+// namespace.
+const initCgroupNS = 0xEFFFFFFB
+
+// joinInitCgroupNS moves the calling thread into the initial cgroup
+// namespace when it is in another one (a container that shares the host's
+// PID namespace but has a cgroup namespace of its own): through PID 1's
+// namespace file, or any visible process's that is in it. Failure is not an
 // error here: the inode check decides.
 func joinInitCgroupNS() {
-	var self, init unix.Stat_t
-	if unix.Stat("/proc/thread-self/ns/cgroup", &self) != nil || unix.Stat("/proc/1/ns/cgroup", &init) != nil || self.Ino == init.Ino {
+	var self unix.Stat_t
+	if unix.Stat("/proc/thread-self/ns/cgroup", &self) != nil || self.Ino == initCgroupNS {
 		return
 	}
-	fd, err := unix.Open("/proc/1/ns/cgroup", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	try := func(pid string) bool {
+		path := "/proc/" + pid + "/ns/cgroup"
+		var st unix.Stat_t
+		if unix.Stat(path, &st) != nil || st.Ino != initCgroupNS {
+			return false
+		}
+		fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return false
+		}
+		defer unix.Close(fd)
+		return unix.Setns(fd, unix.CLONE_NEWCGROUP) == nil
+	}
+	if try("1") {
+		return
+	}
+	entries, err := os.ReadDir("/proc")
 	if err != nil {
 		return
 	}
-	defer unix.Close(fd)
-	_ = unix.Setns(fd, unix.CLONE_NEWCGROUP)
+	for _, e := range entries {
+		if _, err := strconv.Atoi(e.Name()); err == nil && try(e.Name()) {
+			return
+		}
+	}
 }
 
 // OpenCgroup opens the cgroup the guard attaches to: the root of the

@@ -21,6 +21,13 @@ type DialConfig struct {
 	SourcePort uint16         // local port to bind; 0 lets the kernel choose
 	Request    string         // sent to the server; "hello" if empty
 
+	// FastOpen puts the request in the SYN (TCP_FASTOPEN_CONNECT), with a
+	// cookie the namespace cached from an earlier connection, or none with
+	// FastOpenNoCookie.
+	FastOpen, FastOpenNoCookie bool
+	// Cgroup, if set, is the cgroup the client runs in.
+	Cgroup *Cgroup
+
 	ConnectTimeout time.Duration // TCP handshake; 1.5s if zero
 	// Timeout bounds the wait for the reply once connected (UDP: once
 	// sent); 2s for TCP and 1s for UDP if zero. Raise it above a server's
@@ -73,7 +80,7 @@ func (n *NS) DialN(t testing.TB, cfg DialConfig, count int) []Result {
 		// A blocked exchange always waits this long; a delivered one
 		// takes well under a millisecond between two namespaces.
 		cfg.Timeout = 2 * time.Second
-		if cfg.Proto == UDP {
+		if cfg.Proto != TCP {
 			cfg.Timeout = time.Second
 		}
 	}
@@ -87,6 +94,15 @@ func (n *NS) DialN(t testing.TB, cfg DialConfig, count int) []Result {
 		"-connect-timeout", cfg.ConnectTimeout.String(),
 		"-timeout", cfg.Timeout.String(),
 		"-parallel", strconv.Itoa(count),
+	}
+	if cfg.FastOpen {
+		args = append(args, "-tfo")
+	}
+	if cfg.FastOpenNoCookie {
+		args = append(args, "-tfo-no-cookie")
+	}
+	if cfg.Cgroup != nil {
+		args = append(args, "-cgroup", cfg.Cgroup.Dir)
 	}
 	var (
 		mu      sync.Mutex

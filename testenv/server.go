@@ -19,8 +19,9 @@ type Proto string
 
 // Protocols a peer speaks.
 const (
-	TCP Proto = "tcp"
-	UDP Proto = "udp"
+	TCP     Proto = "tcp"
+	UDP     Proto = "udp"
+	UDPLite Proto = "udplite"
 )
 
 // ServeConfig describes a server. The zero value of each field is a plain
@@ -49,6 +50,19 @@ type ServeConfig struct {
 	// ReplyAndClose reads the request, writes the reply and closes at once,
 	// so the reply's retransmits and the FIN leave from an orphaned socket.
 	ReplyAndClose bool
+	// Silent reads every request and never replies: a squatter that only
+	// listens in.
+	Silent bool
+	// FastOpen takes data in a client's SYN that carries a valid cookie
+	// (TCP_FASTOPEN), and FastOpenNoCookie in one that carries none; the
+	// namespace's net.ipv4.tcp_fastopen must enable servers.
+	FastOpen, FastOpenNoCookie bool
+	// Connect connects a UDP server's socket to one client after binding:
+	// the kernel then hands that client's datagrams to it rather than to an
+	// unconnected socket on the port.
+	Connect netip.AddrPort
+	// Cgroup, if set, is the cgroup the server runs in.
+	Cgroup *Cgroup
 }
 
 // Server is a running server peer. It is stopped by the test's cleanup.
@@ -107,6 +121,21 @@ func (n *NS) Serve(t testing.TB, cfg ServeConfig) *Server {
 	}
 	if cfg.ReplyAndClose {
 		args = append(args, "-reply-and-close")
+	}
+	if cfg.Silent {
+		args = append(args, "-silent")
+	}
+	if cfg.FastOpen {
+		args = append(args, "-tfo")
+	}
+	if cfg.FastOpenNoCookie {
+		args = append(args, "-tfo-no-cookie")
+	}
+	if cfg.Connect.IsValid() {
+		args = append(args, "-connect", cfg.Connect.String())
+	}
+	if cfg.Cgroup != nil {
+		args = append(args, "-cgroup", cfg.Cgroup.Dir)
 	}
 	s := &Server{
 		Reply: cfg.Reply,
@@ -253,16 +282,21 @@ func (s *Server) Stop(t testing.TB) {
 
 // TryBind binds a socket on addr as cred inside n and returns at once,
 // closing it: "ok", or the errno's name ("EACCES", "EPERM",
-// "EADDRINUSE"). Being refused is the answer, not a test failure.
-func (n *NS) TryBind(t testing.TB, proto Proto, addr netip.AddrPort, as Cred) string {
+// "EADDRINUSE"). Being refused is the answer, not a test failure. cg, when
+// given, is the cgroup the bind happens in.
+func (n *NS) TryBind(t testing.TB, proto Proto, addr netip.AddrPort, as Cred, cg ...*Cgroup) string {
 	t.Helper()
 	RequireNetNS(t)
 	if proto == "" {
 		proto = TCP
 	}
-	stdout, stderr, err := run(nil, "nsenter", "--net="+n.Path, "--", peerPath(t), "bind",
+	args := []string{"--net=" + n.Path, "--", peerPath(t), "bind",
 		"-proto", string(proto), "-addr", addr.String(),
-		"-uid", strconv.FormatUint(uint64(as.UID), 10), "-gid", strconv.FormatUint(uint64(as.GID), 10))
+		"-uid", strconv.FormatUint(uint64(as.UID), 10), "-gid", strconv.FormatUint(uint64(as.GID), 10)}
+	if len(cg) > 0 && cg[0] != nil {
+		args = append(args, "-cgroup", cg[0].Dir)
+	}
+	stdout, stderr, err := run(nil, "nsenter", args...)
 	if err != nil {
 		t.Fatalf("bind probe %s %s as %v: %v\n%s", proto, addr, as, err, stderr)
 	}

@@ -55,7 +55,7 @@ func runApply(a *app, args []string) int {
 	}
 	p, err := e.Prepare(l.path, l.policy, l.resolved)
 	if err != nil {
-		fmt.Fprintf(a.stderr, "portfw apply: %v; nothing was changed\n", err)
+		fmt.Fprintf(a.stderr, "portfw apply: %s: %v; nothing was changed\n", *path, err)
 		return exitNo
 	}
 	if !*asJSON {

@@ -102,7 +102,7 @@ func TestCheckSaysWhatApplyWould(t *testing.T) {
 		t.Errorf("check without a guard: exit %d\n%s%s", code, out, errOut)
 	}
 	code, _, errOut = run("check", insecure, "-f", tempPolicy(t, "version: 1\nreservations:\n  - name: all\n    ports: [\"30000-65535\"]\n    owner: { users: [www-data] }\n"))
-	if code != 1 || !strings.Contains(errOut, "too few ephemeral ports left") || !strings.Contains(errOut, "all (28232 ports)") {
+	if code != 1 || !strings.Contains(errOut, "too few ephemeral ports left") || !strings.Contains(errOut, "policy.yaml:3:5 (28232 ports)") {
 		t.Errorf("check of a policy starving the ephemeral range: exit %d, %q", code, errOut)
 	}
 }

@@ -233,6 +233,7 @@ func reservedPorts(r *model.Resolved, h Host, st state.State) (all, added model.
 	rng := model.NewPorts(h.LocalPortRange)
 	type use struct {
 		name string
+		pos  model.Pos
 		n    int
 	}
 	var want model.Ports
@@ -241,7 +242,7 @@ func reservedPorts(r *model.Resolved, h Host, st state.State) (all, added model.
 		in := model.NewPorts(res.Ports...).Intersect(rng)
 		if len(in) > 0 {
 			want = want.Union(in)
-			uses = append(uses, use{res.Name, in.Count()})
+			uses = append(uses, use{res.Name, res.Pos, in.Count()})
 		}
 	}
 	all = base.Union(want)
@@ -256,7 +257,11 @@ func reservedPorts(r *model.Resolved, h Host, st state.State) (all, added model.
 				names = append(names, fmt.Sprintf("and %d more", len(uses)-5))
 				break
 			}
-			names = append(names, fmt.Sprintf("%s (%d ports)", u.name, u.n))
+			at := ""
+			if u.pos.File != "" {
+				at = " at " + u.pos.String()
+			}
+			names = append(names, fmt.Sprintf("%s%s (%d ports)", u.name, at, u.n))
 		}
 		return nil, nil, fmt.Errorf("%w: the policy reserves ports in the ephemeral range %s (%s) and would leave %d of its %d ports "+
 			"for outgoing connections, fewer than %d; every outgoing connection in the namespace would fail, root's too. Reserved there: %s. "+

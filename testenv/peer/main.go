@@ -62,6 +62,7 @@ func tryBind(args []string) error {
 	addr := fs.String("addr", "", "address:port to bind")
 	uid := fs.Int("uid", -1, "uid to bind as")
 	gid := fs.Int("gid", -1, "gid to bind as")
+	cgroup := fs.String("cgroup", "", "cgroup v2 directory to join first")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -69,17 +70,21 @@ func tryBind(args []string) error {
 	if err != nil {
 		return err
 	}
+	if err := joinCgroup(*cgroup); err != nil {
+		return err
+	}
 	if err := become(*uid, *gid); err != nil {
 		return err
 	}
-	family, typ := syscall.AF_INET6, syscall.SOCK_STREAM
+	family := syscall.AF_INET6
 	if ap.Addr().Is4() {
 		family = syscall.AF_INET
 	}
-	if *proto == "udp" {
-		typ = syscall.SOCK_DGRAM
+	typ, protocol, err := sockType(*proto)
+	if err != nil {
+		return err
 	}
-	fd, err := syscall.Socket(family, typ, 0)
+	fd, err := syscall.Socket(family, typ, protocol)
 	if err != nil {
 		return fmt.Errorf("socket: %w", err)
 	}
@@ -100,6 +105,42 @@ func tryBind(args []string) error {
 	return nil
 }
 
+// sockType is the socket type and protocol number of a protocol name.
+func sockType(proto string) (typ, protocol int, err error) {
+	switch proto {
+	case "tcp":
+		return syscall.SOCK_STREAM, 0, nil
+	case "udp":
+		return syscall.SOCK_DGRAM, 0, nil
+	case "udplite":
+		return syscall.SOCK_DGRAM, ipprotoUDPLite, nil
+	}
+	return 0, 0, fmt.Errorf("unknown proto %q", proto)
+}
+
+const (
+	ipprotoUDPLite         = 136
+	tcpFastopen            = 23 // TCP_FASTOPEN: the queue length of a listener
+	tcpFastopenConnect     = 30 // TCP_FASTOPEN_CONNECT: the first write goes in the SYN
+	tcpFastopenNoCookie    = 34 // TCP_FASTOPEN_NO_COOKIE
+	udpliteSendCscov       = 10 // UDPLITE_SEND_CSCOV
+	udpliteRecvCscov       = 11 // UDPLITE_RECV_CSCOV
+	solUDPLite             = 136
+	defaultUDPLiteCoverage = 8 // the header only
+)
+
+// joinCgroup moves this process into a cgroup v2 directory, before it does
+// anything else: the cgroup decides which bind guard sees its binds.
+func joinCgroup(dir string) error {
+	if dir == "" {
+		return nil
+	}
+	if err := os.WriteFile(dir+"/cgroup.procs", []byte(fmt.Sprint(os.Getpid())), 0); err != nil {
+		return fmt.Errorf("join cgroup %s: %w", dir, err)
+	}
+	return nil
+}
+
 func errnoName(e syscall.Errno) string {
 	switch e {
 	case syscall.EACCES:
@@ -108,6 +149,8 @@ func errnoName(e syscall.Errno) string {
 		return "EPERM"
 	case syscall.EADDRINUSE:
 		return "EADDRINUSE"
+	case syscall.EPROTONOSUPPORT:
+		return "EPROTONOSUPPORT"
 	}
 	return fmt.Sprintf("errno %d (%v)", int(e), e)
 }
@@ -196,12 +239,12 @@ func creds() wire.Cred {
 // socket opens and binds a socket by hand rather than with net.Listen, to
 // control the listen backlog (0 forces syncookies) and the moment the socket
 // is created (that is when its credentials are fixed).
-func socket(ap netip.AddrPort, typ int) (int, error) {
+func socket(ap netip.AddrPort, typ, protocol int) (int, error) {
 	family := syscall.AF_INET6
 	if ap.Addr().Is4() {
 		family = syscall.AF_INET
 	}
-	fd, err := syscall.Socket(family, typ|syscall.SOCK_CLOEXEC, 0)
+	fd, err := syscall.Socket(family, typ|syscall.SOCK_CLOEXEC, protocol)
 	if err != nil {
 		return -1, fmt.Errorf("create socket: %w", err)
 	}
@@ -243,6 +286,11 @@ type serveConfig struct {
 	acceptDelay   time.Duration
 	replyAndClose bool
 	readTimeout   time.Duration
+	silent        bool   // read, never reply
+	tfo           bool   // TCP: accept data in the SYN with a valid cookie (TCP_FASTOPEN)
+	tfoNoCookie   bool   // and without one (TCP_FASTOPEN_NO_COOKIE)
+	connect       string // UDP: connect the bound socket to this peer (steals its flow)
+	cgroup        string
 }
 
 func serve(args []string) error {
@@ -260,12 +308,20 @@ func serve(args []string) error {
 	fs.DurationVar(&c.acceptDelay, "accept-delay", 0, "wait this long after listening before accepting")
 	fs.BoolVar(&c.replyAndClose, "reply-and-close", false, "read the request, write the reply and close at once (orphan retransmits)")
 	fs.DurationVar(&c.readTimeout, "read-timeout", 2*time.Second, "give up reading a connection after this long")
+	fs.BoolVar(&c.silent, "silent", false, "read requests and never reply")
+	fs.BoolVar(&c.tfo, "tfo", false, "TCP: take data in a SYN with a valid cookie (TCP Fast Open)")
+	fs.BoolVar(&c.tfoNoCookie, "tfo-no-cookie", false, "with -tfo: also without a cookie")
+	fs.StringVar(&c.connect, "connect", "", "UDP: connect the socket to this IP:PORT after binding")
+	fs.StringVar(&c.cgroup, "cgroup", "", "cgroup v2 directory to join first")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	var err error
 	if c.addr, err = netip.ParseAddrPort(addr); err != nil {
 		return fmt.Errorf("parse addr: %w", err)
+	}
+	if err := joinCgroup(c.cgroup); err != nil {
+		return err
 	}
 	if c.reply == "" {
 		uid := c.uid
@@ -278,21 +334,46 @@ func serve(args []string) error {
 		c.listenUID, c.listenGID = c.uid, c.gid
 	}
 
-	typ := syscall.SOCK_STREAM
-	if c.proto == "udp" {
-		typ = syscall.SOCK_DGRAM
-	} else if c.proto != "tcp" {
-		return fmt.Errorf("unknown proto %q", c.proto)
+	typ, protocol, err := sockType(c.proto)
+	if err != nil {
+		return err
 	}
 	fd := -1
 	open := func() error {
 		var err error
-		if fd, err = socket(c.addr, typ); err != nil {
+		if fd, err = socket(c.addr, typ, protocol); err != nil {
 			return err
 		}
 		if typ == syscall.SOCK_STREAM {
+			if c.tfo {
+				if err := syscall.SetsockoptInt(fd, syscall.IPPROTO_TCP, tcpFastopen, 16); err != nil {
+					return fmt.Errorf("set TCP_FASTOPEN: %w", err)
+				}
+				if c.tfoNoCookie {
+					if err := syscall.SetsockoptInt(fd, syscall.IPPROTO_TCP, tcpFastopenNoCookie, 1); err != nil {
+						return fmt.Errorf("set TCP_FASTOPEN_NO_COOKIE: %w", err)
+					}
+				}
+			}
 			if err := syscall.Listen(fd, c.backlog); err != nil {
 				return fmt.Errorf("listen: %w", err)
+			}
+		} else if c.connect != "" {
+			to, err := netip.ParseAddrPort(c.connect)
+			if err != nil {
+				return fmt.Errorf("parse -connect: %w", err)
+			}
+			var sa syscall.Sockaddr = &syscall.SockaddrInet6{Port: int(to.Port()), Addr: to.Addr().As16()}
+			if c.addr.Addr().Is4() {
+				sa = &syscall.SockaddrInet4{Port: int(to.Port()), Addr: to.Addr().As4()}
+			}
+			if err := syscall.Connect(fd, sa); err != nil {
+				return fmt.Errorf("connect to %s: %w", to, err)
+			}
+		}
+		if protocol == ipprotoUDPLite {
+			if err := udpliteCoverage(fd); err != nil {
+				return err
 			}
 		}
 		return nil
@@ -314,7 +395,12 @@ func serve(args []string) error {
 	f := os.NewFile(uintptr(fd), "socket")
 	cred := creds()
 
-	if typ == syscall.SOCK_DGRAM {
+	if typ == syscall.SOCK_DGRAM && c.connect != "" {
+		// A connected datagram socket: read and write with the plain calls,
+		// as the file conn wrappers do not do connected UDP.
+		emit(wire.Event{Ev: wire.EvReady, Addr: c.addr.String(), Cred: &cred})
+		go serveConnected(fd, c)
+	} else if typ == syscall.SOCK_DGRAM {
 		pc, err := net.FilePacketConn(f)
 		if err != nil {
 			return fmt.Errorf("wrap socket: %w", err)
@@ -362,6 +448,19 @@ func serveTCP(ln net.Listener, c serveConfig) {
 
 func handleTCP(conn net.Conn, id int, c serveConfig) {
 	defer conn.Close()
+	if c.silent {
+		conn.SetReadDeadline(time.Now().Add(c.readTimeout))
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := conn.Read(buf)
+			if n > 0 {
+				emit(wire.Event{Ev: wire.EvRead, Conn: id, Data: append([]byte(nil), buf[:n]...)})
+			}
+			if err != nil {
+				return
+			}
+		}
+	}
 	if c.replyAndClose {
 		// Read the request first: closing with unread data would send an
 		// RST and discard the reply, while a clean close queues a FIN
@@ -409,6 +508,37 @@ func handleTCP(conn net.Conn, id int, c serveConfig) {
 	}
 }
 
+// serveConnected serves a connected datagram socket: it reads what its one
+// peer sends and answers it.
+func serveConnected(fd int, c serveConfig) {
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := syscall.Read(fd, buf)
+		if err != nil {
+			emit(wire.Event{Ev: wire.EvError, Err: fmt.Sprintf("read: %v", err)})
+			return
+		}
+		emit(wire.Event{Ev: wire.EvRead, Remote: c.connect, Data: append([]byte(nil), buf[:n]...)})
+		if c.silent {
+			continue
+		}
+		if _, err := syscall.Write(fd, []byte(c.reply)); err != nil {
+			emit(wire.Event{Ev: wire.EvError, Err: fmt.Sprintf("write reply: %v", err)})
+		}
+	}
+}
+
+// udpliteCoverage makes a UDP-Lite socket checksum its header only, and
+// accept datagrams that do the same.
+func udpliteCoverage(fd int) error {
+	for _, opt := range []int{udpliteSendCscov, udpliteRecvCscov} {
+		if err := syscall.SetsockoptInt(fd, solUDPLite, opt, defaultUDPLiteCoverage); err != nil {
+			return fmt.Errorf("set UDP-Lite checksum coverage: %w", err)
+		}
+	}
+	return nil
+}
+
 func serveUDP(pc *net.UDPConn, c serveConfig) {
 	buf := make([]byte, 64<<10)
 	for {
@@ -418,6 +548,9 @@ func serveUDP(pc *net.UDPConn, c serveConfig) {
 			return
 		}
 		emit(wire.Event{Ev: wire.EvRead, Remote: from.String(), Data: append([]byte(nil), buf[:n]...)})
+		if c.silent {
+			continue
+		}
 		if _, err := pc.WriteToUDPAddrPort([]byte(c.reply), from); err != nil {
 			emit(wire.Event{Ev: wire.EvError, Remote: from.String(), Err: fmt.Sprintf("write reply: %v", err)})
 		}
@@ -433,6 +566,9 @@ type dialConfig struct {
 	connectTimeout time.Duration
 	timeout        time.Duration
 	parallel       int
+	tfo            bool // TCP: put the request in the SYN (TCP_FASTOPEN_CONNECT)
+	tfoNoCookie    bool // and send it without a cookie
+	cgroup         string
 }
 
 func dial(args []string) error {
@@ -447,11 +583,17 @@ func dial(args []string) error {
 	fs.DurationVar(&c.connectTimeout, "connect-timeout", 1500*time.Millisecond, "TCP connect timeout")
 	fs.DurationVar(&c.timeout, "timeout", 2*time.Second, "how long to wait for the reply once connected (UDP: once sent)")
 	fs.IntVar(&c.parallel, "parallel", 1, "number of clients at once")
+	fs.BoolVar(&c.tfo, "tfo", false, "TCP: send the request in the SYN (TCP Fast Open)")
+	fs.BoolVar(&c.tfoNoCookie, "tfo-no-cookie", false, "with -tfo: without a cookie")
+	fs.StringVar(&c.cgroup, "cgroup", "", "cgroup v2 directory to join first")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if c.proto != "tcp" && c.proto != "udp" {
-		return fmt.Errorf("unknown proto %q", c.proto)
+	if _, _, err := sockType(c.proto); err != nil {
+		return err
+	}
+	if err := joinCgroup(c.cgroup); err != nil {
+		return err
 	}
 	if err := become(c.uid, c.gid); err != nil {
 		return err
@@ -473,6 +615,9 @@ func dial(args []string) error {
 }
 
 func dialOne(c dialConfig) wire.Result {
+	if c.proto == "udplite" {
+		return dialUDPLite(c)
+	}
 	var r wire.Result
 	d := net.Dialer{
 		Timeout: c.connectTimeout,
@@ -482,6 +627,12 @@ func dialOne(c dialConfig) wire.Result {
 			var serr error
 			err := rc.Control(func(fd uintptr) {
 				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1)
+				if serr == nil && c.tfo {
+					serr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, tcpFastopenConnect, 1)
+				}
+				if serr == nil && c.tfoNoCookie {
+					serr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, tcpFastopenNoCookie, 1)
+				}
 			})
 			return errors.Join(err, serr)
 		},
@@ -517,6 +668,21 @@ func dialOne(c dialConfig) wire.Result {
 		}
 		return r
 	}
+	if c.tfo {
+		// The request goes in the SYN; a half-close before the handshake
+		// completes would reset the connection. Read the reply once.
+		if _, err := io.WriteString(conn, c.send); err != nil {
+			r.Err = fmt.Sprintf("write request: %v", err)
+			return r
+		}
+		buf := make([]byte, 64<<10)
+		n, err := conn.Read(buf)
+		r.Received = buf[:n]
+		if err != nil {
+			r.Err = fmt.Sprintf("read reply: %v", err)
+		}
+		return r
+	}
 	// A server may have replied and reset the connection before the
 	// request is out; the reply still waits in the receive queue, so read
 	// whatever happens on the way.
@@ -532,5 +698,58 @@ func dialOne(c dialConfig) wire.Result {
 		errs = append(errs, fmt.Sprintf("read reply: %v", err))
 	}
 	r.Err = strings.Join(errs, "; ")
+	return r
+}
+
+// dialUDPLite is one UDP-Lite exchange, with system calls: the net package
+// has no UDP-Lite.
+func dialUDPLite(c dialConfig) wire.Result {
+	var r wire.Result
+	to, err := netip.ParseAddrPort(c.addr)
+	if err != nil {
+		r.Err = fmt.Sprintf("parse addr: %v", err)
+		return r
+	}
+	family := syscall.AF_INET6
+	var sa, local syscall.Sockaddr = &syscall.SockaddrInet6{Port: int(to.Port()), Addr: to.Addr().As16()}, &syscall.SockaddrInet6{Port: c.sport}
+	if to.Addr().Is4() {
+		family = syscall.AF_INET
+		sa, local = &syscall.SockaddrInet4{Port: int(to.Port()), Addr: to.Addr().As4()}, &syscall.SockaddrInet4{Port: c.sport}
+	}
+	fd, err := syscall.Socket(family, syscall.SOCK_DGRAM|syscall.SOCK_CLOEXEC, ipprotoUDPLite)
+	if err != nil {
+		r.Err = fmt.Sprintf("socket: %v", err)
+		return r
+	}
+	defer syscall.Close(fd)
+	if err := udpliteCoverage(fd); err != nil {
+		r.Err = err.Error()
+		return r
+	}
+	syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1)
+	if c.sport != 0 {
+		if err := syscall.Bind(fd, local); err != nil {
+			r.Err = fmt.Sprintf("bind: %v", err)
+			return r
+		}
+	}
+	if err := syscall.Connect(fd, sa); err != nil {
+		r.Err = fmt.Sprintf("dial: %v", err)
+		return r
+	}
+	tv := syscall.NsecToTimeval(c.timeout.Nanoseconds())
+	syscall.SetsockoptTimeval(fd, syscall.SOL_SOCKET, syscall.SO_RCVTIMEO, &tv)
+	if _, err := syscall.Write(fd, []byte(c.send)); err != nil {
+		r.Err = fmt.Sprintf("write request: %v", err)
+		return r
+	}
+	r.Connected = true
+	buf := make([]byte, 64<<10)
+	n, err := syscall.Read(fd, buf)
+	if err != nil {
+		r.Err = fmt.Sprintf("read reply: %v", err)
+		return r
+	}
+	r.Received = buf[:n]
 	return r
 }
