@@ -11,6 +11,12 @@
 #     ruleset, each in a fresh namespace; and where an apply's time goes.
 #  3. Compile: Go benchmarks (bench/compile_test.go).
 #  4. Reload: `portfw watch` edited by rename, time to the kernel's commit.
+#  5. Bind guard: bind() with and without the guard at 10k reservations, in
+#     1 and in 100 namespaces, and the guard's apply (bench/bindguard).
+#
+# The guards portfw applies here attach to a throwaway cgroup
+# (PORTFW_BIND_GUARD_CGROUP), never to the host's root, so the bench leaves
+# no program behind.
 #
 # Everything runs in throwaway namespaces, removed on exit whatever happens.
 # Run as root from the repository (the Makefile builds bin/portfw first).
@@ -58,10 +64,16 @@ install -m 0700 -d "$WORK/etc"
 PFX=pfwb$$
 NAMESPACES=()
 PIDS=()
+# The cgroup2 mount of the hierarchy's root (after mountinfo's "-": the type).
+CGROOT=$(awk '{ for (i = 7; i < NF; i++) if ($i == "-") { if ($(i + 1) == "cgroup2" && $4 == "/") { print $5; exit } break } }' /proc/self/mountinfo)
+[ -n "$CGROOT" ] || { echo "bench: no cgroup v2 mount (the bind guard needs one)" >&2; exit 2; }
+mkdir "$CGROOT/$PFX"
+export PORTFW_BIND_GUARD_CGROUP=/$PFX
 cleanup() {
 	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
 	wait 2>/dev/null || true
 	for ns in "${NAMESPACES[@]}"; do ip netns del "$ns" 2>/dev/null || true; done
+	rmdir "$CGROOT/$PFX" 2>/dev/null || true # detaches what was attached to it
 	# BENCH_RESULTS=DIR keeps the raw results (sockperf outputs, JSON, TSV),
 	# also of a run that failed.
 	[ -z "${BENCH_RESULTS:-}" ] || { mkdir -p "$BENCH_RESULTS" && cp -r "$RES"/. "$BENCH_RESULTS"; } || true
@@ -271,6 +283,11 @@ for cfg in $RELOAD; do
 		-port "$PORT" -uid "$SRV_UID" -edits "$edits" -o "$RES/reload-$n.json"
 	rmns "$ns"
 done
+
+# ---- 5. Bind guard --------------------------------------------------------
+log "bind guard"
+go run ./bench/bindguard -o "$RES/bindguard.md"
+echo "go run ./bench/bindguard" >>"$RES/commands.txt"
 
 {
 	echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"

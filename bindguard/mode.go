@@ -22,7 +22,7 @@ func Decide(mode model.BindGuardMode, supported func() error) (on bool, note str
 	case model.BindGuardAuto:
 		if err := supported(); err != nil {
 			return false, fmt.Sprintf("bind guard off: %v; the nftables rules alone enforce the policy "+
-				"(a squatter can still bind a reserved port: it gets no traffic, but a silent one reads UDP datagrams)", err), nil
+				"(a squatter can still bind a reserved port: nothing it sends leaves, but on UDP a silent one reads what clients send it)", err), nil
 		}
 		return true, "", nil
 	}

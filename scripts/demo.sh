@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # portfw demo: a throwaway server namespace and client namespace joined by a
 # veth pair; examples/policy.yaml applied in the server namespace; the owner
-# (www-data) served on reserved port 8080, a squatter (nobody) blocked on
-# reserved port 8443; counters shown. Everything is removed at the end.
+# (www-data) served on reserved ports 80 (without root) and 8080; a squatter
+# (nobody) refused by the bind guard on reserved port 8443, then, with the
+# guard off, bound but starved by the nftables rules; counters shown.
+# Everything is removed at the end, the guard's entries too (`portfw remove`).
 # Run as root: `make demo` builds bin/portfw and bin/peer first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +19,7 @@ export PORTFW_STATE_DIR=$WORK/state
 
 cleanup() {
 	jobs -p | xargs -r kill 2>/dev/null || true
+	[ -z "${APPLIED:-}" ] || ip netns exec "$SRV" "$PORTFW" remove >/dev/null 2>&1 || true
 	ip netns del "$SRV" 2>/dev/null || true
 	ip netns del "$CLI" 2>/dev/null || true
 	rm -rf "$WORK"
@@ -45,16 +48,25 @@ install -m 0700 -d "$WORK/etc"
 install -m 0644 examples/policy.yaml "$WORK/etc/policy.yaml"
 
 say "portfw apply -f examples/policy.yaml   (in $SRV)"
+APPLIED=1
 ip netns exec "$SRV" "$PORTFW" apply -f "$WORK/etc/policy.yaml"
 
 # serve NAME UID GID PORT: a TCP server in the server namespace; it runs
-# until its stdin (a sleep) goes away.
+# until its stdin (a sleep) goes away. Returns 1 (and prints why) if it
+# could not bind.
 serve() {
 	local name=$1 uid=$2 gid=$3 port=$4
 	sleep 600 | ip netns exec "$SRV" "$PEER" serve -proto tcp -addr "[::]:$port" -uid "$uid" -gid "$gid" \
-		-reply "hello from $name" >"$WORK/$name.log" 2>&1 &
-	for _ in $(seq 50); do grep -q '"ready"' "$WORK/$name.log" 2>/dev/null && return; sleep 0.1; done
-	echo "demo: $name did not start:" >&2; cat "$WORK/$name.log" >&2; exit 1
+		-reply "hello from $name" >"$WORK/$name-$port.log" 2>&1 &
+	for _ in $(seq 50); do
+		grep -q '"ready"' "$WORK/$name-$port.log" 2>/dev/null && return 0
+		if grep -q '^peer: ' "$WORK/$name-$port.log" 2>/dev/null; then
+			printf '  %s (uid %s) cannot listen on %s: %s\n' "$name" "$uid" "$port" "$(sed -n 's/^peer: //p' "$WORK/$name-$port.log")"
+			return 1
+		fi
+		sleep 0.1
+	done
+	echo "demo: $name did not start:" >&2; cat "$WORK/$name-$port.log" >&2; exit 1
 }
 
 # dial PORT: connect from the client namespace, print what came back.
@@ -69,22 +81,31 @@ dial() {
 	fi
 }
 
-say "www-data (uid $OWNER) listens on 8080, a port reserved for it"
+say "www-data (uid $OWNER) listens on 80 and 8080, ports reserved for it (80 without root: the guard grants it)"
+serve owner "$OWNER" "$OWNER_G" 80
 serve owner "$OWNER" "$OWNER_G" 8080
+dial 80
 dial 8080
 
-say "nobody (uid $SQUAT) grabs 8443, also reserved for www-data: the squatter"
+say "nobody (uid $SQUAT) tries to grab 8443, also reserved for www-data, and 81, reserved by nobody"
+if serve squatter "$SQUAT" "$SQUAT_G" 8443; then echo "demo: the guard let the squatter bind 8443" >&2; exit 1; fi
+if serve squatter "$SQUAT" "$SQUAT_G" 81; then echo "demo: nobody bound a low port" >&2; exit 1; fi
+
+say "the same policy with bind_guard: off (a host without the guard): the rules alone starve the squatter"
+sed 's/^  bind_guard: auto .*/  bind_guard: off/' examples/policy.yaml >"$WORK/etc/noguard.yaml"
+ip netns exec "$SRV" "$PORTFW" apply -f "$WORK/etc/noguard.yaml"
 serve squatter "$SQUAT" "$SQUAT_G" 8443
 dial 8443
 dial 8443
-read_bytes=$(grep -c '"ev":"read"' "$WORK/squatter.log" || true)
+read_bytes=$(grep -c '"ev":"read"' "$WORK/squatter-8443.log" || true)
 echo "  the squatter read $read_bytes requests"
 
 say "portfw status   (drop counters per reservation)"
-ip netns exec "$SRV" "$PORTFW" status -f "$WORK/etc/policy.yaml"
+ip netns exec "$SRV" "$PORTFW" status -f "$WORK/etc/noguard.yaml"
 
 say "portfw remove"
-ip netns exec "$SRV" "$PORTFW" remove -f "$WORK/etc/policy.yaml"
+ip netns exec "$SRV" "$PORTFW" remove
+APPLIED=
 dial 8443
 echo
 echo "demo done: namespaces removed."

@@ -7,7 +7,10 @@
 // in-place update of the same policy, and an update that changes one port.
 // Run as root:
 //
-//	go run ./bench/bindguard [-n 200000] [-rounds 5] [-reservations 10000] [-namespaces 100]
+//	go run ./bench/bindguard [-n 200000] [-rounds 5] [-reservations 10000] [-namespaces 100] [-o FILE]
+//
+// The results are a Markdown section (on stdout, or in FILE for
+// bench/run.sh to put into docs/performance.md).
 //
 // It makes throwaway network namespaces and a cgroup, applies the guard to
 // that cgroup, and runs each bind loop in a child process (this binary
@@ -21,6 +24,7 @@ import (
 	"bytes"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"runtime"
@@ -29,6 +33,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	"github.com/portfw/portfw/bindguard"
@@ -51,8 +57,16 @@ func main() {
 	rounds := flag.Int("rounds", 5, "rounds per case (alternating guard and no guard)")
 	reservations := flag.Int("reservations", 10000, "reservations in the policy")
 	namespaces := flag.Int("namespaces", 100, "namespaces holding the policy in the second part")
+	outPath := flag.String("o", "", "write the Markdown results to this file instead of stdout")
 	flag.Parse()
-	if err := run(*n, *rounds, *reservations, *namespaces); err != nil {
+	var out bytes.Buffer
+	err := run(&out, *n, *rounds, *reservations, *namespaces)
+	if err == nil && *outPath != "" {
+		err = os.WriteFile(*outPath, out.Bytes(), 0o644)
+	} else {
+		os.Stdout.Write(out.Bytes())
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
@@ -64,7 +78,8 @@ const (
 	freePort  = 40000 // reserved by nobody
 )
 
-func run(n, rounds, count, namespaces int) error {
+func run(w io.Writer, n, rounds, count, namespaces int) error {
+	p := func(format string, args ...any) { fmt.Fprintf(w, format, args...) }
 	if err := bindguard.Supported(); err != nil {
 		return err
 	}
@@ -161,13 +176,15 @@ func run(n, rounds, count, namespaces int) error {
 
 	var u unix.Utsname
 	unix.Uname(&u)
-	fmt.Printf("bind guard, %d reservations (%d port keys, %d owner sets), kernel %s, %d CPUs\n",
-		count, len(spec.Ports), len(spec.Owners), unix.ByteSliceToString(u.Release[:]), runtime.NumCPU())
-	fmt.Printf("apply: first %v, in place with the same policy %v, in place with one port changed %v\n",
+	p("%d reservations (one port each, TCP and UDP, each its own owner uid: %d port keys, %d owner sets), kernel %s, %d CPUs; "+
+		"%d binds per measurement, median of %d rounds alternating guard and no guard (`go run ./bench/bindguard -n %d -rounds %d`).\n\n",
+		count, len(spec.Ports), len(spec.Owners), unix.ByteSliceToString(u.Release[:]), runtime.NumCPU(), n, rounds, n, rounds)
+	p("| guard apply (%d reservations) | time |\n|---|---:|\n", count)
+	p("| first (program and maps created) | %v |\n| in place, same policy | %v |\n| in place, one port changed | %v |\n",
 		first.Round(time.Millisecond), same.Round(time.Millisecond), onePort.Round(time.Millisecond))
 
 	table := func(title string) error {
-		fmt.Printf("\n%-44s %12s %12s %8s\n", title+" (ns per bind)", "no guard", "guard", "ratio")
+		p("\n%s: ns per `bind()`\n\n| case | no guard | guard | ratio |\n|---|---:|---:|---:|\n", title)
 		owner := strconv.Itoa(firstUID + count/2)
 		port := strconv.Itoa(firstPort + count/2)
 		cases := []struct {
@@ -177,7 +194,7 @@ func run(n, rounds, count, namespaces int) error {
 		}{
 			{"unreserved port", owner, strconv.Itoa(freePort), "tcp4", false, "ok"},
 			{"reserved port, owner", owner, port, "tcp4", false, "ok"},
-			{"reserved port, other uid (EPERM)", "99999", port, "tcp4", false, "EPERM"},
+			{"reserved port, other uid (the guard refuses: EPERM)", "99999", port, "tcp4", false, "EPERM"},
 			{"reserved port, owner, udp", owner, port, "udp4", false, "ok"},
 			{"unguarded namespace (cookie check only)", "99999", port, "tcp4", true, "ok"},
 		}
@@ -199,11 +216,11 @@ func run(n, rounds, count, namespaces int) error {
 				without, with = append(without, a), append(with, b)
 			}
 			a, b := median(without), median(with)
-			fmt.Printf("%-44s %12.0f %12.0f %7.2fx\n", c.name, a, b, b/a)
+			p("| %s | %.0f | %.0f | %.2f x |\n", c.name, a, b, b/a)
 		}
 		return nil
 	}
-	if err := table("policy in 1 namespace"); err != nil {
+	if err := table("Policy in 1 namespace"); err != nil {
 		return err
 	}
 	var more []time.Duration
@@ -224,8 +241,17 @@ func run(n, rounds, count, namespaces int) error {
 		for i, d := range more {
 			ds[i] = float64(d)
 		}
-		fmt.Printf("\napply in %d more namespaces: median %v each\n", len(more), time.Duration(median(ds)).Round(time.Millisecond))
-		if err := table(fmt.Sprintf("policy in %d namespaces", namespaces)); err != nil {
+		progs := 0
+		for _, at := range []ebpf.AttachType{ebpf.AttachCGroupInet4Bind, ebpf.AttachCGroupInet6Bind} {
+			res, err := link.QueryPrograms(link.QueryOptions{Target: cg, Attach: at})
+			if err != nil {
+				return err
+			}
+			progs += len(res.Programs)
+		}
+		p("\nThe same policy applied in %d more namespaces: median %v each; programs attached to the cgroup (bind4 and bind6) after all %d: %d.\n",
+			len(more), time.Duration(median(ds)).Round(time.Millisecond), namespaces, progs)
+		if err := table(fmt.Sprintf("Policy in %d namespaces", namespaces)); err != nil {
 			return err
 		}
 	}

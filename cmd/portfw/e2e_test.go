@@ -265,7 +265,13 @@ func TestApplyLifecycle(t *testing.T) {
 	if out, _, code := portfw(t, w.Server, "diff", "-f", path); code != 1 {
 		t.Errorf("diff after an edit: exit %d, want 1\n%s", code, out)
 	}
+	if st := mustPortfw(t, w.Server, "status"); !strings.Contains(st, "layers: bind guard on, nftables rules on") {
+		t.Errorf("status does not say both layers are in force:\n%s", st)
+	}
 	mustPortfw(t, w.Server, "remove")
+	if st := mustPortfw(t, w.Server, "status"); !strings.Contains(st, "layers: bind guard OFF, nftables rules OFF") {
+		t.Errorf("status after remove does not say both layers are gone:\n%s", st)
+	}
 	rs := w.Server.Run(t, "nft", "list", "ruleset")
 	if strings.Contains(rs, "table inet portfw") || !strings.Contains(rs, "table inet other") {
 		t.Errorf("after remove:\n%s", rs)

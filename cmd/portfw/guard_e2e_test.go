@@ -114,29 +114,35 @@ func TestGuardOnTheRealRoot(t *testing.T) {
 	}
 }
 
-// TestGuardInCgroupNamespace: inside a cgroup namespace (a container), a
-// cgroup2 mount shows only the namespace's subtree. portfw reaches the
-// hierarchy's root through PID 1's cgroup namespace when it can see PID 1
-// of the host; where it cannot (a PID namespace of its own), it never
-// guards the subtree silently: on refuses, auto runs without the guard and
-// says why.
+// TestGuardInCgroupNamespace: inside a cgroup namespace (a container), the
+// container's own cgroup2 mount shows only its subtree. portfw never guards
+// the subtree silently. It reaches the hierarchy's root through a host
+// cgroup2 mount bound into the container (the DaemonSet's hostPath volume)
+// or through the cgroup namespace of a host process it can see (hostPID);
+// with neither, on refuses and auto runs without the guard and says why.
 func TestGuardInCgroupNamespace(t *testing.T) {
 	requireGuardE2E(t)
 	w := setup(t, "")
 	cg := testenv.NewCgroup(t, nil)
 	mount := cgroupRootMount()
+	hostPath := t.TempDir()
 	policy := func(mode string) string {
 		return writePolicy(t, strings.Replace(fmt.Sprintf(guardPolicy, w.owner.UID), "bind_guard: on", "bind_guard: "+mode, 1))
 	}
-	// run starts portfw in cg, in a new cgroup namespace (and, with pidns,
-	// a new PID namespace), with the host's cgroup2 mount hidden.
-	run := func(pidns bool, args ...string) (string, int) {
+	// container runs portfw in cg, in a new cgroup and mount namespace (and,
+	// with pidns, a new PID namespace), after prepare (shell commands) set
+	// up its mounts; v enters the network namespace.
+	container := func(pidns bool, prepare string, v via, args ...string) (string, int) {
 		t.Helper()
 		unshare := []string{"unshare", "--cgroup", "--mount", "--propagation", "private"}
 		if pidns {
 			unshare = append(unshare, "--pid", "--fork", "--mount-proc")
 		}
-		script := "umount -l " + mount + " && exec ip netns exec " + w.Server.Name + " " + portfwBin(t) + " " + strings.Join(args, " ")
+		enter := "ip netns exec " + w.Server.Name
+		if v == viaNsenter {
+			enter = "nsenter --net=" + w.Server.Path + " --"
+		}
+		script := prepare + " && exec " + enter + " " + portfwBin(t) + " " + strings.Join(args, " ")
 		cmd := exec.Command(unshare[0], append(unshare[1:], "sh", "-c", script)...)
 		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: cg.FD}
 		out, err := cmd.CombinedOutput()
@@ -149,26 +155,56 @@ func TestGuardInCgroupNamespace(t *testing.T) {
 		return string(out), code
 	}
 	t.Cleanup(func() { portfw(t, w.Server, "remove") })
+	// What a container runtime does: the container's cgroup2 mount is its
+	// namespace's view, the container's subtree.
+	ownView := "umount -l " + mount + " && mount -t cgroup2 none " + mount
 
-	out, code := run(true, "apply", "-f", policy("on"))
-	if code != 1 || !strings.Contains(out, "cgroup namespace") || !strings.Contains(out, "hostPath volume of /sys/fs/cgroup") {
-		t.Errorf("bind_guard: on from a cgroup namespace without the host's PID 1: exit %d\n%s", code, out)
+	for _, v := range vias {
+		out, code := container(true, ownView, v, "apply", "-f", policy("on"))
+		if code != 1 || !strings.Contains(out, "cgroup namespace") || !strings.Contains(out, "hostPath volume of /sys/fs/cgroup") {
+			t.Errorf("bind_guard: on in a container without the host's hierarchy (via %s): exit %d\n%s", v, code, out)
+		}
+		if got := w.Server.Run(t, "nft", "list", "tables"); got != "" {
+			t.Errorf("a refused apply changed the kernel: %s", got)
+		}
+		out, code = container(true, ownView, v, "apply", "-f", policy("auto"))
+		if code != 0 || !strings.Contains(out, "bind guard off:") || !strings.Contains(out, "bind guard OFF") {
+			t.Errorf("bind_guard: auto in a container without the host's hierarchy (via %s): exit %d\n%s", v, code, out)
+		}
+		if got := w.Server.TryBind(t, testenv.TCP, any6(8080), w.squat); got != "ok" {
+			t.Errorf("auto without the guard, yet a squatter's bind: %s", got)
+		}
+		mustPortfw(t, w.Server, "remove")
 	}
-	if got := w.Server.Run(t, "nft", "list", "tables"); got != "" {
-		t.Errorf("a refused apply changed the kernel: %s", got)
+
+	cases := []struct {
+		name    string
+		pidns   bool
+		prepare string
+	}{
+		// The DaemonSet: the host's cgroup2 hierarchy bound in by hostPath.
+		{"host mount bound in", true, "mount --bind " + mount + " " + hostPath + " && " + ownView},
+		// hostPID: a host process's cgroup namespace leads to the root.
+		{"host PID namespace", false, ownView},
 	}
-	out, code = run(true, "apply", "-f", policy("auto"))
-	if code != 0 || !strings.Contains(out, "bind guard off:") || !strings.Contains(out, "bind guard OFF") {
-		t.Errorf("bind_guard: auto from a cgroup namespace without the host's PID 1: exit %d\n%s", code, out)
-	}
-	// Seeing the host's PID 1, it joins PID 1's cgroup namespace and
-	// reaches the root: the guard covers processes outside cg.
-	out, code = run(false, "apply", "-f", policy("on"))
-	if code != 0 || !strings.Contains(out, "bind guard: on for cgroup "+guardCgroup) {
-		t.Fatalf("bind_guard: on from a cgroup namespace with the host's PID 1: exit %d\n%s", code, out)
-	}
-	if got := w.Server.TryBind(t, testenv.TCP, any6(8080), w.squat); got != "EPERM" {
-		t.Errorf("a squatter outside the container's cgroup: %s, want EPERM", got)
+	for _, tc := range cases {
+		for _, v := range vias {
+			out, code := container(tc.pidns, tc.prepare, v, "apply", "-f", policy("on"))
+			if code != 0 || !strings.Contains(out, "bind guard: on for cgroup "+guardCgroup) {
+				t.Fatalf("%s (via %s): exit %d\n%s", tc.name, v, code, out)
+			}
+			// The guard covers processes outside the container's cgroup.
+			if got := w.Server.TryBind(t, testenv.TCP, any6(8080), w.squat); got != "EPERM" {
+				t.Errorf("%s (via %s): a squatter outside the container's cgroup: %s, want EPERM", tc.name, v, got)
+			}
+			out, code = container(tc.pidns, tc.prepare, v, "remove")
+			if code != 0 {
+				t.Fatalf("%s (via %s): remove: exit %d\n%s", tc.name, v, code, out)
+			}
+			if got := w.Server.TryBind(t, testenv.TCP, any6(8080), w.squat); got != "ok" {
+				t.Errorf("%s (via %s): after remove from the container a squatter's bind: %s, want ok", tc.name, v, got)
+			}
+		}
 	}
 }
 

@@ -51,11 +51,14 @@ func planLayers(p *engine.Plan) layersJSON {
 }
 
 func layersText(l layersJSON) string {
-	guard := "bind guard on"
+	guard, rules := "bind guard on", "nftables rules on"
 	if !l.BindGuard {
 		guard = "bind guard OFF"
 	}
-	return fmt.Sprintf("%s, nftables rules on, %s=%d", guard, tune.UnprivPortStart, l.UnprivPortStart)
+	if !l.Rules {
+		rules = "nftables rules OFF"
+	}
+	return fmt.Sprintf("%s, %s, %s=%d", guard, rules, tune.UnprivPortStart, l.UnprivPortStart)
 }
 
 // changesJSON is the part of apply's and diff's output that says what
@@ -98,6 +101,9 @@ func (a *app) printChanges(c compiler.Changes) {
 }
 
 func summary(c compiler.Changes) string {
+	if c.InSync() {
+		return "table unchanged"
+	}
 	return fmt.Sprintf("%d added, %d removed, %d changed", len(c.Added), len(c.Removed), len(c.Changed))
 }
 

@@ -23,7 +23,10 @@ type statusJSON struct {
 	Sysctls      *sysctlsJSON       `json:"sysctls,omitempty"`
 	BindGuard    *bindGuardJSON     `json:"bind_guard,omitempty"`
 	Changes      *compiler.Changes  `json:"changes,omitempty"`
-	StateError   string             `json:"state_error,omitempty"`
+	// Layers is what is in force in this namespace now, read from the
+	// kernel (apply's and check's are what the policy asks for).
+	Layers     layersJSON `json:"layers"`
+	StateError string     `json:"state_error,omitempty"`
 }
 
 // sysctlsJSON is the state of the sysctls portfw manages in this namespace.
@@ -126,6 +129,13 @@ func runStatus(a *app, args []string) int {
 	} else {
 		st.BindGuard = newBindGuardJSON(mode, s.Guard)
 	}
+	st.Layers = layersJSON{Rules: st.Installed, BindGuard: st.BindGuard.Active, BindGuardNote: st.BindGuard.Note}
+	if st.Sysctls != nil {
+		st.Layers.UnprivPortStart = st.Sysctls.UnprivPortStart
+	}
+	if !st.BindGuard.Active && st.Layers.BindGuardNote == "" {
+		st.Layers.BindGuardNote = "no bind guard entry for this network namespace"
+	}
 	if p != nil && p.Ruleset.Table == name {
 		c := compiler.Diff(s.Table, p.Ruleset)
 		in := c.InSync()
@@ -186,6 +196,7 @@ func (a *app) printStatus(st statusJSON) {
 			fmt.Fprintf(w, "bind guard: left alone: %s\n", f)
 		}
 	}
+	fmt.Fprintf(w, "layers: %s\n", layersText(st.Layers))
 	if len(st.Reservations) == 0 {
 		return
 	}

@@ -149,8 +149,8 @@ func Compute(r *model.Resolved, h Host, st state.State, guard bool) (Plan, error
 		p.Guard = rootGuard(r, p.Threshold, p.Original)
 		if !guard {
 			p.Warnings = append(p.Warnings, fmt.Sprintf("unprivileged_port_start: %d without the bind guard lets any user bind ports %d-%d: "+
-				"the rules keep them useless for TCP, but a squatter on one of them reads UDP datagrams until its reply gives it away "+
-				"(UDP-Lite ones always); use the bind guard instead (bind_guard: auto) where the kernel supports it",
+				"the rules keep them useless for TCP, but a squatter on a UDP one reads every datagram sent to it as long as it never replies "+
+				"(and the first of each flow if it does; UDP-Lite: all); use the bind guard instead (bind_guard: auto) where the kernel supports it",
 				p.Threshold, p.Threshold, p.Original-1))
 		}
 	}

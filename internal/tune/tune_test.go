@@ -100,7 +100,7 @@ func TestModes(t *testing.T) {
 	}{
 		{"auto", auto, host(), state.State{}, false, 1024, "", ""},
 		{"keep", keep, host(), state.State{}, false, 1024, "", ""},
-		{"number without the guard warns", fixed(500), host(), state.State{}, false, 500, "500-1023", "a squatter on one of them reads UDP datagrams"},
+		{"number without the guard warns", fixed(500), host(), state.State{}, false, 500, "500-1023", "a squatter on a UDP one reads every datagram"},
 		{"number with the guard", fixed(500), host(), state.State{}, true, 500, "500-1023", ""},
 		{"number above the original raises, no guard", fixed(2000), host(), state.State{}, false, 2000, "", ""},
 		// portfw lowered it to 80 before; the original is the recorded

@@ -79,19 +79,20 @@ func parseSockperf(path string) (run, error) {
 
 // report is everything report reads from a results directory.
 type report struct {
-	dir      string
-	machine  [][2]string
-	commands string
-	runs     map[string][]run // "variant/proto"
-	apply    map[string][]float64
-	setup    map[string]float64
-	sanity   []string
-	phases   Phases
-	reloads  []Reload
-	gobench  map[string][]float64 // benchmark name -> ns/op per count
-	rounds   int
-	seconds  string
-	pinned   string
+	dir       string
+	machine   [][2]string
+	commands  string
+	bindguard string           // Markdown written by bench/bindguard
+	runs      map[string][]run // "variant/proto"
+	apply     map[string][]float64
+	setup     map[string]float64
+	sanity    []string
+	phases    Phases
+	reloads   []Reload
+	gobench   map[string][]float64 // benchmark name -> ns/op per count
+	rounds    int
+	seconds   string
+	pinned    string
 }
 
 func runReport(args []string) error {
@@ -114,6 +115,11 @@ func (r *report) load() error {
 		return err
 	}
 	r.machine = kv
+	bg, err := os.ReadFile(filepath.Join(r.dir, "bindguard.md"))
+	if err != nil {
+		return err
+	}
+	r.bindguard = string(bg)
 	for _, p := range kv {
 		switch p[0] {
 		case "datapath rounds":
@@ -453,6 +459,9 @@ func (r *report) markdown() string {
 	w("\nDelta at 10k (one owner change: 2 elements out, 2 in), medians of %d: ", len(r.phases.Samples["apply_delta"]))
 	w("`nft.ApplyDelta` %s ms against a full `nft.Apply` of the same 10k table %s ms; ", f1(dl), f1(r.phase("apply_full")))
 	w("the whole `engine.Sync` of that change (read back, diff, delta), as `portfw apply` runs it, %s ms.\n", f1(r.phase("sync_delta")))
+
+	w("\n## Bind guard: what it adds to `bind()`, and its apply\n\n")
+	w("%s", r.bindguard)
 
 	w("\n## Reading\n\n")
 	r.reading(w)
