@@ -298,9 +298,19 @@ func (c *compiling) owners(d direction) []Rule {
 }
 
 // ownedFastPath accepts the packets of stream connections an owner's
-// socket already spoke on.
+// socket already spoke on. It starts by unmarking a TCP SYN: conntrack
+// reopens the entry of a connection an owner aborted with a reset (state
+// CLOSE, mark kept) for a new SYN on the same addresses and ports, and that
+// new connection must not inherit OWNED: a squatter that bound the port
+// meanwhile would be accepted as the owner (found by an attacker's review;
+// TestReopenedConnection). Its SYN-ACK, attributed to whoever listens,
+// marks the connection again.
 func (c *compiling) ownedFastPath() []Rule {
 	var rs []Rule
+	if c.tcp {
+		rs = append(rs, Rule{Match{Field: MatchTCPFlags, Mask: TCPFin | TCPSyn | TCPRst | TCPAck, Value: TCPSyn},
+			CtMarkSet{Clear: c.st.MarkOwned | c.st.MarkSquatted}})
+	}
 	for _, p := range c.stream {
 		rs = append(rs, Rule{Match{Field: MatchL4Proto, Value: uint32(p)}, CtMarkHas{c.st.MarkOwned}, Verdict{Kind: Accept}})
 	}
@@ -311,8 +321,8 @@ func (c *compiling) ownedFastPath() []Rule {
 // the sound one from DESIGN.md, measured to close the syncookie, orphan and
 // UDP co-bind holes:
 //
-//  1. stream (TCP): the connection is OWNED (an owner's socket spoke on
-//     it): accept. This comes before the squatter test because accept()
+//  1. stream (TCP): a SYN is unmarked (a new connection inherits nothing);
+//     the connection is OWNED (an owner's socket spoke on it): accept. This comes before the squatter test because accept()
 //     gives a connection's socket the accepting process's credentials
 //     (nginx's workers), and it is the fast path for established traffic.
 //     Datagram protocols have no accept(), so they get no such path: a
@@ -344,7 +354,7 @@ func (c *compiling) outCheck(d direction) *Chain {
 // attached on input only when early demux finds an established (TCP) or
 // connected (UDP) one, so most packets are unattributed here:
 //
-//  1. stream: OWNED connections pass (as on output).
+//  1. stream: a SYN is unmarked, OWNED connections pass (as on output).
 //  2. TCP: a SYN that carries data (TCP Fast Open) is dropped: the kernel
 //     would queue the data on a squatter's listener before its SYN-ACK
 //     could be dropped. The client sends the SYN again without data.

@@ -253,14 +253,15 @@ func (c CtMarkHas) text(b *strings.Builder) {
 // is the kernel's mask with the set bits added back (a | b is encoded as
 // (x & ~b) ^ b), which is ^Clear.
 func (c CtMarkSet) text(b *strings.Builder) {
-	b.WriteString("ct mark set ct mark ")
+	b.WriteString("ct mark set ct mark")
 	if c.Clear != 0 {
-		b.WriteString("& ")
+		b.WriteString(" & ")
 		hex32(b, ^c.Clear)
-		b.WriteString(" ")
 	}
-	b.WriteString("| ")
-	hex32(b, c.Set)
+	if c.Set != 0 || c.Clear == 0 {
+		b.WriteString(" | ")
+		hex32(b, c.Set)
+	}
 }
 
 func (s SkUIDIs) text(b *strings.Builder) {

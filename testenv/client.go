@@ -25,6 +25,9 @@ type DialConfig struct {
 	// cookie the namespace cached from an earlier connection, or none with
 	// FastOpenNoCookie.
 	FastOpen, FastOpenNoCookie bool
+	// Hold keeps a TCP client's write side open (no FIN after the
+	// request): it reads until the server ends the connection.
+	Hold bool
 	// Cgroup, if set, is the cgroup the client runs in.
 	Cgroup *Cgroup
 
@@ -100,6 +103,9 @@ func (n *NS) DialN(t testing.TB, cfg DialConfig, count int) []Result {
 	}
 	if cfg.FastOpenNoCookie {
 		args = append(args, "-tfo-no-cookie")
+	}
+	if cfg.Hold {
+		args = append(args, "-hold")
 	}
 	if cfg.Cgroup != nil {
 		args = append(args, "-cgroup", cfg.Cgroup.Dir)

@@ -50,6 +50,9 @@ type ServeConfig struct {
 	// ReplyAndClose reads the request, writes the reply and closes at once,
 	// so the reply's retransmits and the FIN leave from an orphaned socket.
 	ReplyAndClose bool
+	// Reset reads the request, writes the reply and then aborts the
+	// connection with an RST, as a server does that crashes or gives up.
+	Reset bool
 	// Silent reads every request and never replies: a squatter that only
 	// listens in.
 	Silent bool
@@ -121,6 +124,9 @@ func (n *NS) Serve(t testing.TB, cfg ServeConfig) *Server {
 	}
 	if cfg.ReplyAndClose {
 		args = append(args, "-reply-and-close")
+	}
+	if cfg.Reset {
+		args = append(args, "-reset")
 	}
 	if cfg.Silent {
 		args = append(args, "-silent")

@@ -342,7 +342,61 @@ func TestOpenedLowPorts(t *testing.T) {
 	}
 }
 
+// reopened plays the reopened-connection attack: the owner served a client
+// on a fixed source port and aborted the connection with an RST (conntrack
+// keeps the entry, in CLOSE, with its OWNED mark), a squatter bound the
+// port after the owner stopped, and the client connects again from the
+// same port within conntrack's 10 s: the kernel reopens the old entry for
+// the new SYN. It returns the squatter and the client's result.
+func reopened(t *testing.T, w *world, addr netip.AddrPort, sport uint16) (*testenv.Server, testenv.Result) {
+	t.Helper()
+	owner := w.Server.Serve(t, testenv.ServeConfig{Addr: any6(addr.Port()), As: w.owner, Reset: true})
+	// The client keeps its side open (no FIN: conntrack would then make
+	// a new entry for the next SYN); the owner's RST ends the connection.
+	first := w.Client.Dial(t, testenv.DialConfig{Addr: addr, SourcePort: sport, Request: "first", Hold: true})
+	if string(first.Received) != owner.Reply {
+		t.Fatalf("the owner's first connection: %v", first)
+	}
+	owner.Stop(t)
+	sq := w.Server.Serve(t, testenv.ServeConfig{Addr: any6(addr.Port()), As: w.squat, Reply: "squatted"})
+	return sq, w.Client.Dial(t, testenv.DialConfig{Addr: addr, SourcePort: sport, Request: "password", Hold: true})
+}
+
+// TestReopenedConnection: the new connection inherits nothing from the
+// aborted one: with the guard the squatter cannot bind; with the rules
+// alone a SYN is unmarked, so its SYN-ACK is judged by its own uid.
+func TestReopenedConnection(t *testing.T) {
+	attack(t, func(t *testing.T, w *world, guard bool) {
+		if guard {
+			wantEPERM(t, w, testenv.TCP, w.squat, any6(8080), any4(8080))
+			return
+		}
+		for i, a := range []netip.AddrPort{w.v4(8080), w.v6(8080)} {
+			sq, r := reopened(t, w, a, uint16(45001+i))
+			testenv.Blocked(t, r)
+			if got := sq.Received(t); len(got) != 0 {
+				t.Errorf("%s: the squatter read %q on the reopened connection", a, got)
+			}
+			sq.Stop(t)
+		}
+	})
+}
+
 // --- controls ---------------------------------------------------------------
+
+// TestControlReopened: without the rule that unmarks a SYN, the squatter
+// reads the client's data on the reopened connection and answers it.
+func TestControlReopened(t *testing.T) {
+	t.Parallel()
+	w := setup(t, "")
+	controlRuleset(t, w, sipPolicy, func(s string) string {
+		return strings.ReplaceAll(s, "\t\ttcp flags syn / fin,syn,rst,ack ct mark set ct mark & 0xfcffffff\n", "")
+	})
+	sq, r := reopened(t, w, w.v4(8080), 45011)
+	if got := string(sq.Received(t)); !strings.Contains(got, "password") || string(r.Received) != "squatted" {
+		t.Errorf("control: the squatter read %q and the client got %v; the reopened-connection test would prove nothing", got, r)
+	}
+}
 
 // controlRuleset is portfw's compiled ruleset for the policy with one
 // line changed by edit, loaded with nft -f: what the rules would be without

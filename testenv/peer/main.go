@@ -285,6 +285,7 @@ type serveConfig struct {
 	backlog       int
 	acceptDelay   time.Duration
 	replyAndClose bool
+	reset         bool
 	readTimeout   time.Duration
 	silent        bool   // read, never reply
 	tfo           bool   // TCP: accept data in the SYN with a valid cookie (TCP_FASTOPEN)
@@ -307,6 +308,7 @@ func serve(args []string) error {
 	fs.IntVar(&c.backlog, "backlog", 128, "listen backlog; 0 makes the kernel answer with syncookies")
 	fs.DurationVar(&c.acceptDelay, "accept-delay", 0, "wait this long after listening before accepting")
 	fs.BoolVar(&c.replyAndClose, "reply-and-close", false, "read the request, write the reply and close at once (orphan retransmits)")
+	fs.BoolVar(&c.reset, "reset", false, "read the request, write the reply, then abort the connection with an RST (SO_LINGER 0)")
 	fs.DurationVar(&c.readTimeout, "read-timeout", 2*time.Second, "give up reading a connection after this long")
 	fs.BoolVar(&c.silent, "silent", false, "read requests and never reply")
 	fs.BoolVar(&c.tfo, "tfo", false, "TCP: take data in a SYN with a valid cookie (TCP Fast Open)")
@@ -461,6 +463,22 @@ func handleTCP(conn net.Conn, id int, c serveConfig) {
 			}
 		}
 	}
+	if c.reset {
+		// A server that crashes or gives up on a client: the RST leaves
+		// conntrack's entry in CLOSE, which a new SYN on the same ports
+		// reopens.
+		conn.SetReadDeadline(time.Now().Add(c.readTimeout))
+		buf := make([]byte, 64<<10)
+		if n, _ := conn.Read(buf); n > 0 {
+			emit(wire.Event{Ev: wire.EvRead, Conn: id, Data: append([]byte(nil), buf[:n]...)})
+		}
+		if _, err := io.WriteString(conn, c.reply); err != nil {
+			emit(wire.Event{Ev: wire.EvError, Conn: id, Err: fmt.Sprintf("write reply: %v", err)})
+		}
+		time.Sleep(100 * time.Millisecond) // the reply first, then the RST
+		conn.(*net.TCPConn).SetLinger(0)
+		return
+	}
 	if c.replyAndClose {
 		// Read the request first: closing with unread data would send an
 		// RST and discard the reply, while a clean close queues a FIN
@@ -568,6 +586,7 @@ type dialConfig struct {
 	parallel       int
 	tfo            bool // TCP: put the request in the SYN (TCP_FASTOPEN_CONNECT)
 	tfoNoCookie    bool // and send it without a cookie
+	hold           bool // TCP: never half-close
 	cgroup         string
 }
 
@@ -585,6 +604,7 @@ func dial(args []string) error {
 	fs.IntVar(&c.parallel, "parallel", 1, "number of clients at once")
 	fs.BoolVar(&c.tfo, "tfo", false, "TCP: send the request in the SYN (TCP Fast Open)")
 	fs.BoolVar(&c.tfoNoCookie, "tfo-no-cookie", false, "with -tfo: without a cookie")
+	fs.BoolVar(&c.hold, "hold", false, "TCP: never half-close; read until the server ends the connection")
 	fs.StringVar(&c.cgroup, "cgroup", "", "cgroup v2 directory to join first")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -689,6 +709,8 @@ func dialOne(c dialConfig) wire.Result {
 	var errs []string
 	if _, err := io.WriteString(conn, c.send); err != nil {
 		errs = append(errs, fmt.Sprintf("write request: %v", err))
+	} else if c.hold {
+		// Keep the write side open: the server ends the connection.
 	} else if err := conn.(*net.TCPConn).CloseWrite(); err != nil {
 		// Half-close so the server sees the whole request end with EOF.
 		errs = append(errs, fmt.Sprintf("close write: %v", err))
