@@ -211,32 +211,16 @@ func errName(err error) string {
 	return err.Error()
 }
 
-// requireGuard gates the kernel tests like cilium/ebpf does: skip where the
-// guard cannot run, but fail under PORTFW_REQUIRE_NETNS=1 on a kernel new
-// enough that it must (5.14: SO_NETNS_COOKIE; bind hooks granting low ports
-// came in 5.12).
+// requireGuard gates the kernel tests through testenv's one gate: skip where
+// the guard cannot run, fail there under PORTFW_REQUIRE_NETNS=1.
 func requireGuard(t *testing.T) {
 	t.Helper()
 	testenv.RequireNetNS(t)
-	err := Supported()
-	if err == nil {
-		return
+	if err := Supported(); err != nil {
+		testenv.Require(t, err.Error())
 	}
-	if os.Getenv(testenv.RequireEnv) == "1" && kernelAtLeast(5, 14) {
-		t.Fatalf("%v (%s=1 and the kernel is new enough, so this fails instead of skipping)", err, testenv.RequireEnv)
-	}
-	t.Skipf("%v", err)
 }
 
-func kernelAtLeast(major, minor int) bool {
-	var u unix.Utsname
-	if unix.Uname(&u) != nil {
-		return false
-	}
-	var ma, mi int
-	fmt.Sscanf(unix.ByteSliceToString(u.Release[:]), "%d.%d", &ma, &mi)
-	return ma > major || ma == major && mi >= minor
-}
 
 // helperCmd prepares the test binary as a helper: in the namespace nsPath
 // ("" for the test's own), in cgroup cg (nil for the test's own).

@@ -44,11 +44,11 @@ func probe() error {
 		return fmt.Errorf("%w: %s", ErrNotSupported, fmt.Sprintf(format, args...))
 	}
 	if _, err := netns.Cookie(); err != nil {
-		return notSupported("%v", err)
+		return fmt.Errorf("%w: %w", ErrNotSupported, err)
 	}
 	root, err := OpenRoot()
 	if err != nil {
-		return notSupported("%v", err)
+		return fmt.Errorf("%w: %w", ErrNotSupported, err)
 	}
 	root.Close()
 	maps, err := newMaps()

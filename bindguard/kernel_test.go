@@ -33,9 +33,8 @@ func programsOn(t *testing.T, cg *testenv.Cgroup, fam int) []ebpf.ProgramID {
 }
 
 type guardEnv struct {
-	cg                 *testenv.Cgroup
-	owner, squat, grp  testenv.Cred
-	ownerUID, squatUID uint32
+	cg                *testenv.Cgroup
+	owner, squat, grp testenv.Cred
 }
 
 func newGuardEnv(t *testing.T) *guardEnv {

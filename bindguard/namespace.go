@@ -51,7 +51,7 @@ func (n *Namespace) Supported() error {
 		return err
 	}
 	if _, err := n.open(); err != nil {
-		return fmt.Errorf("%w: %v", ErrNotSupported, err)
+		return fmt.Errorf("%w: %w", ErrNotSupported, err)
 	}
 	return nil
 }

@@ -65,7 +65,7 @@ func Parse(filename string, data []byte) (*Policy, error) {
 	p := &parser{file: filename}
 	if len(data) > MaxSize {
 		p.errs.add(&Error{Pos: model.Pos{File: filename, Line: 1, Col: 1},
-			Msg: fmt.Sprintf("the policy is %d bytes, over the limit of %d (16 MiB); split it into drop-in files", len(data), MaxSize)})
+			Msg: fmt.Sprintf("the policy is %d bytes, over the %d-byte (16 MiB) limit", len(data), MaxSize)})
 		return nil, p.errs.Err()
 	}
 	body := p.document(data)

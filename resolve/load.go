@@ -33,7 +33,7 @@ func Read(path string) ([]byte, error) {
 func tooLarge(path string, size int64) error {
 	var es policy.Errors
 	es.Add(model.Pos{File: path, Line: 1, Col: 1}, "",
-		fmt.Sprintf("the policy is %d bytes, over the limit of %d (16 MiB); split it into drop-in files", size, policy.MaxSize))
+		fmt.Sprintf("the policy is %d bytes, over the %d-byte (16 MiB) limit", size, policy.MaxSize))
 	return es.Err()
 }
 

@@ -19,7 +19,7 @@ import (
 const RequireEnv = "PORTFW_REQUIRE_NETNS"
 
 // tools are the programs the harness runs; all must be present.
-var tools = []string{"ip", "nft", "nsenter", "useradd"}
+var tools = []string{"ip", "nft", "nsenter", "useradd", "strace"}
 
 var probe struct {
 	once   sync.Once
@@ -32,13 +32,21 @@ var probe struct {
 func RequireNetNS(t testing.TB) {
 	t.Helper()
 	probe.once.Do(func() { probe.reason = probeNetNS() })
-	if probe.reason == "" {
+	Require(t, probe.reason)
+}
+
+// Require is the one gate of the privileged tests: when missing is not
+// empty (what the host lacks), the test skips saying how to run it, or,
+// with PORTFW_REQUIRE_NETNS=1, fails. No privileged test skips otherwise.
+func Require(t testing.TB, missing string) {
+	t.Helper()
+	if missing == "" {
 		return
 	}
 	if os.Getenv(RequireEnv) == "1" {
-		t.Fatalf("testenv: %s (%s=1, so this fails instead of skipping)", probe.reason, RequireEnv)
+		t.Fatalf("testenv: %s (%s=1, so this fails instead of skipping)", missing, RequireEnv)
 	}
-	t.Skipf("testenv: %s; these tests need root and network namespaces: run `sudo make test`", probe.reason)
+	t.Skipf("testenv: %s; these tests need root, network namespaces and the tools `make deps` installs: run `sudo make test`", missing)
 }
 
 func probeNetNS() string {
@@ -47,7 +55,7 @@ func probeNetNS() string {
 	}
 	for _, tool := range tools {
 		if _, err := exec.LookPath(tool); err != nil {
-			return fmt.Sprintf("%s not found in PATH (apt-get install iproute2 nftables util-linux passwd)", tool)
+			return fmt.Sprintf("%s not found in PATH (`make deps` installs it)", tool)
 		}
 	}
 	name := newName()

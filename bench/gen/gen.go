@@ -11,6 +11,7 @@
 package gen
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 
@@ -46,9 +47,9 @@ type Spec struct {
 func (s Spec) Check() error {
 	switch {
 	case s.N < 1:
-		return fmt.Errorf("N must be at least 1")
+		return errors.New("n must be at least 1")
 	case FillerBase+s.N-1 > RangeBase:
-		return fmt.Errorf("N=%d: filler ports would run into the ranges at %d", s.N, RangeBase)
+		return fmt.Errorf("n=%d: filler ports would run into the ranges at %d", s.N, RangeBase)
 	case RangeBase+s.Ranges*RangeWidth > 32768:
 		return fmt.Errorf("ranges=%d: ranges would reach the ephemeral range", s.Ranges)
 	case s.Port < 1024 || (int(s.Port) >= FillerBase && int(s.Port) < RangeBase+s.Ranges*RangeWidth):

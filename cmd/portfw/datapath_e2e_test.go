@@ -25,7 +25,7 @@ func TestRangesOnTheWire(t *testing.T) {
 	case lo > 0 && !others[lo-1]:
 		lo--
 	default:
-		t.Skip("no free uid beside the owner's to make a range")
+		t.Fatalf("no free uid beside the owner's %d to make a range (test users %v)", w.owner.UID, others)
 	}
 	mustPortfw(t, w.Server, "apply", "-f", writePolicy(t, fmt.Sprintf(`version: 1
 settings: { bind_guard: off }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"os"
 	"os/exec"
 	"strings"
 	"syscall"
@@ -43,10 +42,7 @@ func requireGuardE2E(t *testing.T) {
 	t.Helper()
 	testenv.RequireNetNS(t)
 	if err := bindguard.Supported(); err != nil {
-		if os.Getenv(testenv.RequireEnv) == "1" {
-			t.Fatalf("the bind guard cannot run here: %v (%s=1)", err, testenv.RequireEnv)
-		}
-		t.Skipf("the bind guard cannot run here: %v", err)
+		testenv.Require(t, "the bind guard cannot run here: "+err.Error())
 	}
 }
 

@@ -27,8 +27,17 @@ type watchProc struct {
 
 func startDaemon(t *testing.T, v via, ns *testenv.NS, path string, extra ...string) *watchProc {
 	t.Helper()
-	args := append([]string{portfwBin(t), "watch", "-f", path, "--debounce", "10ms", "--audit-interval", "0"}, extra...)
-	d := &watchProc{t: t, cmd: v.command(ns, args...), done: make(chan error, 1)}
+	return startDaemonCmd(t, v.command(ns, daemonArgs(t, path, extra...)...))
+}
+
+func daemonArgs(t *testing.T, path string, extra ...string) []string {
+	return append([]string{portfwBin(t), "watch", "-f", path, "--debounce", "10ms", "--audit-interval", "0"}, extra...)
+}
+
+// startDaemonCmd starts cmd, a `portfw watch`, and waits for its start.
+func startDaemonCmd(t *testing.T, cmd *exec.Cmd) *watchProc {
+	t.Helper()
+	d := &watchProc{t: t, cmd: cmd, done: make(chan error, 1)}
 	stderr, err := d.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -231,9 +240,6 @@ func TestWatchConfigMap(t *testing.T) {
 // listens, with clients in a loop: no squatter byte is delivered and no
 // owner connection fails.
 func TestWatchReloadUnderTraffic(t *testing.T) {
-	if testing.Short() {
-		t.Skip("long: 1000 reloads")
-	}
 	w := setup(t, "")
 	// The squatter must be able to bind: the rules alone are under test.
 	base := w.policy("bind_guard: off") + "  - name: filler\n    ports: [9000]\n    owner: { users: [%d] }\n"

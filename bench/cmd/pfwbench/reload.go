@@ -32,6 +32,10 @@ type Reload struct {
 	// TookMS: the daemon's own took_ms (prepare + sync) for the same edits.
 	TookMS []float64      `json:"took_ms"`
 	Modes  map[string]int `json:"modes"`
+	// RSSMiB and PeakRSSMiB are the daemon's resident memory after the
+	// edits and its high-water mark (VmRSS, VmHWM of /proc/PID/status).
+	RSSMiB     float64 `json:"rss_mib"`
+	PeakRSSMiB float64 `json:"peak_rss_mib"`
 }
 
 // daemonLog is the part of a `portfw watch --log-format json` line we use.
@@ -146,7 +150,35 @@ func runReload(args []string) error {
 	if err := checkInSync(s.YAML(overrides)); err != nil {
 		return err
 	}
+	if r.RSSMiB, r.PeakRSSMiB, err = memory(cmd.Process.Pid); err != nil {
+		return err
+	}
 	return writeJSON(*out, r)
+}
+
+// memory reads a process's resident set and its high-water mark, in MiB.
+func memory(pid int) (rss, peak float64, err error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) != 3 || f[2] != "kB" {
+			continue
+		}
+		kb, _ := strconv.ParseFloat(f[1], 64)
+		switch f[0] {
+		case "VmRSS:":
+			rss = kb / 1024
+		case "VmHWM:":
+			peak = kb / 1024
+		}
+	}
+	if rss == 0 || peak == 0 {
+		return 0, 0, fmt.Errorf("no VmRSS/VmHWM in /proc/%d/status", pid)
+	}
+	return rss, peak, nil
 }
 
 // followLog parses the daemon's JSON log: "applied" lines go to the first

@@ -445,16 +445,17 @@ func (r *report) markdown() string {
 	w("p99 is nearest-rank: of fewer than 100 edits it is the slowest one. Between other processes' commits ")
 	w("the daemon trusts its own record of the table, so a reload does not read the table back; it does ")
 	w("parse the whole policy file.\n\n")
-	w("| reservations | edits | debounce | p50 | p99 | max | took p50 | modes |\n|--:|--:|--:|--:|--:|--:|--:|---|\n")
+	w("RSS is the daemon's resident memory after the edits, peak its high-water mark (`VmRSS`, `VmHWM`); the budget is 100 MiB at 10k.\n\n")
+	w("| reservations | edits | debounce | p50 | p99 | max | took p50 | modes | RSS | peak RSS |\n|--:|--:|--:|--:|--:|--:|--:|---|--:|--:|\n")
 	for _, rl := range r.reloads {
 		var modes []string
 		for m, c := range rl.Modes {
 			modes = append(modes, fmt.Sprintf("%s: %d", m, c))
 		}
 		slices.Sort(modes)
-		w("| %d | %d | %s ms | %s ms | %s ms | %s ms | %s ms | %s |\n", rl.Reservations, len(rl.LatencyMS), f1(rl.DebounceMS),
+		w("| %d | %d | %s ms | %s ms | %s ms | %s ms | %s ms | %s | %s MiB | %s MiB |\n", rl.Reservations, len(rl.LatencyMS), f1(rl.DebounceMS),
 			f1(quantile(rl.LatencyMS, 0.5)), f1(quantile(rl.LatencyMS, 0.99)), f1(slices.Max(rl.LatencyMS)),
-			f1(quantile(rl.TookMS, 0.5)), strings.Join(modes, ", "))
+			f1(quantile(rl.TookMS, 0.5)), strings.Join(modes, ", "), f1(rl.RSSMiB), f1(rl.PeakRSSMiB))
 	}
 	w("\nDelta at 10k (one owner change: 2 elements out, 2 in), medians of %d: ", len(r.phases.Samples["apply_delta"]))
 	w("`nft.ApplyDelta` %s ms against a full `nft.Apply` of the same 10k table %s ms; ", f1(dl), f1(r.phase("apply_full")))
