@@ -221,7 +221,6 @@ func requireGuard(t *testing.T) {
 	}
 }
 
-
 // helperCmd prepares the test binary as a helper: in the namespace nsPath
 // ("" for the test's own), in cgroup cg (nil for the test's own).
 func helperCmd(mode, nsPath string, cg *testenv.Cgroup, cred *testenv.Cred, args ...string) *exec.Cmd {
