@@ -29,6 +29,10 @@ type Resolved struct {
 	// address-scoped reservation: the scoped owner passes on its addresses,
 	// only root anywhere else.
 	Guard []Reservation
+	// Warnings are what resolving found on the host that works against
+	// the policy without making it invalid (an owner range that other
+	// users' subordinate ids overlap).
+	Warnings []string
 }
 
 // GuardName is the reservation name of the root-only guard entries. It

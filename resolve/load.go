@@ -53,5 +53,8 @@ func Load(path string, r Resolver) (*model.Resolved, *policy.Policy, error) {
 	if err != nil {
 		return nil, p, err
 	}
+	if s, ok := r.(SubIDs); ok {
+		res.Warnings = append(res.Warnings, SubIDWarnings(res, s)...)
+	}
 	return res, p, nil
 }

@@ -443,3 +443,26 @@ func TestResolveIDOutOfRange(t *testing.T) {
 		t.Errorf("Resolve error = %v, want %s", err, want)
 	}
 }
+
+func TestSubIDWarnings(t *testing.T) {
+	subs := parseSubIDs([]byte("alice:100000:65536\n# comment\nbad line\nbob:165536:65536\nzero:1:0\n"))
+	if len(subs) != 2 || subs[1].User != "bob" || subs[1].Range != (model.IDRange{Lo: 165536, Hi: 231071}) {
+		t.Fatalf("parsed %+v", subs)
+	}
+	r := &model.Resolved{Reservations: []model.Reservation{
+		{Name: "ctr", Pos: model.Pos{File: "p.yaml", Line: 4, Col: 5}, Owners: model.Owners{UIDs: []model.IDRange{{Lo: 200000, Hi: 200100}}}},
+		{Name: "web", Owners: model.Owners{UIDs: []model.IDRange{model.ID(33)}, GIDs: []model.IDRange{model.ID(170000)}}},
+	}}
+	w := SubIDWarnings(r, fakeSubIDs{uids: subs})
+	if len(w) != 1 || !strings.Contains(w[0], `reservation "ctr" at p.yaml:4:5: owner uids 200000-200100 overlap the subordinate uids 165536-231071 of user bob`) {
+		t.Errorf("warnings %q", w)
+	}
+	if w := SubIDWarnings(r, fakeSubIDs{gids: subs}); len(w) != 1 || !strings.Contains(w[0], "owner gids 170000") {
+		t.Errorf("gid warnings %q", w)
+	}
+}
+
+type fakeSubIDs struct{ uids, gids []SubRange }
+
+func (f fakeSubIDs) SubUIDs() ([]SubRange, error) { return f.uids, nil }
+func (f fakeSubIDs) SubGIDs() ([]SubRange, error) { return f.gids, nil }

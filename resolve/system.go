@@ -29,6 +29,10 @@ type System struct {
 	// and /etc/group. In a container they are the host's, mounted
 	// read-only (say /host/etc/passwd).
 	PasswdFile, GroupFile string
+	// SubUIDFile and SubGIDFile are the subordinate id files; empty means
+	// /etc/subuid and /etc/subgid beside /etc/passwd, none beside custom
+	// files.
+	SubUIDFile, SubGIDFile string
 
 	mu            sync.Mutex
 	users, groups dbFile
@@ -51,7 +55,26 @@ func NewSystem(passwd, group string) *System {
 func (s *System) Files() []string { return []string{s.passwd(), s.group()} }
 
 func (s *System) passwd() string { return cmpOr(s.PasswdFile, "/etc/passwd") }
-func (s *System) group() string  { return cmpOr(s.GroupFile, "/etc/group") }
+
+var _ SubIDs = (*System)(nil)
+
+// SubUIDs reads the subordinate uids (a missing file holds none).
+func (s *System) SubUIDs() ([]SubRange, error) { return s.subIDs(s.SubUIDFile, "/etc/subuid") }
+
+// SubGIDs reads the subordinate gids.
+func (s *System) SubGIDs() ([]SubRange, error) { return s.subIDs(s.SubGIDFile, "/etc/subgid") }
+
+func (s *System) subIDs(file, def string) ([]SubRange, error) {
+	if file == "" && s.noNSS {
+		return nil, nil // custom databases: the host's files are not theirs
+	}
+	subs, err := readSubIDs(cmpOr(file, def))
+	if os.IsNotExist(err) {
+		return nil, nil
+	}
+	return subs, err
+}
+func (s *System) group() string { return cmpOr(s.GroupFile, "/etc/group") }
 
 func cmpOr(a, b string) string {
 	if a != "" {

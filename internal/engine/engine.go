@@ -103,11 +103,12 @@ func (p *Plan) Notes() []string { return p.Sysctls.Notes }
 
 // Warnings lists what in the host works against the policy.
 func (p *Plan) Warnings() []string {
-	w := p.Sysctls.Warnings
+	var w []string
 	if p.Guard.Note != "" {
-		w = append([]string{p.Guard.Note}, w...)
+		w = append(w, p.Guard.Note)
 	}
-	return w
+	w = append(w, p.Resolved.Warnings...)
+	return append(w, p.Sysctls.Warnings...)
 }
 
 func digest(s string) string {
