@@ -9,10 +9,10 @@ import (
 // admin's terms: reservations added, removed or changed, and whether the
 // rules (settings: root, marks, log) differ.
 type Changes struct {
-	Added        []string `json:"added"` // reservation names, sorted
-	Removed      []string `json:"removed"`
-	Changed      []string `json:"changed"`
-	RulesChanged bool     `json:"rules_changed"` // chains or set declarations differ
+	Added        []string // reservation names, sorted
+	Removed      []string
+	Changed      []string
+	RulesChanged bool // chains or set declarations differ
 }
 
 // InSync reports whether nothing would change.

@@ -12,12 +12,28 @@ import (
 // Summary describes one reservation as a ruleset holds it: enough for
 // `portfw status` to explain the kernel's table without the policy file.
 type Summary struct {
-	Name           string   `json:"name"`
-	Ports          []string `json:"ports"`          // "80,443/tcp", "5060,5070-5079/tcp+udp", "80/tcp@192.0.2.10"
-	UIDs           []string `json:"uids,omitempty"` // "33", "1200-1299"
-	GIDs           []string `json:"gids,omitempty"`
-	DroppedPackets uint64   `json:"dropped_packets"`
-	DroppedBytes   uint64   `json:"dropped_bytes"`
+	Name string
+	// Ports are grouped by address (every address first) and, per
+	// address, protocols with the same ports share a group.
+	Ports                        []PortGroup
+	UIDs, GIDs                   []model.IDRange
+	DroppedPackets, DroppedBytes uint64
+}
+
+// PortGroup is the ports some protocols have in common on an address.
+type PortGroup struct {
+	Ports     model.Ports
+	Protocols []model.Protocol
+	Addr      netip.Prefix // the zero Prefix: every address
+}
+
+// String is "5060,5070-5079/tcp+udp", with "@192.0.2.10" for an address.
+func (g PortGroup) String() string {
+	names := make([]string, len(g.Protocols))
+	for i, p := range g.Protocols {
+		names[i] = p.String()
+	}
+	return g.Ports.String() + "/" + strings.Join(names, "+") + netip4or6{g.Addr}.text()
 }
 
 // Summarize lists the reservations in rs, sorted by name. Counters come
@@ -41,9 +57,9 @@ func Summarize(rs *Ruleset) []Summary {
 				sum.DroppedPackets += e.Packets
 				sum.DroppedBytes += e.Bytes
 			case s.Has(FieldUID):
-				sum.UIDs = appendUniq(sum.UIDs, e.ID.String())
+				sum.UIDs = appendUniq(sum.UIDs, e.ID)
 			case s.Has(FieldGID):
-				sum.GIDs = appendUniq(sum.GIDs, e.ID.String())
+				sum.GIDs = appendUniq(sum.GIDs, e.ID)
 			default:
 				if ports[sum.Name] == nil {
 					ports[sum.Name] = map[netip4or6]map[model.Protocol][]model.PortRange{}
@@ -67,7 +83,7 @@ func Summarize(rs *Ruleset) []Summary {
 		}
 		slices.SortFunc(addrs, func(a, b netip4or6) int { return comparePrefix(a.p, b.p) })
 		for _, a := range addrs {
-			s.Ports = append(s.Ports, portsText(ports[name][a], a.text())...)
+			s.Ports = append(s.Ports, portGroups(ports[name][a], a.p)...)
 		}
 		out = append(out, *s)
 	}
@@ -89,22 +105,16 @@ func (a netip4or6) text() string {
 	return "@" + a.p.String()
 }
 
-func appendUniq(list []string, s string) []string {
+func appendUniq[T comparable](list []T, s T) []T {
 	if slices.Contains(list, s) {
 		return list
 	}
 	return append(list, s)
 }
 
-// portsText writes the ports of one address per protocol, in the protocol
-// table's order, and once for protocols that have the same ports:
-// "5060,5070-5079/tcp+udp".
-func portsText(byProto map[model.Protocol][]model.PortRange, addr string) []string {
-	type group struct {
-		ports string
-		names []string
-	}
-	var groups []*group
+// portGroups groups the ports of one address by protocol, in the protocol
+// table's order, once for protocols that have the same ports.
+func portGroups(byProto map[model.Protocol][]model.PortRange, addr netip.Prefix) []PortGroup {
 	// The table's protocols in its order, then any others (a table edited
 	// by hand) by number.
 	var order []model.Protocol
@@ -118,28 +128,20 @@ func portsText(byProto map[model.Protocol][]model.PortRange, addr string) []stri
 		}
 	}
 	slices.Sort(others)
+	var groups []PortGroup
 	for _, proto := range append(order, others...) {
 		rs, ok := byProto[proto]
 		if !ok {
 			continue
 		}
-		rs = slices.Clone(rs)
-		slices.SortFunc(rs, func(a, b model.PortRange) int { return cmp.Compare(a.Lo, b.Lo) })
-		parts := make([]string, len(rs))
-		for i, r := range rs {
-			parts[i] = r.String()
-		}
-		text := strings.Join(parts, ",")
-		i := slices.IndexFunc(groups, func(g *group) bool { return g.ports == text })
+		ports := model.Ports(slices.Clone(rs))
+		slices.SortFunc(ports, func(a, b model.PortRange) int { return cmp.Compare(a.Lo, b.Lo) })
+		i := slices.IndexFunc(groups, func(g PortGroup) bool { return slices.Equal(g.Ports, ports) })
 		if i < 0 {
-			groups = append(groups, &group{ports: text})
+			groups = append(groups, PortGroup{Ports: ports, Addr: addr})
 			i = len(groups) - 1
 		}
-		groups[i].names = append(groups[i].names, proto.String())
+		groups[i].Protocols = append(groups[i].Protocols, proto)
 	}
-	out := make([]string, len(groups))
-	for i, g := range groups {
-		out[i] = g.ports + "/" + strings.Join(g.names, "+") + addr
-	}
-	return out
+	return groups
 }

@@ -13,20 +13,52 @@ import (
 )
 
 type statusJSON struct {
-	Version      int                `json:"version"`
-	Table        string             `json:"table"`
-	Installed    bool               `json:"installed"`
-	Policy       string             `json:"policy,omitempty"`
-	InSync       *bool              `json:"in_sync,omitempty"`
-	Reservations []compiler.Summary `json:"reservations"`
-	Guard        *compiler.Summary  `json:"guard,omitempty"`
-	Sysctls      *sysctlsJSON       `json:"sysctls,omitempty"`
-	BindGuard    *bindGuardJSON     `json:"bind_guard,omitempty"`
-	Changes      *compiler.Changes  `json:"changes,omitempty"`
+	Version      int               `json:"version"`
+	Table        string            `json:"table"`
+	Installed    bool              `json:"installed"`
+	Policy       string            `json:"policy,omitempty"`
+	InSync       *bool             `json:"in_sync,omitempty"`
+	Reservations []reservationJSON `json:"reservations"`
+	Guard        *reservationJSON  `json:"guard,omitempty"`
+	Sysctls      *sysctlsJSON      `json:"sysctls,omitempty"`
+	BindGuard    *bindGuardJSON    `json:"bind_guard,omitempty"`
+	Changes      *tableChangesJSON `json:"changes,omitempty"`
 	// Layers is what is in force in this namespace now, read from the
 	// kernel (apply's and check's are what the policy asks for).
 	Layers     layersJSON `json:"layers"`
 	StateError string     `json:"state_error,omitempty"`
+}
+
+// reservationJSON is a reservation as the kernel's table holds it.
+type reservationJSON struct {
+	Name           string   `json:"name"`
+	Ports          []string `json:"ports"`          // "80,443/tcp", "5060,5070-5079/tcp+udp", "80/tcp@192.0.2.10"
+	UIDs           []string `json:"uids,omitempty"` // "33", "1200-1299"
+	GIDs           []string `json:"gids,omitempty"`
+	DroppedPackets uint64   `json:"dropped_packets"`
+	DroppedBytes   uint64   `json:"dropped_bytes"`
+}
+
+func newReservationJSON(s compiler.Summary) reservationJSON {
+	r := reservationJSON{Name: s.Name, DroppedPackets: s.DroppedPackets, DroppedBytes: s.DroppedBytes}
+	for _, g := range s.Ports {
+		r.Ports = append(r.Ports, g.String())
+	}
+	for _, id := range s.UIDs {
+		r.UIDs = append(r.UIDs, id.String())
+	}
+	for _, id := range s.GIDs {
+		r.GIDs = append(r.GIDs, id.String())
+	}
+	return r
+}
+
+// tableChangesJSON is what applying the policy would change in the table.
+type tableChangesJSON struct {
+	Added        []string `json:"added"` // reservation names, sorted
+	Removed      []string `json:"removed"`
+	Changed      []string `json:"changed"`
+	RulesChanged bool     `json:"rules_changed"` // chains or set declarations differ
 }
 
 // sysctlsJSON is the state of the sysctls portfw manages in this namespace.
@@ -102,9 +134,10 @@ func runStatus(a *app, args []string) int {
 			name = model.DefaultTable
 		}
 	}
-	st := statusJSON{Version: outputVersion, Table: name, Installed: s.Table != nil, Reservations: []compiler.Summary{}}
+	st := statusJSON{Version: outputVersion, Table: name, Installed: s.Table != nil, Reservations: []reservationJSON{}}
 	if s.Table != nil {
-		for _, r := range compiler.Summarize(s.Table) {
+		for _, sum := range compiler.Summarize(s.Table) {
+			r := newReservationJSON(sum)
 			if r.Name == model.GuardName {
 				st.Guard = &r
 				continue
@@ -141,7 +174,7 @@ func runStatus(a *app, args []string) int {
 		in := c.InSync()
 		st.Policy, st.InSync = p.Path, &in
 		if !in {
-			st.Changes = &c
+			st.Changes = &tableChangesJSON{Added: nonNil(c.Added), Removed: nonNil(c.Removed), Changed: nonNil(c.Changed), RulesChanged: c.RulesChanged}
 		}
 	}
 	if *asJSON {
