@@ -2,6 +2,7 @@ package compiler
 
 import (
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -374,10 +375,17 @@ func writeSet(b *strings.Builder, s *Set) {
 		b.WriteString("\t\tcounter\n")
 	}
 	b.WriteString("\t\telements = {\n")
-	for i, e := range s.Elements {
+	// Compiled sets are sorted; sets read from the kernel come in its
+	// order, and print in the canonical one.
+	elems := s.Elements
+	if !slices.IsSortedFunc(elems, compareElements) {
+		elems = slices.Clone(elems)
+		SortElements(elems)
+	}
+	for i, e := range elems {
 		b.WriteString("\t\t\t")
 		s.writeElement(b, e)
-		if i < len(s.Elements)-1 {
+		if i < len(elems)-1 {
 			b.WriteString(",")
 		}
 		b.WriteString("\n")

@@ -38,54 +38,74 @@ func (g PortGroup) String() string {
 
 // Summarize lists the reservations in rs, sorted by name. Counters come
 // from the drop sets, so they are non-zero only for a ruleset read back
-// from the kernel.
+// from the kernel. It is one pass over the elements with one accumulator
+// per reservation: at 10k reservations a table holds 60k elements.
 func Summarize(rs *Ruleset) []Summary {
-	by := map[string]*Summary{}
-	get := func(name string) *Summary {
-		if by[name] == nil {
-			by[name] = &Summary{Name: name}
-		}
-		return by[name]
+	type portItem struct {
+		addr  netip.Prefix
+		proto model.Protocol
+		ports model.PortRange
 	}
-	// ports[name][address][protocol] lists port ranges in element order.
-	ports := map[string]map[netip4or6]map[model.Protocol][]model.PortRange{}
+	type acc struct {
+		sum   Summary
+		ports []portItem
+	}
+	by := map[string]*acc{}
 	for _, s := range rs.Sets {
+		kind := 0 // membership
+		switch {
+		case s.Counter:
+			kind = 1
+		case s.Has(FieldUID):
+			kind = 2
+		case s.Has(FieldGID):
+			kind = 3
+		}
+		var a *acc
 		for _, e := range s.Elements {
-			sum := get(e.Comment)
-			switch {
-			case s.Counter:
-				sum.DroppedPackets += e.Packets
-				sum.DroppedBytes += e.Bytes
-			case s.Has(FieldUID):
-				sum.UIDs = appendUniq(sum.UIDs, e.ID)
-			case s.Has(FieldGID):
-				sum.GIDs = appendUniq(sum.GIDs, e.ID)
+			if a == nil || a.sum.Name != e.Comment {
+				if a = by[e.Comment]; a == nil {
+					a = &acc{sum: Summary{Name: e.Comment}}
+					by[e.Comment] = a
+				}
+			}
+			switch kind {
+			case 1:
+				a.sum.DroppedPackets += e.Packets
+				a.sum.DroppedBytes += e.Bytes
+			case 2:
+				a.sum.UIDs = append(a.sum.UIDs, e.ID)
+			case 3:
+				a.sum.GIDs = append(a.sum.GIDs, e.ID)
 			default:
-				if ports[sum.Name] == nil {
-					ports[sum.Name] = map[netip4or6]map[model.Protocol][]model.PortRange{}
-				}
-				a := netip4or6{e.Addr}
-				if ports[sum.Name][a] == nil {
-					ports[sum.Name][a] = map[model.Protocol][]model.PortRange{}
-				}
-				byProto := ports[sum.Name][a]
-				if !slices.Contains(byProto[e.Proto], e.Ports) {
-					byProto[e.Proto] = append(byProto[e.Proto], e.Ports)
-				}
+				a.ports = append(a.ports, portItem{e.Addr, e.Proto, e.Ports})
 			}
 		}
 	}
+	byLo := func(a, b model.IDRange) int { return cmp.Compare(a.Lo, b.Lo) }
 	out := make([]Summary, 0, len(by))
-	for name, s := range by {
-		addrs := make([]netip4or6, 0, len(ports[name]))
-		for a := range ports[name] {
-			addrs = append(addrs, a)
+	for _, a := range by {
+		s := a.sum
+		// A table read back holds its elements in the kernel's order, and
+		// an owner appears once per port in the owner sets.
+		slices.SortFunc(s.UIDs, byLo)
+		s.UIDs = slices.Compact(s.UIDs)
+		slices.SortFunc(s.GIDs, byLo)
+		s.GIDs = slices.Compact(s.GIDs)
+		slices.SortFunc(a.ports, func(x, y portItem) int {
+			return cmp.Or(comparePrefix(x.addr, y.addr), cmp.Compare(x.proto, y.proto), cmp.Compare(x.ports.Lo, y.ports.Lo))
+		})
+		a.ports = slices.Compact(a.ports)
+		for i := 0; i < len(a.ports); {
+			j := i
+			byProto := map[model.Protocol][]model.PortRange{}
+			for ; j < len(a.ports) && a.ports[j].addr == a.ports[i].addr; j++ {
+				byProto[a.ports[j].proto] = append(byProto[a.ports[j].proto], a.ports[j].ports)
+			}
+			s.Ports = append(s.Ports, portGroups(byProto, a.ports[i].addr)...)
+			i = j
 		}
-		slices.SortFunc(addrs, func(a, b netip4or6) int { return comparePrefix(a.p, b.p) })
-		for _, a := range addrs {
-			s.Ports = append(s.Ports, portGroups(ports[name][a], a.p)...)
-		}
-		out = append(out, *s)
+		out = append(out, s)
 	}
 	slices.SortFunc(out, func(a, b Summary) int { return cmp.Compare(a.Name, b.Name) })
 	return out
@@ -103,13 +123,6 @@ func (a netip4or6) text() string {
 		return "@" + a.p.Addr().String()
 	}
 	return "@" + a.p.String()
-}
-
-func appendUniq[T comparable](list []T, s T) []T {
-	if slices.Contains(list, s) {
-		return list
-	}
-	return append(list, s)
 }
 
 // portGroups groups the ports of one address by protocol, in the protocol
@@ -134,8 +147,7 @@ func portGroups(byProto map[model.Protocol][]model.PortRange, addr netip.Prefix)
 		if !ok {
 			continue
 		}
-		ports := model.Ports(slices.Clone(rs))
-		slices.SortFunc(ports, func(a, b model.PortRange) int { return cmp.Compare(a.Lo, b.Lo) })
+		ports := model.Ports(rs) // sorted by the caller
 		i := slices.IndexFunc(groups, func(g PortGroup) bool { return slices.Equal(g.Ports, ports) })
 		if i < 0 {
 			groups = append(groups, PortGroup{Ports: ports, Addr: addr})

@@ -102,35 +102,23 @@ func (c *Conn) readSet(ks *nftables.Set) (*compiler.Set, error) {
 		}
 		s.Fields = append(s.Fields, f)
 	}
-	elems, err := c.nc.GetSetElements(ks)
-	if err != nil {
+	// Elements stay in the kernel's order: comparisons go by key, and the
+	// text form sorts what it prints.
+	if err := c.dumpElements(ks.Table.Name, s); err != nil {
 		return nil, fmt.Errorf("read elements of set %s: %w", ks.Name, err)
 	}
-	for _, ke := range elems {
-		if ke.IntervalEnd {
-			continue
-		}
-		e, err := decodeElement(s, ke)
-		if err != nil {
-			return nil, fmt.Errorf("read set %s: %w", ks.Name, err)
-		}
-		if ke.Counter != nil {
-			s.Counter = true
-			e.Packets, e.Bytes = ke.Counter.Packets, ke.Counter.Bytes
-		}
-		s.Elements = append(s.Elements, e)
-	}
-	compiler.SortElements(s.Elements)
 	return s, nil
 }
 
-func decodeElement(s *compiler.Set, ke nftables.SetElement) (compiler.Element, error) {
-	e := compiler.Element{Comment: ke.Comment}
-	key, end := ke.Key, ke.KeyEnd
+// decodeKey decodes an element's key (and, for an interval, its end) by the
+// set's fields.
+func decodeKey(s *compiler.Set, key, end []byte) (compiler.Element, error) {
+	var e compiler.Element
 	if end == nil {
 		end = key
 	}
-	bad := func() error { return fmt.Errorf("element %x-%x does not fit the set's key", ke.Key, ke.KeyEnd) }
+	k0, e0 := key, end
+	bad := func() error { return fmt.Errorf("element %x-%x does not fit the set's key", k0, e0) }
 	for _, f := range s.Fields {
 		n := 4 * int(words(f))
 		if len(key) < n || len(end) < n {
