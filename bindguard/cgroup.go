@@ -160,8 +160,7 @@ func privateMount() (*os.File, error) {
 		err error
 	}
 	ch := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
+	onDisposableThread(func() {
 		f, err := func() (*os.File, error) {
 			if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
 				return nil, fmt.Errorf("mount cgroup2 privately: unshare mount namespace: %w", err)
@@ -188,9 +187,29 @@ func privateMount() (*os.File, error) {
 			return nil, fmt.Errorf("mount cgroup2 privately: %w", lastErr)
 		}()
 		ch <- result{f, err}
-	}()
+	})
 	r := <-ch
 	return r.f, r.err
+}
+
+// onDisposableThread runs f on an OS thread of its own that ends with it,
+// taking whatever namespaces f joined along: never the process's main
+// thread, which Go cannot end (it would stay in them, and /proc/self would
+// show them).
+func onDisposableThread(f func()) {
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
+		if unix.Gettid() == unix.Getpid() {
+			// The main thread. Locked, it cannot take the next goroutine,
+			// which therefore starts on another thread.
+			done := make(chan struct{})
+			onDisposableThread(func() { f(); close(done) })
+			<-done
+			runtime.UnlockOSThread()
+			return
+		}
+		f()
+	}()
 }
 
 // initCgroupNS is PROC_CGROUP_INIT_INO, the inode of the initial cgroup

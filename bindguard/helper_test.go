@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/portfw/portfw/internal/netns"
+	"github.com/portfw/portfw/model"
 	"github.com/portfw/portfw/testenv"
 )
 
@@ -46,15 +47,19 @@ func TestMain(m *testing.M) {
 
 // guardRequest is what a "guard" helper does in its namespace.
 type guardRequest struct {
-	Op     string // apply, remove, sweep, status
-	Spec   Spec
-	Cgroup string
+	Op string // apply, remove, sweep, status
+	// Policies are applied in order by one Namespace: after the first, as
+	// a daemon does (only what changed, through its Builder).
+	Policies []*model.Resolved
+	Cgroup   string
 }
 
 type guardReply struct {
-	Found bool
-	Swept []uint64
-	Info  Info
+	// Incremental counts the applies that wrote only what changed.
+	Incremental int
+	Found       bool
+	Swept       []uint64
+	Info        Info
 }
 
 func helperMain(mode string) error {
@@ -81,7 +86,12 @@ func helperMain(mode string) error {
 		var rep guardReply
 		switch req.Op {
 		case "apply":
-			err = ns.Apply(req.Spec)
+			for _, r := range req.Policies {
+				if err = ns.Apply(r); err != nil {
+					break
+				}
+			}
+			rep.Incremental = ns.incremental
 		case "remove":
 			rep.Found, err = ns.Remove()
 		case "sweep":

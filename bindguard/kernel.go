@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"reflect"
 	"slices"
 	"sync"
 
@@ -401,55 +402,138 @@ func (h *Host) detach(in *installed) error {
 }
 
 // Apply makes the guard enforce spec for binds in the network namespace
-// with this cookie (and nsfs inode, kept for the sweep). The new policy is a
-// new generation of the namespace's four inner maps, switched to with one
-// write: no bind ever sees none.
+// with this cookie (and nsfs inode, kept for the sweep). It changes the
+// namespace's maps in place when they can take it (updateInPlace);
+// otherwise the new policy is a new generation of the namespace's four
+// inner maps, switched to with one write. Either way no bind ever sees a
+// port unguarded.
 func (h *Host) Apply(cookie, inode uint64, spec Spec) error {
+	_, err := h.apply(cookie, inode, spec)
+	return err
+}
+
+// written is what an apply left in the kernel for a namespace: the
+// generation, its inner maps and how owner sets are numbered in them.
+type written struct {
+	gen  uint32
+	ids  [4]ebpf.MapID // of the inner maps, in mapNames[1:] order
+	num  func(OwnerID) uint32
+	size [4]int // entries in each inner map
+}
+
+func (h *Host) apply(cookie, inode uint64, spec Spec) (written, error) {
 	unlock, err := h.lock()
 	if err != nil {
-		return err
+		return written{}, err
 	}
 	defer unlock()
 	found, err := h.find()
 	if err != nil {
-		return err
+		return written{}, err
 	}
 	in, err := h.install(found)
 	if err != nil {
-		return err
+		return written{}, err
 	}
 	defer in.close()
 	cur, had, err := lookupNet(in.maps[mapNets], cookie)
 	if err != nil {
-		return err
+		return written{}, err
+	}
+	if had && cur.inode == inode {
+		w, done, err := updateInPlace(in, cookie, cur.gen, spec)
+		if done || err != nil {
+			return w, err
+		}
 	}
 	next := cur.gen + 1
 	if next == 0 {
 		next = 1
 	}
 	e := encode(spec)
-	for _, name := range mapNames[1:] {
-		inner, err := ebpf.NewMap(innerSpec(name, len(e.of(name))))
+	w := written{gen: next, num: func(id OwnerID) uint32 { return uint32(id) }}
+	for i, name := range mapNames[1:] {
+		// Room to grow in place (updateInPlace) before the next generation.
+		inner, err := ebpf.NewMap(innerSpec(name, 2*len(e.of(name))+64))
 		if err != nil {
-			return fmt.Errorf("create map %s: %w", name, err)
+			return written{}, fmt.Errorf("create map %s: %w", name, err)
 		}
 		err = put(inner, name, e.of(name))
 		if err == nil {
 			err = in.maps[name].Put(outerKey(cookie, next), inner)
 		}
+		w.ids[i], w.size[i] = mapID(inner), len(e.of(name))
 		inner.Close() // the outer map holds it now
 		if err != nil {
-			return fmt.Errorf("update map %s: %w", name, err)
+			return written{}, fmt.Errorf("update map %s: %w", name, err)
 		}
 	}
 	if err := in.maps[mapNets].Put(cookie, netEntry{gen: next, inode: inode}.bytes()); err != nil {
-		return fmt.Errorf("update map %s: %w", mapNets, err)
+		return written{}, fmt.Errorf("update map %s: %w", mapNets, err)
 	}
 	keep := []uint32{next}
 	if had {
 		keep = append(keep, cur.gen) // a bind may still be reading it
 	}
-	return deleteGenerations(in.maps, cookie, keep)
+	return w, deleteGenerations(in.maps, cookie, keep)
+}
+
+// applyDelta writes the entries a Builder computed into the namespace's
+// current inner maps, if they are still the ones w describes (same
+// generation, same maps: nobody else changed them) and can take the growth;
+// false, having written nothing, otherwise. The order is updateInPlace's.
+func (h *Host) applyDelta(cookie uint64, w *written, puts, dels entries) (bool, error) {
+	unlock, err := h.lock()
+	if err != nil {
+		return false, err
+	}
+	defer unlock()
+	in, err := h.find()
+	if err != nil || in == nil || in.maps == nil || len(in.progs) != len(families) {
+		return false, err
+	}
+	defer in.close()
+	cur, had, err := lookupNet(in.maps[mapNets], cookie)
+	if err != nil || !had || cur.gen != w.gen {
+		return false, err
+	}
+	maps := map[string]*ebpf.Map{}
+	defer func() {
+		for _, m := range maps {
+			m.Close()
+		}
+	}()
+	for i, name := range mapNames[1:] {
+		var inner *ebpf.Map
+		if err := in.maps[name].Lookup(outerKey(cookie, cur.gen), &inner); err != nil {
+			if errors.Is(err, ebpf.ErrKeyNotExist) {
+				return false, nil
+			}
+			return false, fmt.Errorf("read map %s: %w", name, err)
+		}
+		maps[name] = inner
+		info, err := inner.Info()
+		if err != nil {
+			return false, fmt.Errorf("read map %s: %w", name, err)
+		}
+		if id, _ := info.ID(); id != w.ids[i] || w.size[i]+len(puts.of(name)) > int(info.MaxEntries) {
+			return false, nil
+		}
+	}
+	for _, name := range []string{mapOwners, mapRanges, mapScopes, mapPorts} {
+		if err := putEach(maps[name], name, puts.of(name)); err != nil {
+			return true, err
+		}
+	}
+	for _, name := range []string{mapPorts, mapScopes, mapRanges, mapOwners} {
+		if err := del(maps[name], name, dels.of(name)); err != nil {
+			return true, err
+		}
+	}
+	for i, name := range mapNames[1:] {
+		w.size[i] += len(puts.of(name)) - len(dels.of(name))
+	}
+	return true, nil
 }
 
 func lookupNet(nets *ebpf.Map, cookie uint64) (netEntry, bool, error) {
@@ -477,13 +561,55 @@ func (e entries) of(name string) []kv {
 	return nil
 }
 
+// put writes kvs into a map: in one BPF_MAP_UPDATE_BATCH where the map
+// type has it (hash maps; 20k entries in one call instead of 20k), else
+// one update per key. A batch is not atomic: for maps a bind reads, the
+// entries of one batch must be independent of each other (they are: each
+// is a whole port, scope or owner entry).
 func put(m *ebpf.Map, name string, kvs []kv) error {
+	if len(kvs) == 0 {
+		return nil
+	}
+	if keys, vals, ok := batchOf(kvs); ok {
+		if n, err := m.BatchUpdate(keys, vals, nil); err == nil && n == len(kvs) {
+			return nil
+		}
+	}
 	for _, e := range kvs {
 		if err := m.Put(e.k, e.v); err != nil {
 			return fmt.Errorf("update map %s: %w", name, err)
 		}
 	}
 	return nil
+}
+
+// putEach is put for a handful of entries, one update each.
+func putEach(m *ebpf.Map, name string, kvs []kv) error {
+	if len(kvs) > 16 {
+		return put(m, name, kvs)
+	}
+	for _, e := range kvs {
+		if err := m.Put(e.k, e.v); err != nil {
+			return fmt.Errorf("update map %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// batchOf turns kvs into two slices of fixed-size arrays, as BatchUpdate
+// wants them; false if the sizes differ.
+func batchOf(kvs []kv) (keys, vals any, ok bool) {
+	ks, vs := len(kvs[0].k), len(kvs[0].v)
+	kt, vt := reflect.ArrayOf(ks, reflect.TypeFor[byte]()), reflect.ArrayOf(vs, reflect.TypeFor[byte]())
+	k, v := reflect.MakeSlice(reflect.SliceOf(kt), len(kvs), len(kvs)), reflect.MakeSlice(reflect.SliceOf(vt), len(kvs), len(kvs))
+	for i, e := range kvs {
+		if len(e.k) != ks || len(e.v) != vs {
+			return nil, nil, false
+		}
+		reflect.Copy(k.Index(i), reflect.ValueOf(e.k))
+		reflect.Copy(v.Index(i), reflect.ValueOf(e.v))
+	}
+	return k.Interface(), v.Interface(), true
 }
 
 // deleteGenerations deletes the inner maps of cookie whose generation is

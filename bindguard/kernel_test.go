@@ -84,7 +84,7 @@ func TestGuard(t *testing.T) {
 	ns.IP(t, "addr", "add", "192.0.2.20/24", "dev", "lo")
 	ns.IP(t, "addr", "add", "2001:db8::10/64", "dev", "lo", "nodad")
 	ns.IP(t, "addr", "add", "2001:db8::20/64", "dev", "lo", "nodad")
-	guardOp(t, ns.Path, guardRequest{Op: "apply", Spec: FromResolved(e.policy(true)), Cgroup: e.cg.Path})
+	guardOp(t, ns.Path, guardRequest{Op: "apply", Policies: []*model.Resolved{e.policy(true)}, Cgroup: e.cg.Path})
 
 	checkBinds(t, "owner", ns.Path, e.cg, e.owner,
 		bindCase{"tcp4 0.0.0.0 80", "ok"}, // below 1024, no capability: the guard grants it
@@ -142,7 +142,7 @@ func TestGuard(t *testing.T) {
 func TestGuardAllowRootFalse(t *testing.T) {
 	e := newGuardEnv(t)
 	ns := testenv.NewNS(t)
-	guardOp(t, ns.Path, guardRequest{Op: "apply", Spec: FromResolved(e.policy(false)), Cgroup: e.cg.Path})
+	guardOp(t, ns.Path, guardRequest{Op: "apply", Policies: []*model.Resolved{e.policy(false)}, Cgroup: e.cg.Path})
 	checkBinds(t, "root", ns.Path, e.cg, testenv.Root,
 		bindCase{"tcp4 0.0.0.0 8080", "EPERM"}, bindCase{"udp6 :: 8080", "EPERM"}, bindCase{"tcp4 0.0.0.0 81", "ok"})
 	checkBinds(t, "owner", ns.Path, e.cg, e.owner, bindCase{"tcp4 0.0.0.0 8080", "ok"}, bindCase{"tcp4 0.0.0.0 81", "EPERM"})
@@ -158,16 +158,16 @@ func TestGuardOneProgramForManyNamespaces(t *testing.T) {
 	spaces := make([]*testenv.NS, n)
 	// Namespace i reserves port 20000+i (and 19999, shared by all) for
 	// uid 50000+i.
-	specFor := func(i int) Spec {
-		return FromResolved(&model.Resolved{Reservations: []model.Reservation{{
+	specFor := func(i int) []*model.Resolved {
+		return []*model.Resolved{{Reservations: []model.Reservation{{
 			Name: "p", Protocols: []model.Protocol{model.TCP, model.UDP},
 			Ports:  []model.PortRange{model.Port(19999), model.Port(uint16(20000 + i))},
 			Owners: model.Owners{UIDs: []model.IDRange{model.ID(uint32(50000 + i))}},
-		}}})
+		}}}}
 	}
 	for i := range spaces {
 		spaces[i] = testenv.NewNS(t)
-		guardOp(t, spaces[i].Path, guardRequest{Op: "apply", Spec: specFor(i), Cgroup: e.cg.Path})
+		guardOp(t, spaces[i].Path, guardRequest{Op: "apply", Policies: specFor(i), Cgroup: e.cg.Path})
 	}
 	for _, fam := range families {
 		if ids := programsOn(t, e.cg, fam); len(ids) != 1 {
@@ -221,25 +221,48 @@ func TestGuardOneProgramForManyNamespaces(t *testing.T) {
 
 // TestGuardUpdatesInPlace: a hundred updates keep the same two programs,
 // and a squatter binding in a loop the whole time never succeeds once,
-// while the owner never fails.
+// while the owner never fails. Half the updates come from separate
+// processes (each reads the maps and writes what differs), half from one
+// (a daemon: its Builder knows the maps), and one outgrows the maps (a new
+// generation).
 func TestGuardUpdatesInPlace(t *testing.T) {
 	e := newGuardEnv(t)
 	ns := testenv.NewNS(t)
-	spec := func(i int) Spec {
+	policy := func(i int) *model.Resolved {
 		r := e.policy(true)
-		// Every update changes something: one more port each time.
+		// Every update changes something: one more port each time, and an
+		// owner that alternates.
+		extra := []model.IDRange{model.ID(e.owner.UID)}
+		if i%2 == 1 {
+			extra = append(extra, model.ID(uint32(60000+i)))
+		}
 		r.Reservations = append(r.Reservations, model.Reservation{Name: "extra", Protocols: []model.Protocol{model.UDP},
-			Ports: []model.PortRange{model.Port(uint16(40000 + i))}, Owners: model.Owners{Root: true, UIDs: []model.IDRange{model.ID(e.owner.UID)}}})
-		return FromResolved(r)
+			Ports: []model.PortRange{model.Port(uint16(40000 + i))}, Owners: model.Owners{Root: true, UIDs: extra}})
+		if i == 75 {
+			// Outgrows the maps' room: a new generation.
+			r.Reservations = append(r.Reservations, model.Reservation{Name: "big", Protocols: []model.Protocol{model.TCP},
+				Ports: []model.PortRange{{Lo: 45000, Hi: 45999}}, Owners: model.Owners{Root: true, UIDs: extra}})
+		}
+		return r
 	}
-	guardOp(t, ns.Path, guardRequest{Op: "apply", Spec: spec(0), Cgroup: e.cg.Path})
+	guardOp(t, ns.Path, guardRequest{Op: "apply", Policies: []*model.Resolved{policy(0)}, Cgroup: e.cg.Path})
 	before := map[int][]ebpf.ProgramID{4: programsOn(t, e.cg, 4), 6: programsOn(t, e.cg, 6)}
 	squat := startBindLoop(t, ns.Path, e.cg, e.squat, "tcp4 0.0.0.0 8080", "udp6 :: 8080", "tcp6 :: 80")
 	owner := startBindLoop(t, ns.Path, e.cg, e.owner, "tcp4 0.0.0.0 8080", "udp6 :: 8080", "tcp6 :: 80")
-	for i := 1; i <= 100; i++ {
-		guardOp(t, ns.Path, guardRequest{Op: "apply", Spec: spec(i), Cgroup: e.cg.Path})
+	for i := 1; i <= 50; i++ {
+		guardOp(t, ns.Path, guardRequest{Op: "apply", Policies: []*model.Resolved{policy(i)}, Cgroup: e.cg.Path})
 	}
+	var daemon []*model.Resolved
+	for i := 51; i <= 100; i++ {
+		daemon = append(daemon, policy(i))
+	}
+	rep := guardOp(t, ns.Path, guardRequest{Op: "apply", Policies: daemon, Cgroup: e.cg.Path})
 	sq, ow := squat.stop(t), owner.stop(t)
+	// The first of one process's applies reads the maps; the one that
+	// outgrows them writes a new generation; every other writes its change.
+	if rep.Incremental != 48 {
+		t.Errorf("%d of 50 applies in one process wrote only their change, want 48", rep.Incremental)
+	}
 	for outcome, n := range sq {
 		if !endsWith(outcome, " EPERM") {
 			t.Errorf("the squatter's bind loop saw %q %d times during 100 updates", outcome, n)
@@ -297,7 +320,7 @@ func TestGuardForeignProgram(t *testing.T) {
 	if err := link.RawAttachProgram(link.RawAttachProgramOptions{Target: e.cg.FD, Program: fake, Attach: ebpf.AttachCGroupInet4Bind, Flags: unix.BPF_F_ALLOW_MULTI}); err != nil {
 		t.Fatal(err)
 	}
-	guardOp(t, ns.Path, guardRequest{Op: "apply", Spec: FromResolved(e.policy(true)), Cgroup: e.cg.Path})
+	guardOp(t, ns.Path, guardRequest{Op: "apply", Policies: []*model.Resolved{e.policy(true)}, Cgroup: e.cg.Path})
 	checkBinds(t, "squatter", ns.Path, e.cg, e.squat, bindCase{"tcp4 0.0.0.0 8080", "EPERM"})
 	st := guardOp(t, ns.Path, guardRequest{Op: "status", Cgroup: e.cg.Path}).Info
 	if !st.Active || len(st.Foreign) != 1 {

@@ -3,6 +3,7 @@ package bindguard
 import (
 	"encoding/binary"
 	"math/bits"
+	"net/netip"
 
 	"github.com/portfw/portfw/model"
 )
@@ -70,12 +71,19 @@ type entries struct {
 
 type kv struct{ k, v []byte }
 
-func ownerRef(s Spec, id OwnerID) uint32 {
+// ownerRef is the program's reference to owner set id, which the maps
+// number as num(id) (the Spec's own numbering, or one that keeps the
+// numbers the kernel already has: see updateInPlace).
+func ownerRef(s Spec, id OwnerID, num func(OwnerID) uint32) uint32 {
 	if id == 0 {
 		return 0
 	}
-	o := s.Owners[id-1]
-	ref := uint32(id) << 2
+	return refOf(s.Owners[id-1], num(id))
+}
+
+// refOf is the reference to owner set o numbered num.
+func refOf(o Owners, num uint32) uint32 {
+	ref := num << 2
 	if hasRange(o.UIDs) {
 		ref |= refUIDRanges
 	}
@@ -83,6 +91,35 @@ func ownerRef(s Spec, id OwnerID) uint32 {
 		ref |= refGIDRanges
 	}
 	return ref
+}
+
+// portKV is a ports map entry: the references of the port's default and
+// wildcard owners.
+func portKV(proto model.Protocol, port uint16, def, wild4, wild6 uint32, scoped bool) kv {
+	k := []byte{byte(proto), 0, byte(port >> 8), byte(port)}
+	v := make([]byte, 0, portsValueSize)
+	flags := uint32(0)
+	if scoped {
+		flags = 1
+	}
+	for _, x := range []uint32{def, wild4, wild6, flags} {
+		v = binary.NativeEndian.AppendUint32(v, x)
+	}
+	return kv{k, v}
+}
+
+// scopeKV is a scopes trie entry: an address prefix of a port and the
+// reference of its owners.
+func scopeKV(proto model.Protocol, port uint16, prefix netip.Prefix, ref uint32) kv {
+	addr := prefix.Addr().As16() // IPv4 comes out IPv4-mapped
+	bits := prefix.Bits()
+	if prefix.Addr().Is4() {
+		bits += 96
+	}
+	k := u32(uint32(32 + bits))
+	k = append(k, byte(proto), 0, byte(port>>8), byte(port))
+	k = append(k, addr[:]...)
+	return kv{k, u32(ref)}
 }
 
 func hasRange(rs []model.IDRange) bool {
@@ -96,57 +133,78 @@ func hasRange(rs []model.IDRange) bool {
 
 func u32(x uint32) []byte { return binary.NativeEndian.AppendUint32(nil, x) }
 
-// encode lays a Spec out as inner map entries.
+// encode lays a Spec out as inner map entries, its owner sets numbered as
+// in the Spec.
 func encode(s Spec) entries {
+	return encodeAs(s, func(id OwnerID) uint32 { return uint32(id) })
+}
+
+// encodeAs is encode with owner set id numbered num(id) in the maps.
+func encodeAs(s Spec, num func(OwnerID) uint32) entries {
 	var e entries
 	for _, p := range s.Ports {
-		k := []byte{byte(p.Proto), 0, byte(p.Port >> 8), byte(p.Port)}
-		v := make([]byte, 0, portsValueSize)
-		flags := uint32(0)
-		if p.Scoped {
-			flags = 1
-		}
-		for _, x := range []uint32{ownerRef(s, p.Default), ownerRef(s, p.Wild4), ownerRef(s, p.Wild6), flags} {
-			v = binary.NativeEndian.AppendUint32(v, x)
-		}
-		e.ports = append(e.ports, kv{k, v})
+		e.ports = append(e.ports, portKV(p.Proto, p.Port, ownerRef(s, p.Default, num), ownerRef(s, p.Wild4, num), ownerRef(s, p.Wild6, num), p.Scoped))
 	}
 	for _, sc := range s.Scopes {
-		addr := sc.Prefix.Addr().As16() // IPv4 comes out IPv4-mapped
-		bits := sc.Prefix.Bits()
-		if sc.Prefix.Addr().Is4() {
-			bits += 96
-		}
-		k := u32(uint32(32 + bits))
-		k = append(k, byte(sc.Proto), 0, byte(sc.Port>>8), byte(sc.Port))
-		k = append(k, addr[:]...)
-		e.scopes = append(e.scopes, kv{k, u32(ownerRef(s, sc.Owner))})
+		e.scopes = append(e.scopes, scopeKV(sc.Proto, sc.Port, sc.Prefix, ownerRef(s, sc.Owner, num)))
 	}
 	for i, o := range s.Owners {
-		id := uint32(i + 1)
-		for _, set := range []struct {
-			kind byte
-			ids  []model.IDRange
-		}{{kindUID, o.UIDs}, {kindGID, o.GIDs}} {
-			for _, r := range set.ids {
-				if r.Lo == r.Hi {
-					k := []byte{set.kind, 0, 0, 0}
-					k = binary.NativeEndian.AppendUint32(k, id)
-					k = binary.NativeEndian.AppendUint64(k, uint64(r.Lo))
-					e.owners = append(e.owners, kv{k, u32(1)})
-					continue
-				}
-				for _, p := range idPrefixes(r.Lo, r.Hi) {
-					k := u32(uint32(64 + p.bits))
-					k = append(k, set.kind, 0, 0, 0)
-					k = binary.BigEndian.AppendUint32(k, id)
-					k = binary.BigEndian.AppendUint32(k, p.id)
-					e.ranges = append(e.ranges, kv{k, u32(1)})
-				}
+		for _, x := range ownerEntries(o, num(OwnerID(i+1))) {
+			if x.lpm {
+				e.ranges = append(e.ranges, x.kv)
+			} else {
+				e.owners = append(e.owners, x.kv)
 			}
 		}
 	}
 	return e
+}
+
+type ownerEntry struct {
+	kv
+	lpm bool // in the ranges trie, else in the owners hash
+}
+
+// ownerEntries are the map entries of owner set o, numbered id.
+func ownerEntries(o Owners, id uint32) []ownerEntry {
+	var out []ownerEntry
+	for _, set := range []struct {
+		kind byte
+		ids  []model.IDRange
+	}{{kindUID, o.UIDs}, {kindGID, o.GIDs}} {
+		for _, r := range set.ids {
+			if r.Lo == r.Hi {
+				k := []byte{set.kind, 0, 0, 0}
+				k = binary.NativeEndian.AppendUint32(k, id)
+				k = binary.NativeEndian.AppendUint64(k, uint64(r.Lo))
+				out = append(out, ownerEntry{kv{k, u32(1)}, false})
+				continue
+			}
+			for _, p := range idPrefixes(r.Lo, r.Hi) {
+				k := u32(uint32(64 + p.bits))
+				k = append(k, set.kind, 0, 0, 0)
+				k = binary.BigEndian.AppendUint32(k, id)
+				k = binary.BigEndian.AppendUint32(k, p.id)
+				out = append(out, ownerEntry{kv{k, u32(1)}, true})
+			}
+		}
+	}
+	return out
+}
+
+// ownerOfEntry is the owner set number an owners or ranges entry belongs
+// to, and the entry with that number zeroed: the set's membership, which
+// equal sets share whatever their numbers.
+func ownerOfEntry(k []byte, lpm bool) (uint32, string) {
+	m := []byte(string(k))
+	if lpm {
+		id := binary.BigEndian.Uint32(m[8:])
+		clear(m[8:12])
+		return id, "r" + string(m)
+	}
+	id := binary.NativeEndian.Uint32(m[4:])
+	clear(m[4:8])
+	return id, "o" + string(m)
 }
 
 type idPrefix struct {

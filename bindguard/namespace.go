@@ -11,6 +11,7 @@ import (
 	"github.com/cilium/ebpf/link"
 
 	"github.com/portfw/portfw/internal/netns"
+	"github.com/portfw/portfw/model"
 )
 
 // Namespace is the guard as one network namespace uses it: the host's
@@ -22,6 +23,17 @@ type Namespace struct {
 	once sync.Once
 	host *Host
 	err  error
+
+	// What this Namespace last wrote, for the next Apply to change only
+	// what differs: the maps as written, and the Builder that knows them
+	// (made from last when first needed: a one-shot apply never does).
+	w     *written
+	b     *Builder
+	built struct {
+		r    *model.Resolved
+		spec Spec
+	}
+	incremental int // applies that wrote only what changed (for tests)
 }
 
 // ForNamespace is the guard of the calling thread's network namespace, on
@@ -56,22 +68,48 @@ func (n *Namespace) Supported() error {
 	return nil
 }
 
-// Apply makes the guard enforce spec in this namespace. It also takes away
-// a guard an older portfw pinned for the namespace in bpffs.
-func (n *Namespace) Apply(spec Spec) error {
+// Apply makes the guard enforce policy r in this namespace. After its
+// first Apply it writes only the entries that change, as long as the maps
+// are still the ones it wrote (the daemon, which holds the namespace's lock
+// for life: nobody else writes them). It also takes away a guard an older
+// portfw pinned for the namespace in bpffs.
+func (n *Namespace) Apply(r *model.Resolved) error {
 	h, err := n.open()
 	if err != nil {
 		return err
 	}
-	if err := h.Apply(n.cookie, n.inode, spec); err != nil {
+	if n.w != nil {
+		if n.b == nil {
+			n.b = NewBuilder(n.built.r, n.built.spec, n.w.num)
+			n.built.r = nil
+		}
+		if put, del, ok := n.b.Update(r); ok {
+			done, err := h.applyDelta(n.cookie, n.w, put, del)
+			if done || err != nil {
+				if err != nil {
+					n.w, n.b = nil, nil
+				} else {
+					n.incremental++
+				}
+				return err
+			}
+		}
+	}
+	n.w, n.b = nil, nil
+	spec := FromResolved(r)
+	w, err := h.apply(n.cookie, n.inode, spec)
+	if err != nil {
 		return err
 	}
+	n.w = &w
+	n.built.r, n.built.spec = r, spec
 	return removeLegacy(n.cookie)
 }
 
 // Remove takes this namespace's entries out (and the programs with the
 // last namespace). It reports whether there were any.
 func (n *Namespace) Remove() (bool, error) {
+	n.w, n.b = nil, nil
 	h, err := n.open()
 	if err != nil {
 		return false, err
@@ -165,14 +203,15 @@ type Fake struct {
 // Supported returns Unsupported.
 func (f *Fake) Supported() error { return f.Unsupported }
 
-// Apply records spec.
-func (f *Fake) Apply(spec Spec) error {
+// Apply records the spec of r.
+func (f *Fake) Apply(r *model.Resolved) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.FailApply; err != nil {
 		f.FailApply = nil
 		return err
 	}
+	spec := FromResolved(r)
 	f.spec = &spec
 	f.Applies++
 	return nil

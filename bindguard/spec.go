@@ -22,6 +22,7 @@ package bindguard
 
 import (
 	"cmp"
+	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -29,6 +30,13 @@ import (
 
 	"github.com/portfw/portfw/model"
 )
+
+// SpecVersion identifies what FromResolved and the map layout make of a
+// policy: portfw trusts the guard's maps to hold what it would write now
+// while a digest of the resolved policy and this SpecVersion match what it
+// recorded. TestSpecVersion fails when the specs of its test policies
+// change and SpecVersion does not.
+const SpecVersion = layoutVersion*1000 + 1
 
 // OwnerID names one of a Spec's owner sets: Spec.Owners[id-1]. The zero
 // OwnerID means "no owner": the bind is not restricted.
@@ -89,93 +97,42 @@ type Spec struct {
 // Owners are the reservation's owners as the model says (root included when
 // the policy allows it). It is pure and deterministic.
 func FromResolved(r *model.Resolved) Spec {
-	type key struct {
-		proto model.Protocol
-		port  uint16
-	}
-	type scope struct {
-		prefix netip.Prefix
-		owners Owners
-	}
-	defaults := map[key]*Owners{}
-	scopes := map[key][]scope{}
-	add := func(res *model.Reservation) {
-		o := Owners{UIDs: res.Owners.UIDSet(), GIDs: model.MergeIDs(res.Owners.GIDs)}
-		for _, proto := range res.Protocols {
-			if info, _ := proto.Info(); !info.BindHook {
-				continue
-			}
-			for _, pr := range res.Ports {
-				for p := int(pr.Lo); p <= int(pr.Hi); p++ {
-					k := key{proto, uint16(p)}
-					if len(res.Addresses) > 0 {
-						for _, pfx := range res.Addresses {
-							scopes[k] = append(scopes[k], scope{pfx, o})
-						}
-						continue
-					}
-					own := o
-					if d := defaults[k]; d != nil {
-						// Never happens for a valid Resolved (no two reservations
-						// share a port on every address); owning both is the
-						// safe reading.
-						own = intersect(*d, o)
-					}
-					defaults[k] = &own
-				}
-			}
-		}
-	}
+	in := newInterner()
+	byKey := map[portKey][]holder{}
 	for _, res := range r.All() {
-		add(res)
+		eachHolder(res, in, func(k portKey, h holder) { byKey[k] = append(byKey[k], h) })
 	}
-
+	ports := make(map[portKey]portOwners, len(byKey))
+	used := map[*ownerSet]bool{}
+	for k, hs := range byKey {
+		po := computePort(hs, in)
+		ports[k] = po
+		po.each(func(o *ownerSet) { used[o] = true })
+	}
 	// Owner sets are numbered in sorted order, so the numbers depend only on
 	// which sets exist.
-	var all []Owners
-	collect := func(o Owners) { all = append(all, o) }
-	type port struct {
-		key
-		def, wild4, wild6 *Owners
-		scoped            bool
+	all := make([]*ownerSet, 0, len(used))
+	for o := range used {
+		all = append(all, o)
 	}
-	var ports []port
-	for k := range joinKeys(defaults, scopes) {
-		p := port{key: k, def: defaults[k], scoped: len(scopes[k]) > 0}
-		w4, w6 := p.def, p.def
-		for _, s := range scopes[k] {
-			if s.prefix.Addr().Is4() {
-				w4 = intersectPtr(w4, s.owners)
-			}
-			w6 = intersectPtr(w6, s.owners)
-			collect(s.owners)
-		}
-		p.wild4, p.wild6 = w4, w6
-		for _, o := range []*Owners{p.def, w4, w6} {
-			if o != nil {
-				collect(*o)
-			}
-		}
-		ports = append(ports, p)
+	slices.SortFunc(all, func(a, b *ownerSet) int { return compareOwners(a.o, b.o) })
+	ids := make(map[*ownerSet]OwnerID, len(all))
+	spec := Spec{Owners: make([]Owners, len(all))}
+	for i, o := range all {
+		ids[o] = OwnerID(i + 1)
+		spec.Owners[i] = o.o
 	}
-	slices.SortFunc(all, compareOwners)
-	all = slices.CompactFunc(all, func(a, b Owners) bool { return compareOwners(a, b) == 0 })
-	id := func(o *Owners) OwnerID {
-		if o == nil {
-			return 0
-		}
-		i, _ := slices.BinarySearchFunc(all, *o, compareOwners)
-		return OwnerID(i + 1)
+	spec.Ports = make([]Port, 0, len(ports))
+	for k, po := range ports {
+		port, scopes := po.spec(k, func(o *ownerSet) OwnerID { return ids[o] })
+		spec.Ports = append(spec.Ports, port)
+		spec.Scopes = append(spec.Scopes, scopes...)
 	}
+	sortSpec(&spec)
+	return spec
+}
 
-	spec := Spec{Owners: all}
-	for _, p := range ports {
-		spec.Ports = append(spec.Ports, Port{Proto: p.proto, Port: p.port, Default: id(p.def),
-			Wild4: id(p.wild4), Wild6: id(p.wild6), Scoped: p.scoped})
-		for _, s := range scopes[p.key] {
-			spec.Scopes = append(spec.Scopes, Scope{Proto: p.proto, Port: p.port, Prefix: s.prefix, Owner: id(&s.owners)})
-		}
-	}
+func sortSpec(spec *Spec) {
 	slices.SortFunc(spec.Ports, func(a, b Port) int {
 		return cmp.Or(cmp.Compare(a.Proto, b.Proto), cmp.Compare(a.Port, b.Port))
 	})
@@ -183,21 +140,165 @@ func FromResolved(r *model.Resolved) Spec {
 		return cmp.Or(cmp.Compare(a.Proto, b.Proto), cmp.Compare(a.Port, b.Port),
 			a.Prefix.Addr().Compare(b.Prefix.Addr()), cmp.Compare(a.Prefix.Bits(), b.Prefix.Bits()))
 	})
-	if spec.Owners == nil {
-		spec.Owners = []Owners{}
-	}
-	return spec
 }
 
-func joinKeys[K comparable, A, B any](a map[K]A, b map[K]B) map[K]struct{} {
-	out := make(map[K]struct{}, len(a)+len(b))
-	for k := range a {
-		out[k] = struct{}{}
+// portKey is one guarded (protocol, port).
+type portKey struct {
+	proto model.Protocol
+	port  uint16
+}
+
+// ownerSet is an interned owner set. The Builder numbers and counts it;
+// FromResolved only interns.
+type ownerSet struct {
+	o    Owners
+	key  string
+	num  uint32 // its number in the maps (Builder)
+	refs int    // ports and scopes naming it (Builder)
+}
+
+// interner gives equal owner sets one *ownerSet.
+type interner map[string]*ownerSet
+
+func newInterner() interner { return interner{} }
+
+func (in interner) of(o Owners) *ownerSet {
+	k := ownersKey(o)
+	if s := in[k]; s != nil {
+		return s
 	}
-	for k := range b {
-		out[k] = struct{}{}
+	s := &ownerSet{o: o, key: k}
+	in[k] = s
+	return s
+}
+
+// holder is a reservation's claim on one (protocol, port): its owners, on
+// every address (prefix invalid) or on one address prefix.
+type holder struct {
+	owners *ownerSet
+	prefix netip.Prefix
+}
+
+// eachHolder calls f for every (protocol, port) res holds in the guard: its
+// protocols the bind hook sees, each port of a port range, each address.
+func eachHolder(res *model.Reservation, in interner, f func(portKey, holder)) {
+	var o *ownerSet // interned only for a reservation the hook sees
+	for _, proto := range res.Protocols {
+		if info, _ := proto.Info(); !info.BindHook {
+			continue
+		}
+		if o == nil {
+			o = in.of(Owners{UIDs: res.Owners.UIDSet(), GIDs: model.MergeIDs(res.Owners.GIDs)})
+		}
+		for _, pr := range res.Ports {
+			for p := int(pr.Lo); p <= int(pr.Hi); p++ {
+				k := portKey{proto, uint16(p)}
+				if len(res.Addresses) == 0 {
+					f(k, holder{owners: o})
+					continue
+				}
+				for _, pfx := range res.Addresses {
+					f(k, holder{o, pfx})
+				}
+			}
+		}
 	}
-	return out
+}
+
+// portOwners is what the guard holds for one (protocol, port).
+type portOwners struct {
+	def, wild4, wild6 *ownerSet // nil: no owner (anyone may bind)
+	scopes            []scopeOwner
+}
+
+type scopeOwner struct {
+	prefix netip.Prefix
+	owners *ownerSet
+}
+
+// computePort decides a port's owners from the claims on it: the default
+// owns every address no scope covers; a wildcard bind needs someone who
+// owns every reservation on the port (:: counts as IPv4 too, since the hook
+// cannot see IPV6_V6ONLY).
+func computePort(hs []holder, in interner) portOwners {
+	var po portOwners
+	for _, h := range hs {
+		if h.prefix.IsValid() {
+			po.scopes = append(po.scopes, scopeOwner{h.prefix, h.owners})
+			continue
+		}
+		if po.def == nil {
+			po.def = h.owners
+		} else {
+			// Never happens for a valid Resolved (no two reservations
+			// share a port on every address); owning both is the safe
+			// reading.
+			po.def = in.of(intersect(po.def.o, h.owners.o))
+		}
+	}
+	slices.SortFunc(po.scopes, func(a, b scopeOwner) int {
+		return cmp.Or(a.prefix.Addr().Compare(b.prefix.Addr()), cmp.Compare(a.prefix.Bits(), b.prefix.Bits()),
+			strings.Compare(a.owners.key, b.owners.key))
+	})
+	po.wild4, po.wild6 = po.def, po.def
+	for _, s := range po.scopes {
+		if s.prefix.Addr().Is4() {
+			po.wild4 = intersectSet(po.wild4, s.owners, in)
+		}
+		po.wild6 = intersectSet(po.wild6, s.owners, in)
+	}
+	return po
+}
+
+// each calls f for every owner set the port names, once per naming.
+func (po portOwners) each(f func(*ownerSet)) {
+	for _, o := range []*ownerSet{po.def, po.wild4, po.wild6} {
+		if o != nil {
+			f(o)
+		}
+	}
+	for _, s := range po.scopes {
+		f(s.owners)
+	}
+}
+
+// spec writes the port as the Spec's entries, owner sets numbered by id.
+func (po portOwners) spec(k portKey, id func(*ownerSet) OwnerID) (Port, []Scope) {
+	ref := func(o *ownerSet) OwnerID {
+		if o == nil {
+			return 0
+		}
+		return id(o)
+	}
+	p := Port{Proto: k.proto, Port: k.port, Default: ref(po.def), Wild4: ref(po.wild4), Wild6: ref(po.wild6), Scoped: len(po.scopes) > 0}
+	var scopes []Scope
+	for _, s := range po.scopes {
+		scopes = append(scopes, Scope{Proto: k.proto, Port: k.port, Prefix: s.prefix, Owner: ref(s.owners)})
+	}
+	return p, scopes
+}
+
+// intersectSet is intersect of interned sets; a nil a is "anyone".
+func intersectSet(a, b *ownerSet, in interner) *ownerSet {
+	if a == nil {
+		return b
+	}
+	return in.of(intersect(a.o, b.o))
+}
+
+// ownersKey is an owner set's identity: its ranges in binary.
+func ownersKey(o Owners) string {
+	b := make([]byte, 0, 8*(len(o.UIDs)+len(o.GIDs))+4)
+	for _, r := range o.UIDs {
+		b = binary.LittleEndian.AppendUint32(b, r.Lo)
+		b = binary.LittleEndian.AppendUint32(b, r.Hi)
+	}
+	b = append(b, 0xff, 0xff, 0xff, 0xff) // uids end; no range has Lo 0xffffffff > Hi
+	for _, r := range o.GIDs {
+		b = binary.LittleEndian.AppendUint32(b, r.Lo)
+		b = binary.LittleEndian.AppendUint32(b, r.Hi)
+	}
+	return string(b)
 }
 
 // intersect is who owns both a and b, read conservatively: a uid in both
@@ -205,14 +306,6 @@ func joinKeys[K comparable, A, B any](a map[K]A, b map[K]B) map[K]struct{} {
 // other also owns both; it is refused, which errs on the safe side.)
 func intersect(a, b Owners) Owners {
 	return Owners{UIDs: intersectIDs(a.UIDs, b.UIDs), GIDs: intersectIDs(a.GIDs, b.GIDs)}
-}
-
-func intersectPtr(a *Owners, b Owners) *Owners {
-	if a == nil {
-		return &b
-	}
-	o := intersect(*a, b)
-	return &o
 }
 
 func intersectIDs(a, b []model.IDRange) []model.IDRange {
