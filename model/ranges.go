@@ -160,6 +160,9 @@ func ExactIDs(rs []IDRange) []IDRange { return mergeIDs(rs, 0) }
 func ExactPorts(rs []PortRange) []PortRange { return mergeRanges(rs, 0) }
 
 func mergeIDs(rs []IDRange, touch uint64) []IDRange {
+	if len(rs) <= 1 {
+		return slices.Clone(rs) // the common case, without sorting
+	}
 	rs = slices.Clone(rs)
 	slices.SortFunc(rs, func(a, b IDRange) int { return cmp.Or(cmp.Compare(a.Lo, b.Lo), cmp.Compare(a.Hi, b.Hi)) })
 	var out []IDRange
@@ -174,6 +177,12 @@ func mergeIDs(rs []IDRange, touch uint64) []IDRange {
 }
 
 func mergeRanges(rs []PortRange, touch int) []PortRange {
+	if len(rs) <= 1 {
+		return slices.Clone(rs)
+	}
+	if merged(rs, touch) {
+		return slices.Clone(rs)
+	}
 	rs = slices.Clone(rs)
 	slices.SortFunc(rs, func(a, b PortRange) int { return cmp.Or(cmp.Compare(a.Lo, b.Lo), cmp.Compare(a.Hi, b.Hi)) })
 	var out []PortRange
@@ -185,6 +194,17 @@ func mergeRanges(rs []PortRange, touch int) []PortRange {
 		out = append(out, r)
 	}
 	return out
+}
+
+// merged reports whether rs is sorted and no two ranges overlap (or touch,
+// with touch 1): mergeRanges would return it as is.
+func merged(rs []PortRange, touch int) bool {
+	for i := 1; i < len(rs); i++ {
+		if int(rs[i].Lo) <= int(rs[i-1].Hi)+touch {
+			return false
+		}
+	}
+	return true
 }
 
 // ContainsID reports whether id is in one of rs.

@@ -3,6 +3,7 @@ package model
 import (
 	"net/netip"
 	"slices"
+	"unsafe"
 )
 
 // Resolved is a policy with every name turned into a number: the ownership
@@ -129,3 +130,22 @@ func (o Owners) allUIDs() []IDRange {
 // UIDSet is every uid that owns, root included, merged: the form the bind
 // guard looks up.
 func (o Owners) UIDSet() []IDRange { return o.allUIDs() }
+
+// Equal is slices.Equal that knows a slice equals itself at once: policies
+// loaded one after another share the lists of unchanged reservations, and
+// comparing 10k of them element by element is what a reload must not do.
+func Equal[T comparable](a, b []T) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	if len(a) == 0 || unsafe.SliceData(a) == unsafe.SliceData(b) {
+		return true
+	}
+	return slices.Equal(a, b)
+}
+
+// SameGeometry reports whether two reservations hold the same protocols,
+// ports and addresses.
+func SameGeometry(a, b *Reservation) bool {
+	return Equal(a.Protocols, b.Protocols) && Equal(a.Ports, b.Ports) && Equal(a.Addresses, b.Addresses)
+}

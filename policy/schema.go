@@ -34,6 +34,8 @@ type ReservationSpec struct {
 	// empty means every address.
 	Addresses []netip.Prefix
 	Pos       model.Pos // the reservation's first key
+
+	namePos model.Pos // where the name is, for duplicate names
 }
 
 // OwnerRef is one entry of owner.users or owner.groups. It keeps its
@@ -63,20 +65,25 @@ var (
 // it finds (up to MaxErrors), as *Errors.
 func Parse(filename string, data []byte) (*Policy, error) {
 	p := &parser{file: filename}
-	if len(data) > MaxSize {
-		p.errs.add(&Error{Pos: model.Pos{File: filename, Line: 1, Col: 1},
-			Msg: fmt.Sprintf("the policy is %d bytes, over the %d-byte (16 MiB) limit", len(data), MaxSize)})
-		return nil, p.errs.Err()
-	}
-	body := p.document(data)
-	if body == nil {
-		return nil, p.errs.Err()
-	}
-	pol := p.policy(body)
+	pol, _ := p.parse(data)
 	if err := p.errs.Err(); err != nil {
 		return nil, err
 	}
 	return pol, nil
+}
+
+// parse parses a whole file; the problems are in p.errs. body is the
+// document's top node, for Reparser.
+func (p *parser) parse(data []byte) (pol *Policy, body *yaml.Node) {
+	if len(data) > MaxSize {
+		p.errs.add(&Error{Pos: model.Pos{File: p.file, Line: 1, Col: 1},
+			Msg: fmt.Sprintf("the policy is %d bytes, over the %d-byte (16 MiB) limit", len(data), MaxSize)})
+		return nil, nil
+	}
+	if body = p.document(data); body == nil {
+		return nil, nil
+	}
+	return p.policy(body), body
 }
 
 func (p *parser) policy(n *yaml.Node) *Policy {
@@ -307,6 +314,7 @@ func (p *parser) reservation(n *yaml.Node, field string) (r ReservationSpec, nam
 	} else if s, ok := p.scalar(v, field+".name", "a name", "!!str"); ok {
 		if nameRE.MatchString(s) {
 			r.Name, nameNode = s, deref(v)
+			r.namePos = p.pos(nameNode)
 		} else {
 			p.errorf(v, field+".name", "invalid name %q; use a letter then up to 63 letters, digits, _, . or -", s)
 		}

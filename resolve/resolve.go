@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/portfw/portfw/model"
@@ -59,6 +60,20 @@ func (s Static) LookupGroup(name string) (uint32, error) {
 // policy.Parse: Resolve does not repeat its checks. It reports every
 // problem it finds, as *policy.Errors.
 func Resolve(p *policy.Policy, r Resolver) (*model.Resolved, error) {
+	res, _, err := resolve(p, r, nil)
+	return res, err
+}
+
+// reuser offers the i-th reservation of a policy as resolved before: ok
+// when its spec is unchanged; else sameGeometry when the last version had
+// it with the same protocols, ports and addresses (an owner edit), which
+// cannot have made it overlap another.
+type reuser func(i int, spec policy.ReservationSpec) (res model.Reservation, ok, sameGeometry bool)
+
+// resolve is Resolve taking, where reuse says so, a reservation resolved
+// before instead of resolving its spec again. order[i] is where the
+// policy's i-th reservation is in the result.
+func resolve(p *policy.Policy, r Resolver, reuse reuser) (*model.Resolved, []int32, error) {
 	if s, ok := r.(interface{ Snapshot() Resolver }); ok {
 		r = s.Snapshot()
 	}
@@ -66,14 +81,27 @@ func Resolve(p *policy.Policy, r Resolver) (*model.Resolved, error) {
 	users := lookups{kind: "user", fn: r.LookupUser, done: map[string]lookup{}}
 	groups := lookups{kind: "group", fn: r.LookupGroup, done: map[string]lookup{}}
 	res := make([]model.Reservation, len(p.Reservations))
+	checkOverlaps := reuse == nil
 	for i, rs := range p.Reservations {
-		field := "reservations[" + fmt.Sprint(i) + "]"
-		protos := slices.Clone(rs.Protocols)
-		slices.Sort(protos)
+		if reuse != nil {
+			old, ok, sameGeometry := reuse(i, rs)
+			if ok {
+				res[i] = old
+				continue
+			}
+			checkOverlaps = checkOverlaps || !sameGeometry
+		}
+		field := "reservations[" + strconv.Itoa(i) + "]"
+		protos := rs.Protocols
+		if !sortedUnique(protos) {
+			protos = slices.Clone(protos)
+			slices.Sort(protos)
+			protos = slices.Compact(protos)
+		}
 		res[i] = model.Reservation{
 			Name:        rs.Name,
 			Description: rs.Description,
-			Protocols:   slices.Compact(protos),
+			Protocols:   protos,
 			Ports:       model.ExactPorts(rs.Ports),
 			Addresses:   mergePrefixes(rs.Addresses),
 			Owners: model.Owners{
@@ -84,16 +112,28 @@ func Resolve(p *policy.Policy, r Resolver) (*model.Resolved, error) {
 			Pos: rs.Pos,
 		}
 	}
-	if errs.Len() == 0 {
+	if errs.Len() == 0 && checkOverlaps {
 		// Owners are compared after resolution, so overlaps are only
-		// meaningful once every name is known.
+		// meaningful once every name is known. (When every reservation is
+		// one resolved before with the same ports and addresses, the last
+		// check still holds.)
 		overlaps(res, &errs)
 	}
 	if err := errs.Err(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	slices.SortFunc(res, func(a, b model.Reservation) int { return strings.Compare(a.Name, b.Name) })
-	return &model.Resolved{Settings: p.Settings, Reservations: res}, nil
+	perm := make([]int32, len(res))
+	for i := range perm {
+		perm[i] = int32(i)
+	}
+	slices.SortFunc(perm, func(a, b int32) int { return strings.Compare(res[a].Name, res[b].Name) })
+	sorted := make([]model.Reservation, len(res))
+	order := make([]int32, len(res))
+	for k, i := range perm {
+		sorted[k] = res[i]
+		order[i] = int32(k)
+	}
+	return &model.Resolved{Settings: p.Settings, Reservations: sorted}, order, nil
 }
 
 type lookup struct {
@@ -137,10 +177,22 @@ func (l *lookups) resolve(refs []policy.OwnerRef, field string, errs *policy.Err
 	return out
 }
 
+func sortedUnique(ps []model.Protocol) bool {
+	for i := 1; i < len(ps); i++ {
+		if ps[i-1] >= ps[i] {
+			return false
+		}
+	}
+	return true
+}
+
 // mergePrefixes sorts prefixes (IPv4 first, then by address and length)
 // and drops those inside another. Adjacent prefixes are kept apart: they
 // are what the admin wrote and merging them buys the datapath nothing.
 func mergePrefixes(ps []netip.Prefix) []netip.Prefix {
+	if len(ps) == 0 {
+		return nil
+	}
 	ps = slices.Clone(ps)
 	slices.SortFunc(ps, func(a, b netip.Prefix) int {
 		return cmp.Or(a.Addr().Compare(b.Addr()), cmp.Compare(a.Bits(), b.Bits()))

@@ -51,6 +51,14 @@ func NewSystem(passwd, group string) *System {
 	return s
 }
 
+// Stamp identifies the current contents of the database files: a Loader
+// re-resolves everything when it changes.
+func (s *System) Stamp() any {
+	p, _ := stampOf(s.passwd())
+	g, _ := stampOf(s.group())
+	return [2]fileStamp{p, g}
+}
+
 // Files are the database files the resolver reads, for the daemon to watch.
 func (s *System) Files() []string { return []string{s.passwd(), s.group()} }
 
