@@ -149,7 +149,11 @@ func Compile(r *model.Resolved) *Ruleset {
 }
 
 func addElements(elems *[numSets][]Element, res *model.Reservation, rootRule bool) {
-	add := func(set int, e Element) { elems[set] = append(elems[set], e) }
+	eachElement(res, rootRule, func(set int, e Element) { elems[set] = append(elems[set], e) })
+}
+
+// eachElement calls add for every element res puts in the sets.
+func eachElement(res *model.Reservation, rootRule bool, add func(set int, e Element)) {
 	uids := res.Owners.UIDs
 	if res.Owners.Root && !rootRule && !model.ContainsID(uids, 0) {
 		uids = model.ExactIDs(append([]model.IDRange{model.ID(0)}, uids...))
@@ -414,3 +418,10 @@ func (c *compiling) dropChain(name, prefix string, d direction) *Chain {
 	ch.Rules = append(ch.Rules, Rule{Verdict{Kind: Drop}})
 	return ch
 }
+
+// Version identifies what Compile makes of a policy. portfw records a digest
+// of the resolved policy and this Version after each commit, and trusts the
+// kernel's table to be what it would compile now when both match; so any
+// change to Compile's output for the same policy must come with a new
+// Version. TestVersion fails when the goldens change and Version does not.
+const Version = 2

@@ -88,12 +88,12 @@ func runApply(a *app, args []string) int {
 	c := res.Changes
 	switch {
 	case res.InSync():
-		fmt.Fprintf(a.stdout, "table inet %s already enforces %s (%d reservations); nothing to do\n", p.Ruleset.Table, p.Path, len(p.Resolved.Reservations))
+		fmt.Fprintf(a.stdout, "table inet %s already enforces %s (%d reservations); nothing to do\n", p.Table, p.Path, len(p.Resolved.Reservations))
 	case *dryRun:
-		fmt.Fprintf(a.stdout, "dry run: applying %s to table inet %s would change: %s\n", p.Path, p.Ruleset.Table, summary(c))
+		fmt.Fprintf(a.stdout, "dry run: applying %s to table inet %s would change: %s\n", p.Path, p.Table, summary(c))
 		a.printChanges(c)
 	default:
-		fmt.Fprintf(a.stdout, "applied %s to table inet %s: %d reservations (%s)\n", p.Path, p.Ruleset.Table, len(p.Resolved.Reservations), summary(c))
+		fmt.Fprintf(a.stdout, "applied %s to table inet %s: %d reservations (%s)\n", p.Path, p.Table, len(p.Resolved.Reservations), summary(c))
 		a.printChanges(c)
 	}
 	if res.OldTable != "" {
@@ -176,9 +176,9 @@ func runDiff(a *app, args []string) int {
 			Guard   engine.GuardChange `json:"bind_guard_change"`
 		}{out, nonNil(res.Sysctls), res.Guard})
 	} else if res.InSync() {
-		fmt.Fprintf(a.stdout, "in sync: table inet %s enforces %s\n", p.Ruleset.Table, p.Path)
+		fmt.Fprintf(a.stdout, "in sync: table inet %s enforces %s\n", p.Table, p.Path)
 	} else {
-		fmt.Fprintf(a.stdout, "table inet %s differs from %s: %s\n", p.Ruleset.Table, p.Path, summary(c))
+		fmt.Fprintf(a.stdout, "table inet %s differs from %s: %s\n", p.Table, p.Path, summary(c))
 		a.printChanges(c)
 		for _, n := range res.Sysctls {
 			fmt.Fprintf(a.stdout, "  sysctl %s\n", n)

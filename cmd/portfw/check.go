@@ -54,7 +54,7 @@ func runCheck(a *app, args []string) int {
 	if err != nil {
 		return fail(err)
 	}
-	out.Valid, out.Table, out.Reservations, out.Elements = true, p.Ruleset.Table, len(l.resolved.Reservations), elementCount(p)
+	out.Valid, out.Table, out.Reservations, out.Elements = true, p.Table, len(l.resolved.Reservations), elementCount(p)
 	out.Warnings, out.Notes, out.ApplyWould = nonNil(p.Warnings()), nonNil(append(p.Notes(), tune.Ephemeral(p.Resolved, p.Host)...)), nonNil(planNotes(p))
 	layers := planLayers(p)
 	out.Layers = &layers
@@ -86,7 +86,7 @@ func planNotes(p *engine.Plan) []string {
 
 func elementCount(p *engine.Plan) int {
 	n := 0
-	for _, s := range p.Ruleset.Sets {
+	for _, s := range p.Ruleset().Sets {
 		n += len(s.Elements)
 	}
 	return n
@@ -116,6 +116,6 @@ func runCompile(a *app, args []string) int {
 		a.printError("compile", *path, err)
 		return exitNo
 	}
-	fmt.Fprint(a.stdout, p.Ruleset.String())
+	fmt.Fprint(a.stdout, p.Ruleset().String())
 	return exitOK
 }

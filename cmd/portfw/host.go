@@ -47,7 +47,7 @@ func (a *app) realHost(o hostOptions) (*engine.Engine, error) {
 	if g, err := bindguard.ForNamespace(o.cgroup); err == nil {
 		guard = g
 	} else {
-		guard = &bindguard.Fake{Unsupported: fmt.Errorf("%w: %v", bindguard.ErrNotSupported, err)}
+		guard = &bindguard.Fake{Unsupported: fmt.Errorf("%w: %w", bindguard.ErrNotSupported, err)}
 	}
 	return &engine.Engine{
 		Host: engine.Host{

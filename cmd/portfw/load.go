@@ -22,12 +22,25 @@ type loaded struct {
 // parses and resolves it. On failure it returns the error for the caller to
 // print: nothing touched the kernel.
 func (a *app) load(path string, insecure bool) (*loaded, error) {
+	return a.loadWith(path, insecure, nil)
+}
+
+// loadWith is load through l (the daemon's, which parses and resolves only
+// what changed since its last version), or in full when l is nil.
+func (a *app) loadWith(path string, insecure bool, l *resolve.Loader) (*loaded, error) {
 	if !insecure {
 		if err := resolve.CheckPerms(path); err != nil {
 			return nil, fmt.Errorf("%w\n(a policy anyone but root can change decides who owns which port; --insecure-policy-perms overrides this check)", err)
 		}
 	}
-	res, pol, err := resolve.Load(path, a.resolver())
+	var res *model.Resolved
+	var pol *policy.Policy
+	var err error
+	if l != nil {
+		res, pol, err = l.Load()
+	} else {
+		res, pol, err = resolve.Load(path, a.resolver())
+	}
 	if err != nil {
 		return nil, err
 	}

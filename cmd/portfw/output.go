@@ -79,7 +79,7 @@ type changesJSON struct {
 
 func newChangesJSON(p *engine.Plan, c compiler.Changes, applied bool) changesJSON {
 	return changesJSON{
-		Version: outputVersion, Table: p.Ruleset.Table, Policy: p.Path, InSync: c.InSync(), Applied: applied,
+		Version: outputVersion, Table: p.Table, Policy: p.Path, InSync: c.InSync(), Applied: applied,
 		Added: nonNil(c.Added), Removed: nonNil(c.Removed), Changed: nonNil(c.Changed),
 		RulesChanged: c.RulesChanged, Warnings: nonNil(p.Warnings()), Notes: nonNil(p.Notes()),
 	}

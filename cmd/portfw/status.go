@@ -120,7 +120,7 @@ func runStatus(a *app, args []string) int {
 			a.printWarnings([]string{err.Error()})
 			p = nil
 		} else if !tableGiven(fs) {
-			name = p.Ruleset.Table
+			name = p.Table
 		}
 	}
 	s, err := e.Status(name)
@@ -169,8 +169,8 @@ func runStatus(a *app, args []string) int {
 	if !st.BindGuard.Active && st.Layers.BindGuardNote == "" {
 		st.Layers.BindGuardNote = "no bind guard entry for this network namespace"
 	}
-	if p != nil && p.Ruleset.Table == name {
-		c := compiler.Diff(s.Table, p.Ruleset)
+	if p != nil && p.Table == name {
+		c := compiler.Diff(s.Table, p.Ruleset())
 		in := c.InSync()
 		st.Policy, st.InSync = p.Path, &in
 		if !in {

@@ -61,15 +61,18 @@ func runWatch(a *app, args []string) int {
 	if audit == 0 {
 		audit = -1
 	}
+	// The daemon parses and resolves only the reservations an edit touched.
+	loader := resolve.NewLoader(*path, a.resolver())
 	var watchFiles []string
-	var forget func()
+	forget := loader.Forget
 	if s, ok := a.resolver().(*resolve.System); ok {
-		watchFiles, forget = s.Files(), s.Forget
+		watchFiles = s.Files()
+		forget = func() { s.Forget(); loader.Forget() }
 	}
 	d, err := watch.New(watch.Config{
 		Path: *path, Engine: e, Log: log, KernelChanges: changes, Reload: hup, Forget: forget,
 		Load: func(path string) (*policy.Policy, *model.Resolved, error) {
-			l, err := a.load(path, *insecure)
+			l, err := a.loadWith(path, *insecure, loader)
 			if err != nil {
 				return nil, nil, err
 			}

@@ -12,6 +12,7 @@ package engine
 
 import (
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -34,8 +35,8 @@ import (
 type Guard interface {
 	// Supported returns nil when the guard can run here, or why not.
 	Supported() error
-	// Apply makes the guard enforce spec in the namespace.
-	Apply(spec bindguard.Spec) error
+	// Apply makes the guard enforce the policy in the namespace.
+	Apply(r *model.Resolved) error
 	// Remove takes the namespace's policy out; it reports whether there was one.
 	Remove() (bool, error)
 	// Status reports the guard and the namespace's part of it.
@@ -68,6 +69,19 @@ type Engine struct {
 	// LockWait bounds how long a one-shot command waits for the namespace's
 	// lock; the daemon does not wait.
 	LockWait time.Duration
+
+	// last is what this Engine's last commit put in the table. While the
+	// ruleset's generation is still that commit's, the table holds exactly
+	// that, and the next change is computed from it without reading the
+	// table back (the daemon: one Engine, holding the lock for life).
+	last *record
+}
+
+type record struct {
+	gen      uint32
+	table    string
+	digest   string
+	resolved *model.Resolved
 }
 
 // Lock takes the namespace's lock (see state.Locker).
@@ -79,8 +93,8 @@ type GuardPlan struct {
 	On   bool
 	// Note says why auto left the guard off.
 	Note string
-	Spec bindguard.Spec
-	// Digest identifies Spec, recorded in the state.
+	// Digest identifies what the guard enforces for the policy, recorded
+	// in the state.
 	Digest string
 }
 
@@ -89,12 +103,32 @@ type Plan struct {
 	Path     string
 	Policy   *policy.Policy
 	Resolved *model.Resolved // with the root-only guard entries
-	Ruleset  *compiler.Ruleset
-	Digest   string // identifies Ruleset, recorded in the state
-	Sysctls  tune.Plan
-	Host     tune.Host
-	State    state.State
-	Guard    GuardPlan
+	Table    string          // the nftables table
+	// Digest identifies the table the policy compiles to (the resolved
+	// policy and compiler.Version), recorded in the state.
+	Digest  string
+	Sysctls tune.Plan
+	Host    tune.Host
+	State   state.State
+	Guard   GuardPlan
+
+	// Quiet skips what a sync does after its commit besides recording it:
+	// sweeping the guard entries of deleted namespaces and listing the
+	// squatters that bound before the guard. The daemon's reloads are quiet
+	// (its periodic audit does both; on a busy host listing sockets and
+	// their processes costs more than the reload).
+	Quiet bool
+
+	ruleset *compiler.Ruleset // compiled when first needed
+}
+
+// Ruleset is the table the policy compiles to. It is compiled on first use:
+// a reload that changes a few reservations never needs the whole of it.
+func (p *Plan) Ruleset() *compiler.Ruleset {
+	if p.ruleset == nil {
+		p.ruleset = compiler.Compile(p.Resolved)
+	}
+	return p.ruleset
 }
 
 // Notes are what Sync decided and why, for the admin to read; Warnings what
@@ -111,9 +145,61 @@ func (p *Plan) Warnings() []string {
 	return append(w, p.Sysctls.Warnings...)
 }
 
-func digest(s string) string {
-	h := sha256.Sum256([]byte(s))
-	return hex.EncodeToString(h[:16])
+// digests identify what a resolved policy compiles to, as the table and as
+// the guard: the policy's content (not its positions or descriptions) and
+// the version of each encoding. Computed without compiling.
+func digests(r *model.Resolved) (table, guard string) {
+	ht, hg := sha256.New(), sha256.New()
+	fmt.Fprintf(ht, "table %d\n", compiler.Version)
+	fmt.Fprintf(hg, "guard %d\n", bindguard.SpecVersion)
+	b := make([]byte, 0, 256)
+	flush := func() {
+		ht.Write(b)
+		hg.Write(b)
+		b = b[:0]
+	}
+	st := r.Settings
+	b = append(b, st.Table...)
+	b = append(b, 0, boolByte(st.AllowRoot), byte(st.Log.Unit))
+	b = binary.LittleEndian.AppendUint32(b, uint32(st.Log.Count))
+	b = binary.LittleEndian.AppendUint32(b, st.MarkOwned)
+	b = binary.LittleEndian.AppendUint32(b, st.MarkSquatted)
+	for _, res := range r.All() {
+		if len(b) > 192 {
+			flush()
+		}
+		b = append(b, res.Name...)
+		b = append(b, 0, byte(len(res.Protocols)))
+		for _, p := range res.Protocols {
+			b = append(b, byte(p))
+		}
+		b = binary.LittleEndian.AppendUint32(b, uint32(len(res.Ports)))
+		for _, p := range res.Ports {
+			b = binary.LittleEndian.AppendUint16(b, p.Lo)
+			b = binary.LittleEndian.AppendUint16(b, p.Hi)
+		}
+		b = binary.LittleEndian.AppendUint32(b, uint32(len(res.Addresses)))
+		for _, a := range res.Addresses {
+			b, _ = a.AppendBinary(b)
+		}
+		b = append(b, boolByte(res.Owners.Root))
+		for _, ids := range [][]model.IDRange{res.Owners.UIDs, res.Owners.GIDs} {
+			b = binary.LittleEndian.AppendUint32(b, uint32(len(ids)))
+			for _, id := range ids {
+				b = binary.LittleEndian.AppendUint32(b, id.Lo)
+				b = binary.LittleEndian.AppendUint32(b, id.Hi)
+			}
+		}
+	}
+	flush()
+	return hex.EncodeToString(ht.Sum(nil)[:16]), hex.EncodeToString(hg.Sum(nil)[:16])
+}
+
+func boolByte(b bool) byte {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // Prepare decides what applying res (parsed from pol at path) does in this
@@ -148,11 +234,11 @@ func (e *Engine) Prepare(path string, pol *policy.Policy, res *model.Resolved) (
 		return nil, err
 	}
 	r.Guard = p.Sysctls.Guard
-	p.Ruleset = compiler.Compile(&r)
-	p.Digest = digest(p.Ruleset.String())
+	p.Table = r.Settings.Table
+	var guardDigest string
+	p.Digest, guardDigest = digests(&r)
 	if p.Guard.On {
-		p.Guard.Spec = bindguard.FromResolved(&r)
-		p.Guard.Digest = digest(p.Guard.Spec.String())
+		p.Guard.Digest = guardDigest
 	}
 	return p, nil
 }
@@ -240,7 +326,7 @@ const commitRetries = 5
 func (e *Engine) Sync(p *Plan, dry bool) (Result, error) {
 	h := e.Host
 	st := p.State
-	table := p.Ruleset.Table
+	table := p.Table
 	res := Result{Mode: ModeNone, Sysctls: p.Sysctls.Changes(), Guard: GuardUnchanged}
 
 	guardOK, err := e.guardInSync(p)
@@ -262,6 +348,7 @@ func (e *Engine) Sync(p *Plan, dry bool) (Result, error) {
 	if st.Gen != 0 && st.Gen == gen && st.Digest == p.Digest && st.Table == table {
 		// Nobody committed since portfw's last commit here, which made
 		// exactly this table.
+		e.last = &record{gen: gen, table: table, digest: p.Digest, resolved: p.Resolved}
 		if !dry && res.InSync() {
 			e.afterSync(p, &res)
 		}
@@ -269,6 +356,12 @@ func (e *Engine) Sync(p *Plan, dry bool) (Result, error) {
 			return res, nil
 		}
 	}
+	// Only this Engine has committed since its last commit: the table is
+	// what that commit made, and the change needs no read.
+	prev := e.last
+	known := prev != nil && st.Gen == gen && prev.gen == gen && prev.table == table && st.Table == table &&
+		st.Digest == prev.digest
+	e.last = nil // set again once this sync is through
 
 	var cur *compiler.Ruleset
 	var delta compiler.Delta
@@ -282,7 +375,7 @@ func (e *Engine) Sync(p *Plan, dry bool) (Result, error) {
 			return err
 		}
 		res.Read = true
-		res.Changes, delta, deltaOK = compiler.Compare(cur, p.Ruleset)
+		res.Changes, delta, deltaOK = compiler.Compare(cur, p.Ruleset())
 		res.OldTable = ""
 		if st.Table != "" && st.Table != table {
 			old, err := h.Tables.HasTable(st.Table)
@@ -295,7 +388,9 @@ func (e *Engine) Sync(p *Plan, dry bool) (Result, error) {
 		}
 		return nil
 	}
-	if err := read(); err != nil {
+	if known {
+		res.Changes, delta, deltaOK = compiler.Change(prev.resolved, p.Resolved)
+	} else if err := read(); err != nil {
 		return res, err
 	}
 	if dry || res.InSync() {
@@ -307,6 +402,7 @@ func (e *Engine) Sync(p *Plan, dry bool) (Result, error) {
 			if err := h.State.Save(st); err != nil {
 				return res, err
 			}
+			e.last = &record{gen: gen, table: table, digest: p.Digest, resolved: p.Resolved}
 			e.afterSync(p, &res)
 		}
 		return res, nil
@@ -314,11 +410,15 @@ func (e *Engine) Sync(p *Plan, dry bool) (Result, error) {
 
 	// 1. The guard.
 	if p.Guard.On && res.Guard == GuardUpdated {
-		if err := h.Guard.Apply(p.Guard.Spec); err != nil {
+		if err := h.Guard.Apply(p.Resolved); err != nil {
 			return res, fmt.Errorf("install the bind guard: %w; nothing else was changed", err)
 		}
 	}
-	// 2. The state, before any sysctl changes.
+	// 2. The state, before any sysctl changes: the values found, so that a
+	// crash from here on still leaves what to restore. With no sysctl to
+	// change there is nothing to record first (a crash after the commit
+	// leaves a generation the state does not name: the next sync reads the
+	// table back), and the reload saves a write.
 	pending := st
 	pending.Table = table
 	if p.Sysctls.Threshold != p.Sysctls.Original && pending.UnprivPortStartOriginal == nil {
@@ -330,8 +430,10 @@ func (e *Engine) Sync(p *Plan, dry bool) (Result, error) {
 	if p.Guard.On {
 		pending.GuardDigest = p.Guard.Digest
 	}
-	if err := h.State.Save(pending); err != nil {
-		return res, err
+	if len(p.Sysctls.Changes()) > 0 {
+		if err := h.State.Save(pending); err != nil {
+			return res, err
+		}
 	}
 	// 3. A threshold going up.
 	if p.Sysctls.Threshold > p.Sysctls.Current {
@@ -350,7 +452,7 @@ func (e *Engine) Sync(p *Plan, dry bool) (Result, error) {
 			tx.Delta(delta)
 		} else {
 			res.Mode = ModeReplace
-			tx.Replace(p.Ruleset)
+			tx.Replace(p.Ruleset())
 		}
 		if res.OldTable != "" {
 			tx.Remove(res.OldTable)
@@ -397,6 +499,7 @@ func (e *Engine) Sync(p *Plan, dry bool) (Result, error) {
 	if err := h.State.Save(final); err != nil {
 		return res, &PartialError{done, err}
 	}
+	e.last = &record{gen: newGen, table: table, digest: p.Digest, resolved: p.Resolved}
 	e.afterSync(p, &res)
 	return res, nil
 }
@@ -428,6 +531,9 @@ func (e *Engine) guardInSync(p *Plan) (bool, error) {
 // squatters that bound before the guard: neither changes this namespace's
 // enforcement, so their failures are warnings.
 func (e *Engine) afterSync(p *Plan, res *Result) {
+	if p.Quiet {
+		return
+	}
 	if p.Guard.On {
 		swept, err := e.Host.Guard.Sweep()
 		res.Swept = len(swept)

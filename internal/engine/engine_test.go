@@ -146,8 +146,8 @@ type recGuard struct {
 	Guard
 }
 
-func (r *recGuard) Apply(s bindguard.Spec) error {
-	if err := r.Guard.Apply(s); err != nil {
+func (r *recGuard) Apply(res *model.Resolved) error {
+	if err := r.Guard.Apply(res); err != nil {
 		return err
 	}
 	r.w.event("guard applied")
@@ -253,13 +253,14 @@ func TestLowerAfterRules(t *testing.T) {
 func TestGuardFirstAndLast(t *testing.T) {
 	w := newWorld(t)
 	r := w.mustApply(policyText("bind_guard: auto"))
-	w.wantEvents("guard applied", "state(original=-)", "commit", "state(original=-)")
+	// No sysctl changes: no state to record before the commit.
+	w.wantEvents("guard applied", "commit", "state(original=-)")
 	if r.Guard != GuardUpdated || w.guard.Spec() == nil || w.threshold() != "1024" {
 		t.Fatalf("guard %v spec %v threshold %s", r.Guard, w.guard.Spec(), w.threshold())
 	}
 	// The table is the same with the guard off: only the guard goes.
 	r = w.mustApply(policyText("bind_guard: off"))
-	w.wantEvents("state(original=-)", "guard removed", "state(original=-)")
+	w.wantEvents("guard removed", "state(original=-)")
 	if r.Guard != GuardRemoved || w.guard.Spec() != nil {
 		t.Errorf("guard %v spec %v", r.Guard, w.guard.Spec())
 	}
@@ -330,6 +331,46 @@ func TestInSyncByGeneration(t *testing.T) {
 	reads = w.tables.Reads
 	if r = w.mustApply(text); !r.InSync() || r.Read || w.tables.Reads != reads {
 		t.Errorf("next apply read the table again: %+v", r)
+	}
+}
+
+// TestChangeWithoutRead: an Engine that committed last (the daemon)
+// applies the next policy's change as a delta computed from what it
+// committed, without reading the table; after another process's commit it
+// reads again. Either way the kernel ends with the new policy's table.
+func TestChangeWithoutRead(t *testing.T) {
+	w := newWorld(t)
+	two := func(owner string) string {
+		return policyText("bind_guard: off") + "  - name: app\n    ports: [8080]\n    owner: { users: [" + owner + "] }\n"
+	}
+	w.mustApply(two("alice"))
+	reads := w.tables.Reads
+	r := w.mustApply(two("www-data"))
+	if r.Read || w.tables.Reads != reads || r.Mode != ModeDelta || !slices.Equal(r.Changes.Changed, []string{"app"}) {
+		t.Fatalf("one-owner change: %+v (%d reads, was %d); want a delta of app without a read", r, w.tables.Reads, reads)
+	}
+	_, want := load(t, two("www-data"))
+	p, _ := w.e.Prepare("p.yaml", nil, want)
+	if got, _ := w.tables.Read(model.DefaultTable); !compiler.Diff(got, p.Ruleset()).InSync() {
+		t.Fatalf("the kernel does not hold the new policy's table:\n%s", got)
+	}
+	// A settings change replaces the table, still without reading.
+	reads = w.tables.Reads
+	if r = w.mustApply(strings.Replace(two("www-data"), "bind_guard: off", "bind_guard: off, log: false", 1)); r.Read || r.Mode != ModeReplace {
+		t.Errorf("settings change: %+v; want a replace without a read", r)
+	}
+	if w.tables.Reads != reads {
+		t.Errorf("%d reads for the settings change", w.tables.Reads-reads)
+	}
+	// Someone else commits: the next change reads the table first.
+	w.tables.Tamper("other", func(*compiler.Ruleset) *compiler.Ruleset { return &compiler.Ruleset{Table: "other"} })
+	if r = w.mustApply(two("alice")); !r.Read || r.Mode != ModeReplace {
+		t.Errorf("after another commit: %+v; want a read", r)
+	}
+	// A fresh Engine (a one-shot apply) knows nothing: it reads.
+	w.e.last = nil
+	if r = w.mustApply(two("www-data")); !r.Read {
+		t.Errorf("a fresh engine did not read: %+v", r)
 	}
 }
 

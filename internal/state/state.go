@@ -94,7 +94,7 @@ func (d Dir) Load() (State, error) {
 	}
 	var st State
 	if err := json.Unmarshal(b, &st); err != nil {
-		return State{}, fmt.Errorf("read state %s: %w: %v", d.Path(), ErrCorrupt, err)
+		return State{}, fmt.Errorf("read state %s: %w: %w", d.Path(), ErrCorrupt, err)
 	}
 	if st.Cookie != d.Cookie {
 		return State{}, fmt.Errorf("read state %s: %w: it names network namespace cookie %d, not this namespace's %d",

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/portfw/portfw/compiler"
+	"github.com/portfw/portfw/model"
 	"github.com/portfw/portfw/policy"
 	"github.com/portfw/portfw/resolve"
 )
@@ -35,6 +36,20 @@ func CompileFile(t testing.TB, path string) *compiler.Ruleset {
 		t.Fatalf("resolve: %v", err)
 	}
 	return compiler.Compile(r)
+}
+
+// Resolve parses and resolves policy text (named path in positions).
+func Resolve(t testing.TB, path, text string) *model.Resolved {
+	t.Helper()
+	p, err := policy.Parse(path, []byte(text))
+	if err != nil {
+		t.Fatalf("parse: %v", err)
+	}
+	r, err := resolve.Resolve(p, Users)
+	if err != nil {
+		t.Fatalf("resolve: %v", err)
+	}
+	return r
 }
 
 // Compile writes text to a temporary policy file and compiles it.

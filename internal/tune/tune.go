@@ -236,15 +236,24 @@ func reservedPorts(r *model.Resolved, h Host, st state.State) (all, added model.
 		pos  model.Pos
 		n    int
 	}
-	var want model.Ports
+	var inRange []model.PortRange
 	var uses []use
+	lo, hi := h.LocalPortRange.Lo, h.LocalPortRange.Hi
 	for _, res := range r.Reservations {
-		in := model.NewPorts(res.Ports...).Intersect(rng)
-		if len(in) > 0 {
-			want = want.Union(in)
-			uses = append(uses, use{res.Name, res.Pos, in.Count()})
+		n := 0
+		for _, p := range res.Ports {
+			if p.Hi < lo || p.Lo > hi {
+				continue // most reservations: nothing to allocate
+			}
+			in := model.PortRange{Lo: max(p.Lo, lo), Hi: min(p.Hi, hi)}
+			inRange = append(inRange, in)
+			n += int(in.Hi) - int(in.Lo) + 1
+		}
+		if n > 0 {
+			uses = append(uses, use{res.Name, res.Pos, n})
 		}
 	}
+	want := model.NewPorts(inRange...)
 	all = base.Union(want)
 	added = want.Minus(base)
 	before := rng.Count() - base.Intersect(rng).Count()

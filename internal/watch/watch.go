@@ -74,6 +74,8 @@ type Daemon struct {
 	plan     *engine.Plan // of the last enforce that got that far
 	rejected [sha256.Size]byte
 	tracker  audit.Tracker
+	// loadTook is how long the last load (read, parse, resolve) took.
+	loadTook time.Duration
 	// lastGen is the ruleset generation of the daemon's own last commit
 	// (or check): a change notification whose generation is still this
 	// one is the daemon's own.
@@ -250,7 +252,9 @@ func (d *Daemon) relevant(name string) bool {
 // reload reads the policy; a valid one becomes the good one and is
 // enforced, an invalid one is logged and changes nothing.
 func (d *Daemon) reload(reason string) {
+	start := d.cfg.Clock.Now()
 	pol, res, err := d.cfg.Load(d.cfg.Path)
+	d.loadTook = d.cfg.Clock.Now().Sub(start)
 	if err != nil {
 		data, _ := os.ReadFile(d.cfg.Path)
 		h := sha256.Sum256(append(data, err.Error()...))
@@ -319,6 +323,9 @@ func (d *Daemon) enforce(reason string) {
 		}
 	}
 	d.plan = p
+	// The start reports squatters bound before the guard; later syncs leave
+	// that and the sweep to the periodic audit.
+	p.Quiet = reason != "start"
 	r, err := e.Sync(p, false)
 	took := d.cfg.Clock.Now().Sub(start)
 	var partial *engine.PartialError
@@ -338,15 +345,15 @@ func (d *Daemon) enforce(reason string) {
 	if r.InSync() {
 		if reason == "start" || reason == "SIGHUP" || reason == "file changed" {
 			d.cfg.Log.Info("policy in force", "reason", reason, "policy", d.cfg.Path,
-				"reservations", len(d.good.Reservations), "table", p.Ruleset.Table, "changed", false,
+				"reservations", len(d.good.Reservations), "table", p.Table, "changed", false,
 				"bind_guard", p.Guard.On)
 		}
 		return
 	}
-	attrs := []any{"reason", reason, "policy", d.cfg.Path, "table", p.Ruleset.Table, "mode", r.Mode,
+	attrs := []any{"reason", reason, "policy", d.cfg.Path, "table", p.Table, "mode", r.Mode,
 		"reservations", len(d.good.Reservations),
 		"added", r.Changes.Added, "removed", r.Changes.Removed, "changed", r.Changes.Changed,
-		"sysctls", r.Sysctls, "bind_guard", r.Guard, "took_ms", took.Milliseconds()}
+		"sysctls", r.Sysctls, "bind_guard", r.Guard, "load_ms", d.loadTook.Milliseconds(), "took_ms", took.Milliseconds()}
 	if r.OldTable != "" {
 		attrs = append(attrs, "old_table_removed", r.OldTable)
 	}

@@ -92,23 +92,23 @@ func phaseRound(e *engine.Engine, k *nft.Conn, path, edit string, add func(strin
 		{"load", func() (err error) { res, pol, err = resolve.Load(path, resolve.NewSystem("", "")); return err }},
 		{"prepare", func() (err error) { pA, err = e.Prepare(path, pol, res); return err }},
 		{"sync_cold", func() error { return wantMode(e.Sync(pA, false))(engine.ModeReplace) }},
-		{"read", func() (err error) { cur, err = k.Read(pA.Ruleset.Table); return err }},
+		{"read", func() (err error) { cur, err = k.Read(pA.Table); return err }},
 		{"diff", func() error {
-			if c := compiler.Diff(cur, pA.Ruleset); !c.InSync() {
+			if c := compiler.Diff(cur, pA.Ruleset()); !c.InSync() {
 				return fmt.Errorf("table read back differs from the policy: %+v", c)
 			}
 			return nil
 		}},
 		{"element_delta", func() error {
 			var ok bool
-			d, ok = compiler.ElementDelta(cur, pB.Ruleset)
+			d, ok = compiler.ElementDelta(cur, pB.Ruleset())
 			if !ok || d.Empty() {
 				return errors.New("an owner change did not compile to an element delta")
 			}
 			return nil
 		}},
 		{"apply_delta", func() error { return k.ApplyDelta(d) }},
-		{"apply_full", func() error { return k.Apply(pA.Ruleset) }},
+		{"apply_full", func() error { return k.Apply(pA.Ruleset()) }},
 		{"sync_delta", func() error { return wantMode(e.Sync(pB, false))(engine.ModeDelta) }},
 	}
 	if _, err := e.Remove(model.DefaultTable); err != nil {
@@ -130,11 +130,11 @@ func phaseRound(e *engine.Engine, k *nft.Conn, path, edit string, add func(strin
 	}
 	// The kernel must now hold B exactly; otherwise the delta timings
 	// measured something other than a correct change.
-	got, err := k.Read(pB.Ruleset.Table)
+	got, err := k.Read(pB.Table)
 	if err != nil {
 		return err
 	}
-	if c := compiler.Diff(got, pB.Ruleset); !c.InSync() {
+	if c := compiler.Diff(got, pB.Ruleset()); !c.InSync() {
 		return fmt.Errorf("after the delta the kernel differs from the edited policy: %+v", c)
 	}
 	*nres = len(res.Reservations)
