@@ -756,6 +756,35 @@ func (h *Host) Sweep(alive func(cookie, inode uint64) (bool, error)) ([]uint64, 
 	return swept, errors.Join(errs...)
 }
 
+// Active reports whether the namespace has a policy in the guard: both
+// programs attached, its entry in the nets map, and its current inner maps
+// there. It reads no entries.
+func (h *Host) Active(cookie uint64) (bool, error) {
+	in, err := h.find()
+	if err != nil || in == nil || in.maps == nil {
+		return false, err
+	}
+	defer in.close()
+	if len(in.progs) != len(families) {
+		return false, nil
+	}
+	e, ok, err := lookupNet(in.maps[mapNets], cookie)
+	if err != nil || !ok {
+		return false, err
+	}
+	for _, name := range mapNames[1:] {
+		var inner *ebpf.Map
+		if err := in.maps[name].Lookup(outerKey(cookie, e.gen), &inner); err != nil {
+			if errors.Is(err, ebpf.ErrKeyNotExist) {
+				return false, nil
+			}
+			return false, fmt.Errorf("read map %s: %w", name, err)
+		}
+		inner.Close()
+	}
+	return true, nil
+}
+
 // Info is what Status finds.
 type Info struct {
 	// Attached: portfw's bind4 and bind6 programs are on Cgroup.
@@ -814,8 +843,8 @@ func (h *Host) Status(cookie uint64) (Info, error) {
 			return 0, fmt.Errorf("read map %s: %w", name, err)
 		}
 		defer inner.Close()
-		keys, err := allKeys(inner)
-		return len(keys), err
+		kvs, err := readAll(inner) // in batches: 20k entries in a few calls
+		return len(kvs), err
 	}
 	if info.Ports, err = count(mapPorts); err == nil {
 		info.Scopes, err = count(mapScopes)

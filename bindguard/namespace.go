@@ -130,6 +130,15 @@ func (n *Namespace) Status() (Info, error) {
 	return h.Status(n.cookie)
 }
 
+// Active reports whether this namespace has a policy in the guard.
+func (n *Namespace) Active() (bool, error) {
+	h, err := n.open()
+	if err != nil {
+		return false, err
+	}
+	return h.Active(n.cookie)
+}
+
 // Sweep removes the entries of namespaces that no longer exist.
 func (n *Namespace) Sweep() ([]uint64, error) {
 	h, err := n.open()
@@ -237,6 +246,13 @@ func (f *Fake) Status() (Info, error) {
 		return Info{Cgroup: "/"}, nil
 	}
 	return Info{Attached: true, Active: true, Cgroup: "/", Namespaces: 1, Ports: len(f.spec.Ports), Scopes: len(f.spec.Scopes)}, nil
+}
+
+// Active reports whether a spec is held.
+func (f *Fake) Active() (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.spec != nil, nil
 }
 
 // Sweep removes nothing: the fake guards one namespace.

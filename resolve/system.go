@@ -56,7 +56,18 @@ func NewSystem(passwd, group string) *System {
 func (s *System) Stamp() any {
 	p, _ := stampOf(s.passwd())
 	g, _ := stampOf(s.group())
-	return [2]fileStamp{p, g}
+	// The subordinate ids only change warnings, but those are reported.
+	su, _ := stampOf(cmpOr(s.SubUIDFile, "/etc/subuid"))
+	sg, _ := stampOf(cmpOr(s.SubGIDFile, "/etc/subgid"))
+	return [4]fileStamp{p, g, su, sg}
+}
+
+// UsedNSS reports whether some name was found through NSS (LDAP, say) and
+// not in the files: Stamp then cannot tell when its answer changes.
+func (s *System) UsedNSS() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.nssUsers)+len(s.nssGroups) > 0
 }
 
 // Files are the database files the resolver reads, for the daemon to watch.

@@ -1,12 +1,18 @@
 package main
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"time"
 
+	"github.com/portfw/portfw/bindguard"
+	"github.com/portfw/portfw/compiler"
 	"github.com/portfw/portfw/internal/engine"
+	"github.com/portfw/portfw/internal/state"
 	"github.com/portfw/portfw/internal/tune"
+	"github.com/portfw/portfw/resolve"
 )
 
 // lockWait is how long a one-shot command waits for the namespace's lock.
@@ -35,11 +41,6 @@ func runApply(a *app, args []string) int {
 	if code, done := a.parse(fs, args); done {
 		return code
 	}
-	l, err := a.load(*path, *insecure)
-	if err != nil {
-		a.printError("apply", *path, err)
-		return exitNo
-	}
 	e, err := a.host(*o)
 	if err != nil {
 		a.printError("apply", *path, err)
@@ -53,10 +54,28 @@ func runApply(a *app, args []string) int {
 		}
 		defer unlock()
 	}
+	// The file as read now identifies the inputs; when the last sync had
+	// the same ones and nothing changed since, there is nothing to do and
+	// nothing to parse (a config-management run every half hour).
+	inputs, err := a.inputs(*path, *insecure, *o)
+	if err == nil && !*dryRun {
+		if sum, ok := e.Unchanged(inputs); ok {
+			return a.printUnchanged(e, *path, sum, *asJSON)
+		}
+	}
+	l, err := a.load(*path, *insecure)
+	if err != nil {
+		a.printError("apply", *path, err)
+		return exitNo
+	}
 	p, err := e.Prepare(l.path, l.policy, l.resolved)
 	if err != nil {
 		fmt.Fprintf(a.stderr, "portfw apply: %s: %v; nothing was changed\n", *path, err)
 		return exitNo
+	}
+	p.Inputs = inputs
+	if s, ok := a.resolver().(*resolve.System); ok && s.UsedNSS() {
+		p.Inputs = "" // names from NSS may change unseen: never skip the parse
 	}
 	if !*asJSON {
 		a.printWarnings(p.Warnings())
@@ -123,6 +142,62 @@ func runApply(a *app, args []string) int {
 		fmt.Fprintf(a.stderr, "portfw apply: %v\n", err)
 		return exitNo
 	}
+	return exitOK
+}
+
+// inputs identifies what an apply of path would be computed from: the
+// file's bytes, the user database's files, portfw's build and the options
+// that change the result. It checks the file's permissions first: an
+// unchanged policy that someone else may now change is no longer trusted.
+func (a *app) inputs(path string, insecure bool, o hostOptions) (string, error) {
+	if !insecure {
+		if err := resolve.CheckPerms(path); err != nil {
+			return "", err
+		}
+	}
+	data, err := resolve.Read(path)
+	if err != nil {
+		return "", err
+	}
+	h := sha256.New()
+	fmt.Fprintf(h, "portfw %s compiler %d guard %d\npolicy %s\ncgroup %q insecure %v\n", version, compiler.Version, bindguard.SpecVersion,
+		path, o.cgroup, insecure)
+	if st, ok := a.resolver().(interface{ Stamp() any }); ok {
+		fmt.Fprintf(h, "users %v\n", st.Stamp())
+	} else {
+		return "", errors.New("the user database cannot say when it changed")
+	}
+	h.Write(data)
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// printUnchanged reports an apply that found the last sync's inputs
+// unchanged, from what that sync recorded.
+func (a *app) printUnchanged(e *engine.Engine, path string, sum state.Summary, asJSON bool) int {
+	layers := layersOf(sum.GuardOn, sum.GuardMode, sum.GuardNote, sum.Threshold)
+	guard := engine.GuardUnchanged
+	if !sum.GuardOn {
+		guard = engine.GuardOff
+	}
+	if asJSON {
+		out := applyJSON{changesJSON: changesJSON{Version: outputVersion, Table: sum.Table, Policy: path, InSync: true,
+			Added: []string{}, Removed: []string{}, Changed: []string{}, Warnings: nonNil(sum.Warnings), Notes: nonNil(sum.Notes)},
+			Mode: engine.ModeNone, Sysctls: []string{}, Guard: guard, Layers: layers, Squatters: []squatterJSON{}}
+		if info, err := e.Host.Guard.Status(); err == nil {
+			out.BindGuard = newBindGuardJSON(sum.GuardMode.String(), info)
+		}
+		writeJSON(a.stdout, out)
+		return exitOK
+	}
+	a.printWarnings(sum.Warnings)
+	fmt.Fprintf(a.stdout, "table inet %s already enforces %s (%d reservations); nothing to do\n", sum.Table, path, sum.Reservations)
+	if g := guardText(sum.RootOnly); g != "" {
+		fmt.Fprintf(a.stdout, "  guard: %s reserved for root (opened by %s=%d)\n", g, tune.UnprivPortStart, sum.Threshold)
+	}
+	for _, n := range sum.Notes {
+		fmt.Fprintf(a.stdout, "  note: %s\n", n)
+	}
+	fmt.Fprintf(a.stdout, "  layers: %s\n", layersText(layers))
 	return exitOK
 }
 

@@ -11,6 +11,7 @@ import (
 
 	"github.com/portfw/portfw/audit"
 	"github.com/portfw/portfw/bindguard"
+	"github.com/portfw/portfw/compiler"
 	"github.com/portfw/portfw/internal/engine"
 	"github.com/portfw/portfw/internal/state"
 	"github.com/portfw/portfw/internal/sysctl"
@@ -266,5 +267,69 @@ func TestUsage(t *testing.T) {
 	}
 	if code, out, _ := run("version"); code != 0 || !strings.HasPrefix(out, "portfw ") {
 		t.Errorf("version: exit %d, %q", code, out)
+	}
+}
+
+// countingUsers is a user database that says when it changed and counts
+// its lookups: a parse of the policy looks alice up, a skipped one does not.
+type countingUsers struct {
+	resolve.Static
+	stamp   string
+	lookups int
+}
+
+func (c *countingUsers) LookupUser(name string) (uint32, error) {
+	c.lookups++
+	return c.Static.LookupUser(name)
+}
+
+func (c *countingUsers) Stamp() any { return c.stamp }
+
+// TestApplyUnchangedSkipsParse: an apply whose inputs (the file, the user
+// database, the options) are those of the last sync, with no commit by
+// anyone since, the same sysctls and the guard in place, has nothing to do
+// and does not even parse the policy; any of those changing makes it apply
+// in full.
+func TestApplyUnchangedSkipsParse(t *testing.T) {
+	f := newFakeHost()
+	users := &countingUsers{Static: resolve.Static{Users: map[string]uint32{"alice": 1000, "bob": 1001}}, stamp: "1"}
+	apply := func(path string) (int, string) {
+		t.Helper()
+		var out, errOut bytes.Buffer
+		a := f.app(&out, &errOut)
+		a.users = users
+		code := a.run([]string{"apply", insecure, "-f", path})
+		return code, out.String() + errOut.String()
+	}
+	path := tempPolicy(t, "version: 1\nreservations:\n  - name: web\n    ports: [8080]\n    owner: { users: [alice] }\n")
+	step := func(what string, wantParse bool, wantOut string) {
+		t.Helper()
+		before := users.lookups
+		code, out := apply(path)
+		if code != 0 || !strings.Contains(out, wantOut) {
+			t.Fatalf("%s: exit %d, want output with %q:\n%s", what, code, wantOut, out)
+		}
+		if parsed := users.lookups > before; parsed != wantParse {
+			t.Errorf("%s: parsed %v, want %v", what, parsed, wantParse)
+		}
+	}
+	step("first apply", true, "applied")
+	step("the same again", false, "nothing to do")
+	step("and again", false, "nothing to do")
+	os.WriteFile(path, []byte("version: 1\nreservations:\n  - name: web\n    ports: [8080]\n    owner: { users: [bob] }\n"), 0o644)
+	step("the file changed", true, "applied")
+	step("unchanged since", false, "nothing to do")
+	users.stamp = "2"
+	step("the user database changed", true, "nothing to do")
+	step("unchanged since", false, "nothing to do")
+	f.sys.Set("net.ipv4.ip_local_port_range", "40000\t60999")
+	step("a sysctl changed", true, "nothing to do")
+	f.tables.Tamper("other", func(*compiler.Ruleset) *compiler.Ruleset { return &compiler.Ruleset{Table: "other"} })
+	step("someone committed", true, "nothing to do")
+	f.guard.Remove()
+	step("the guard went", true, "bind guard: on")
+	step("unchanged since", false, "nothing to do")
+	if f.guard.Spec() == nil {
+		t.Error("the guard was not put back")
 	}
 }

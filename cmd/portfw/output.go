@@ -40,10 +40,14 @@ type layersJSON struct {
 }
 
 func planLayers(p *engine.Plan) layersJSON {
-	l := layersJSON{BindGuard: p.Guard.On, Rules: true, UnprivPortStart: p.Sysctls.Threshold}
-	if !p.Guard.On {
-		l.BindGuardNote = p.Guard.Note
-		if p.Guard.Mode == model.BindGuardOff {
+	return layersOf(p.Guard.On, p.Guard.Mode, p.Guard.Note, p.Sysctls.Threshold)
+}
+
+func layersOf(guardOn bool, mode model.BindGuardMode, note string, threshold int) layersJSON {
+	l := layersJSON{BindGuard: guardOn, Rules: true, UnprivPortStart: threshold}
+	if !guardOn {
+		l.BindGuardNote = note
+		if mode == model.BindGuardOff {
 			l.BindGuardNote = "settings.bind_guard is off"
 		}
 	}

@@ -247,6 +247,7 @@ func TestTableRename(t *testing.T) {
 	if err := mon.Start(); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { mon.Process.Kill(); mon.Wait() }) // also when a check fails first
 	lines := make(chan string, 1000)
 	go func() {
 		sc := bufio.NewScanner(stdout)
@@ -281,8 +282,6 @@ func TestTableRename(t *testing.T) {
 		}
 		seen = append(seen, l)
 	}
-	mon.Process.Kill()
-	mon.Wait()
 	gens, del, add := 0, -1, -1
 	for i, l := range seen {
 		switch {

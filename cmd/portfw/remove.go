@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+
+	"github.com/portfw/portfw/model"
 )
 
 func runRemove(a *app, args []string) int {
@@ -20,6 +22,11 @@ func runRemove(a *app, args []string) int {
 	// no reason to keep portfw's changes.
 	if l, _ := a.policyFor(fs, *path); l != nil {
 		tables = append(tables, l.resolved.Settings.Table)
+	}
+	if len(tables) == 0 {
+		// Nothing names a table (no policy, and the state may be gone):
+		// portfw's default one, if it is there.
+		tables = append(tables, model.DefaultTable)
 	}
 	e, err := a.host(*o)
 	if err != nil {

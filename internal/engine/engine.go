@@ -16,6 +16,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"reflect"
 	"strconv"
 	"time"
 
@@ -43,6 +44,9 @@ type Guard interface {
 	Status() (bindguard.Info, error)
 	// Sweep removes the entries of namespaces that no longer exist.
 	Sweep() ([]uint64, error)
+	// Active reports whether the guard holds a policy for the namespace
+	// (its programs attached, its maps there), without reading them.
+	Active() (bool, error)
 }
 
 var (
@@ -111,6 +115,10 @@ type Plan struct {
 	Host    tune.Host
 	State   state.State
 	Guard   GuardPlan
+
+	// Inputs identifies what the plan was made from (see state.State);
+	// set by the caller, recorded by Sync. Empty: never taken as unchanged.
+	Inputs string
 
 	// Quiet skips what a sync does after its commit besides recording it:
 	// sweeping the guard entries of deleted namespaces and listing the
@@ -350,6 +358,9 @@ func (e *Engine) Sync(p *Plan, dry bool) (Result, error) {
 		// exactly this table.
 		e.last = &record{gen: gen, table: table, digest: p.Digest, resolved: p.Resolved}
 		if !dry && res.InSync() {
+			if err := e.recordInputs(p, st); err != nil {
+				return res, err
+			}
 			e.afterSync(p, &res)
 		}
 		if res.InSync() || dry {
@@ -399,6 +410,7 @@ func (e *Engine) Sync(p *Plan, dry bool) (Result, error) {
 			// unchanged table, or another process committed something
 			// else): record the generation so the next apply needs no read.
 			st.Table, st.Gen, st.Digest = table, gen, p.Digest
+			st.Inputs, st.Host, st.Summary = p.Inputs, hostDigest(p.Host), p.summary()
 			if err := h.State.Save(st); err != nil {
 				return res, err
 			}
@@ -492,6 +504,7 @@ func (e *Engine) Sync(p *Plan, dry bool) (Result, error) {
 	// 7. The state.
 	final := pending
 	final.Gen, final.Digest = newGen, p.Digest
+	final.Inputs, final.Host, final.Summary = p.Inputs, hostDigest(p.Host), p.summary()
 	final.ReservedPortsAdded = p.Sysctls.Added
 	if p.Sysctls.Threshold == p.Sysctls.Original {
 		final.UnprivPortStartOriginal = nil
@@ -502,6 +515,59 @@ func (e *Engine) Sync(p *Plan, dry bool) (Result, error) {
 	e.last = &record{gen: newGen, table: table, digest: p.Digest, resolved: p.Resolved}
 	e.afterSync(p, &res)
 	return res, nil
+}
+
+// recordInputs saves what an in-sync plan was made from when the state does
+// not know it yet, so that the next apply of the same inputs needs no parse.
+func (e *Engine) recordInputs(p *Plan, st state.State) error {
+	host, sum := hostDigest(p.Host), p.summary()
+	if st.Inputs == p.Inputs && st.Host == host && reflect.DeepEqual(st.Summary, sum) {
+		return nil
+	}
+	st.Inputs, st.Host, st.Summary = p.Inputs, host, sum
+	return e.Host.State.Save(st)
+}
+
+func (p *Plan) summary() *state.Summary {
+	if p.Inputs == "" {
+		return nil
+	}
+	return &state.Summary{Table: p.Table, Reservations: len(p.Resolved.Reservations), GuardMode: p.Guard.Mode, GuardOn: p.Guard.On,
+		GuardNote: p.Guard.Note, Threshold: p.Sysctls.Threshold, RootOnly: p.Sysctls.Guard, Notes: p.Notes(), Warnings: p.Warnings()}
+}
+
+// hostDigest identifies the sysctl values a plan was made with.
+func hostDigest(h tune.Host) string {
+	sum := sha256.Sum256([]byte(fmt.Sprintf("%+v", h)))
+	return hex.EncodeToString(sum[:16])
+}
+
+// Unchanged reports whether applying the policy of these inputs again would
+// change nothing, without parsing it: the last sync recorded the same
+// inputs, nobody committed to the ruleset since, the sysctls are as it saw
+// them, and the guard still holds its policy. It returns what that sync
+// reported. Any doubt is false: the caller then applies in full.
+func (e *Engine) Unchanged(inputs string) (state.Summary, bool) {
+	h := e.Host
+	st, err := h.State.Load()
+	if err != nil || inputs == "" || st.Inputs != inputs || st.Summary == nil || st.Gen == 0 {
+		return state.Summary{}, false
+	}
+	if gen, err := h.Tables.Gen(); err != nil || gen != st.Gen {
+		return state.Summary{}, false
+	}
+	if host, err := tune.ReadHost(h.Sysctls); err != nil || hostDigest(host) != st.Host {
+		return state.Summary{}, false
+	}
+	if st.GuardDigest != "" || st.Summary.GuardOn {
+		if h.Guard == nil || st.GuardDigest == "" {
+			return state.Summary{}, false
+		}
+		if ok, err := h.Guard.Active(); err != nil || !ok {
+			return state.Summary{}, false
+		}
+	}
+	return *st.Summary, true
 }
 
 // guardInSync reports whether the guard holds what p asks of it: the

@@ -52,6 +52,28 @@ type State struct {
 	// GuardDigest is a digest of the bind guard policy portfw applied here;
 	// empty when portfw has no guard entry for this namespace.
 	GuardDigest string `json:"bind_guard_digest,omitempty"`
+	// Inputs identifies what the last sync was computed from (the policy
+	// file's bytes, the user database, portfw's build, its options), Host
+	// the sysctl values it saw, and Summary what it reported. While those
+	// and the generation are unchanged, an apply has nothing to do and
+	// need not even parse the policy (engine.Unchanged).
+	Inputs  string   `json:"inputs,omitempty"`
+	Host    string   `json:"host,omitempty"`
+	Summary *Summary `json:"summary,omitempty"`
+}
+
+// Summary is what a sync reported about the policy it enforced.
+type Summary struct {
+	Table        string              `json:"table"`
+	Reservations int                 `json:"reservations"`
+	GuardMode    model.BindGuardMode `json:"bind_guard_mode"`
+	GuardOn      bool                `json:"bind_guard"`
+	GuardNote    string              `json:"bind_guard_note,omitempty"`
+	Threshold    int                 `json:"unprivileged_port_start"`
+	// RootOnly are the root-only entries of a lowered threshold.
+	RootOnly []model.Reservation `json:"root_only,omitempty"`
+	Notes    []string            `json:"notes,omitempty"`
+	Warnings []string            `json:"warnings,omitempty"`
 }
 
 // ErrCorrupt is wrapped by Load when the state file cannot be read as a
