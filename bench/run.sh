@@ -28,6 +28,7 @@ ROUNDS=${BENCH_ROUNDS:-8}          # datapath rounds; medians need >= 5
 SECS=${BENCH_SECONDS:-2}           # sockperf -t; it adds ~2.3 s of its own per run
 RELOAD=${BENCH_RELOAD:-"1000:200 10000:200"}   # reload configs, exact reservations:edits
 APPLY_ROUNDS=${BENCH_APPLY_ROUNDS:-5}
+APPLY_ROUNDS_100K=${BENCH_APPLY_ROUNDS_100K:-3}
 PHASE_ROUNDS=${BENCH_PHASE_ROUNDS:-10}
 OUT=${BENCH_OUT:-docs/performance.md}   # BENCH_RESULTS=DIR also keeps the raw results
 # Client and server share one CPU: on this kind of VM a wake-up on another
@@ -41,9 +42,9 @@ FREE_PORT=11112                    # a port no reservation holds
 RANGES=4                           # port-range reservations owned by uid ranges
 
 [ "$(id -u)" = 0 ] || { echo "bench: run as root (it creates network namespaces)" >&2; exit 2; }
-if ! command -v sockperf >/dev/null; then
-	echo "bench: installing sockperf"
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sockperf >/dev/null
+if ! command -v sockperf >/dev/null || ! command -v gnuplot >/dev/null; then
+	echo "bench: installing sockperf and gnuplot"
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sockperf gnuplot-nox >/dev/null
 fi
 for c in nft ip nsenter setpriv go; do
 	command -v "$c" >/dev/null || { echo "bench: $c not found (make deps installs it)" >&2; exit 2; }
@@ -98,6 +99,17 @@ gen() { "$PFWBENCH" gen -n "$1" -ranges "$2" -port "$PORT" -uid "$SRV_UID" "${@:
 gen 1 0 -policy "$WORK/etc/pfw1.yaml"
 gen 1000 "$RANGES" -policy "$WORK/etc/pfw1k.yaml"
 gen 10000 "$RANGES" -policy "$WORK/etc/pfw10k.yaml" -naive "$WORK/naive10k.nft"
+# 100k: one protocol per reservation (the port space cannot hold 100k of
+# both), ports 12000-61999; their namespaces move the ephemeral range out of
+# the way (EPHEMERAL_100K), as an admin with such a policy would.
+gen 100000 0 -single -policy "$WORK/etc/pfw100k.yaml" -naive "$WORK/naive100k.nft"
+EPHEMERAL_100K="62000 65000"
+# The policies with one owner changed: what a one-owner apply applies.
+for n in 1k 10k 100k; do
+	awk '/^  - name: r00001$/ { f = 1 } f && sub(/users: \[[0-9]+\]/, "users: [77777]") { f = 0 } { print }' \
+		"$WORK/etc/pfw$n.yaml" >"$WORK/etc/pfw$n-edit.yaml"
+	cmp -s "$WORK/etc/pfw$n.yaml" "$WORK/etc/pfw$n-edit.yaml" && { echo "bench: no owner edited in pfw$n" >&2; exit 1; }
+done
 # Conntrack only: the same fast-path test portfw's check chains start with,
 # so the ratio to it isolates portfw's own lookups.
 cat >"$WORK/ct.nft" <<'EOF'
@@ -131,8 +143,10 @@ nsenter --net=/run/netns/SRV portfw apply -f pfw10k.yaml        # or nft -f ct.n
 nsenter --net=/run/netns/SRV ${PIN[*]} setpriv --reuid $SRV_UID --regid $SRV_GID --clear-groups sockperf sr [--tcp] -i 192.0.2.1 -p $PORT
 nsenter --net=/run/netns/CLI ${PIN[*]} sockperf pp [--tcp] -i 192.0.2.1 -p $PORT -m 64 -t $SECS --full-rtt
 # (pfw10k "unreserved port": the same with servers and client on port $FREE_PORT, which no reservation holds)
-# apply, each in a fresh namespace NS
-nsenter --net=/run/netns/NS portfw apply -f pfw10k.yaml
+# pfw100k, naive100k: pfwbench gen -n 100000 -single (one protocol each, ports 12000-61999), ip_local_port_range "$EPHEMERAL_100K" in SRV
+# apply, each in a fresh namespace NS, timed with pfwbench run (wall time, peak RSS), for 1k, 10k, 100k:
+nsenter --net=/run/netns/NS portfw apply -f pfw10k.yaml        # fresh; then again (in sync); portfw status; then
+nsenter --net=/run/netns/NS portfw apply -f pfw10k-edit.yaml   # one owner changed
 portfw compile -f pfw10k.yaml > pfw10k.nft; nsenter --net=/run/netns/NS nft -f pfw10k.nft
 nsenter --net=/run/netns/NS pfwbench phases -policy pfw10k.yaml -rounds $PHASE_ROUNDS -o phases.json
 # compile
@@ -142,7 +156,7 @@ nsenter --net=/run/netns/NS pfwbench reload -portfw bin/portfw -dir DIR -n N -ra
 EOF
 
 # ---- 1. Datapath ----------------------------------------------------------
-VARIANTS=(none ct pfw1 pfw1k pfw10k naive10k)
+VARIANTS=(none ct pfw1 pfw1k pfw10k pfw100k naive10k naive100k)
 : >"$RES/setup.tsv"
 for v in "${VARIANTS[@]}"; do
 	s=$PFX-$v-s c=$PFX-$v-c
@@ -153,11 +167,12 @@ for v in "${VARIANTS[@]}"; do
 	ip -n "$c" addr add 192.0.2.2/24 dev veth0
 	ip -n "$s" link set veth0 up
 	ip -n "$c" link set veth0 up
+	case $v in *100k) ip netns exec "$s" sh -c "echo $EPHEMERAL_100K >/proc/sys/net/ipv4/ip_local_port_range" ;; esac
 	t0=$(now_ms)
 	case $v in
 	none) ;;
 	ct) in_ns "$s" nft -f "$WORK/ct.nft" ;;
-	naive10k) in_ns "$s" nft -f "$WORK/naive10k.nft" ;;
+	naive*) in_ns "$s" nft -f "$WORK/$v.nft" ;;
 	pfw*) in_ns "$s" "$PORTFW" apply -f "$WORK/etc/$v.yaml" >/dev/null ;;
 	esac
 	printf '%s\t%s\n' "$v" $(($(now_ms) - t0)) >>"$RES/setup.tsv"
@@ -232,30 +247,34 @@ for v in "${VARIANTS[@]}"; do rmns "$PFX-$v-s"; rmns "$PFX-$v-c"; done
 
 # ---- 2. Apply -------------------------------------------------------------
 mkns "$PFX-compile"
-for n in 1k 10k; do in_ns "$PFX-compile" "$PORTFW" compile -f "$WORK/etc/pfw$n.yaml" >"$WORK/pfw$n.nft"; done
+for n in 1k 10k 100k; do in_ns "$PFX-compile" "$PORTFW" compile -f "$WORK/etc/pfw$n.yaml" >"$WORK/pfw$n.nft"; done
 rmns "$PFX-compile"
 : >"$RES/apply.tsv"
-timed_apply() { # SIZE TOOL NS CMD...: time CMD in NS, append to apply.tsv
-	local size=$1 tool=$2 ns=$3 t0
+# timed SIZE TOOL NS CMD...: CMD in NS, its wall time and peak memory to apply.tsv
+timed() {
+	local size=$1 tool=$2 ns=$3
 	shift 3
-	t0=$(now_ms)
-	in_ns "$ns" "$@" >/dev/null
-	printf '%s\t%s\t%s\n' "$size" "$tool" $(($(now_ms) - t0)) >>"$RES/apply.tsv"
+	"$PFWBENCH" run -label "$size	$tool" -o "$RES/apply.tsv" -- nsenter --net="/run/netns/$ns" "$@" >/dev/null
 }
-for r in $(seq "$APPLY_ROUNDS"); do
-	log "apply round $r/$APPLY_ROUNDS"
-	for n in 1k 10k; do
-		size=${n/k/000}
+for n in 1k 10k 100k; do
+	size=${n/k/000}
+	rounds=$APPLY_ROUNDS
+	[ "$n" = 100k ] && rounds=$APPLY_ROUNDS_100K
+	for r in $(seq "$rounds"); do
+		log "apply $n round $r/$rounds"
 		order=(portfw nft)
 		[ $((r % 2)) = 0 ] && order=(nft portfw)
 		for tool in "${order[@]}"; do
 			ns=$PFX-apply
 			mkns "$ns"
+			[ "$n" = 100k ] && ip netns exec "$ns" sh -c "echo $EPHEMERAL_100K >/proc/sys/net/ipv4/ip_local_port_range"
 			if [ "$tool" = portfw ]; then
-				timed_apply "$size" portfw "$ns" "$PORTFW" apply -f "$WORK/etc/pfw$n.yaml"
-				timed_apply "$size" insync "$ns" "$PORTFW" apply -f "$WORK/etc/pfw$n.yaml"
+				timed "$size" portfw "$ns" "$PORTFW" apply -f "$WORK/etc/pfw$n.yaml"
+				timed "$size" insync "$ns" "$PORTFW" apply -f "$WORK/etc/pfw$n.yaml"
+				timed "$size" status "$ns" "$PORTFW" status
+				timed "$size" change "$ns" "$PORTFW" apply -f "$WORK/etc/pfw$n-edit.yaml"
 			else
-				timed_apply "$size" nft "$ns" nft -f "$WORK/pfw$n.nft"
+				timed "$size" nft "$ns" nft -f "$WORK/pfw$n.nft"
 				# Same table as portfw's own apply, or the comparison is void.
 				in_ns "$ns" "$PORTFW" diff -f "$WORK/etc/pfw$n.yaml" >/dev/null
 			fi
@@ -294,4 +313,31 @@ echo "go run ./bench/bindguard" >>"$RES/commands.txt"
 	echo "make bench took: $((($(date +%s) - START + 30) / 60)) min"
 } >>"$RES/machine.txt"
 "$PFWBENCH" report -results "$RES" -o "$OUT"
-log "wrote $OUT"
+# The figures, beside the page (report wrote their data into $RES).
+IMG=$(dirname "$OUT")
+RELOADS=$(for f in "$RES"/reload-*.dat; do n=$(basename "$f" .dat); printf '"%s" using 1:2 with steps title "%s reservations", ' "$f" "${n#reload-}"; done | sed 's/, $//')
+gnuplot <<GNUPLOT
+set terminal svg size 720,420 dynamic font "sans,11"
+set output "$IMG/perf-datapath.svg"
+set title "Round trip through a reserved port (64-byte ping-pong, median of means)"
+set logscale xy
+set xlabel "reservations"
+set ylabel "round trip (us)"
+set key top left
+set grid
+plot "$RES/datapath.dat" using 1:2 with linespoints title "portfw TCP", \
+     "" using 1:3 with linespoints title "portfw UDP", \
+     "" using 1:4 with lines dashtype 2 title "conntrack only TCP", \
+     "" using 1:5 with lines dashtype 2 title "conntrack only UDP", \
+     "" using 1:6 with linespoints title "naive rules TCP", \
+     "" using 1:7 with linespoints title "naive rules UDP"
+set output "$IMG/perf-reload.svg"
+set title "portfw watch: policy written -> kernel commit"
+unset logscale
+set logscale x
+set xlabel "latency (ms)"
+set ylabel "fraction of edits"
+set key bottom right
+plot $RELOADS
+GNUPLOT
+log "wrote $OUT and its figures"

@@ -41,6 +41,11 @@ type Spec struct {
 	Ranges int    // reservations of one port range owned by a uid range
 	Port   uint16 // the measured port, reserved by "bench" for UID
 	UID    uint32
+	// Single makes each filler reservation one protocol, TCP and UDP in
+	// turn on the same port: the port space cannot hold 100k reservations
+	// of both. Its ports reach into the default ephemeral range, which the
+	// benchmark moves out of the way.
+	Single bool
 }
 
 // Check reports a Spec whose ports would collide or leave the layout.
@@ -48,6 +53,9 @@ func (s Spec) Check() error {
 	switch {
 	case s.N < 1:
 		return errors.New("n must be at least 1")
+	case s.Single && (s.Ranges > 0 || FillerBase+(s.N-1)/2 > 65535):
+		return fmt.Errorf("single: n=%d does not fit above %d, or ranges were asked for", s.N, FillerBase)
+	case s.Single:
 	case FillerBase+s.N-1 > RangeBase:
 		return fmt.Errorf("n=%d: filler ports would run into the ranges at %d", s.N, RangeBase)
 	case RangeBase+s.Ranges*RangeWidth > 32768:
@@ -64,20 +72,25 @@ type Reservation struct {
 	Name           string
 	PortLo, PortHi uint16
 	UIDLo, UIDHi   uint32
+	Proto          string // "tcp" or "udp"; "" for both
 }
 
 // Reservations lists the reservations of s, "bench" first.
 func (s Spec) Reservations() []Reservation {
-	rs := []Reservation{{"bench", s.Port, s.Port, s.UID, s.UID}}
+	rs := []Reservation{{"bench", s.Port, s.Port, s.UID, s.UID, ""}}
 	for i := 1; i < s.N; i++ {
 		p := uint16(FillerBase + i - 1)
 		u := uint32(FillerUIDBase + i%FillerUIDs)
-		rs = append(rs, Reservation{fmt.Sprintf("r%05d", i), p, p, u, u})
+		proto := ""
+		if s.Single {
+			p, proto = uint16(FillerBase+(i-1)/2), []string{"tcp", "udp"}[(i-1)%2]
+		}
+		rs = append(rs, Reservation{fmt.Sprintf("r%05d", i), p, p, u, u, proto})
 	}
 	for j := 0; j < s.Ranges; j++ {
 		lo := uint16(RangeBase + j*RangeWidth)
 		u := uint32(RangeUIDBase + j*RangeWidth)
-		rs = append(rs, Reservation{fmt.Sprintf("range%d", j), lo, lo + RangeWidth - 1, u, u + RangeWidth - 1})
+		rs = append(rs, Reservation{fmt.Sprintf("range%d", j), lo, lo + RangeWidth - 1, u, u + RangeWidth - 1, ""})
 	}
 	return rs
 }
@@ -102,7 +115,11 @@ func (s Spec) YAML(ownerOverride map[string]uint32) []byte {
 		if u, ok := ownerOverride[r.Name]; ok {
 			owner = fmt.Sprint(u)
 		}
-		fmt.Fprintf(&b, "  - name: %s\n    ports: [%s]\n    owner: { users: [%s] }\n", r.Name, ports, owner)
+		protos := ""
+		if r.Proto != "" {
+			protos = "\n    protocols: [" + r.Proto + "]"
+		}
+		fmt.Fprintf(&b, "  - name: %s\n    ports: [%s]%s\n    owner: { users: [%s] }\n", r.Name, ports, protos, owner)
 	}
 	return []byte(b.String())
 }
@@ -132,6 +149,9 @@ func (s Spec) Naive() string {
 	b.WriteString("\tchain output {\n\t\ttype filter hook output priority filter; policy accept;\n")
 	for _, proto := range []string{"tcp", "udp"} {
 		for _, r := range s.Reservations() {
+			if r.Proto != "" && r.Proto != proto {
+				continue
+			}
 			ports := fmt.Sprint(r.PortLo)
 			if r.PortHi != r.PortLo {
 				ports = fmt.Sprintf("%d-%d", r.PortLo, r.PortHi)

@@ -4,6 +4,7 @@
 //	pfwbench phases  time each step of an apply, and a one-membership delta
 //	                 against a full apply, in the calling network namespace
 //	pfwbench reload  time `portfw watch` reloads: policy renamed -> change committed
+//	pfwbench run     run a command, append its wall time and peak memory to a TSV
 //	pfwbench report  turn a results directory into docs/performance.md
 //
 // phases and reload talk to the kernel of the namespace they run in, so
@@ -11,9 +12,13 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
+	"syscall"
+	"time"
 
 	"github.com/portfw/portfw/bench/gen"
 )
@@ -24,7 +29,7 @@ func main() {
 		os.Exit(2)
 	}
 	cmds := map[string]func([]string) error{
-		"gen": runGen, "phases": runPhases, "reload": runReload, "report": runReport,
+		"gen": runGen, "phases": runPhases, "reload": runReload, "report": runReport, "run": runRun,
 	}
 	run, ok := cmds[os.Args[1]]
 	if !ok {
@@ -41,6 +46,7 @@ func main() {
 type specFlags struct {
 	n, ranges int
 	port, uid uint
+	single    bool
 }
 
 func (f *specFlags) register(fs *flag.FlagSet) {
@@ -48,10 +54,11 @@ func (f *specFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.ranges, "ranges", 0, "extra reservations of one port range owned by a uid range")
 	fs.UintVar(&f.port, "port", 11111, "the measured port, reserved for -uid")
 	fs.UintVar(&f.uid, "uid", 65534, "owner of the measured port (the server's uid)")
+	fs.BoolVar(&f.single, "single", false, "one protocol per filler reservation (room for 100k)")
 }
 
 func (f *specFlags) spec() (gen.Spec, error) {
-	s := gen.Spec{N: f.n, Ranges: f.ranges, Port: uint16(f.port), UID: uint32(f.uid)}
+	s := gen.Spec{N: f.n, Ranges: f.ranges, Port: uint16(f.port), UID: uint32(f.uid), Single: f.single}
 	return s, s.Check()
 }
 
@@ -79,4 +86,39 @@ func runGen(args []string) error {
 		}
 	}
 	return nil
+}
+
+// runRun runs a command (after --) and appends "LABEL\tWALL_MS\tMAXRSS_KB"
+// to -o: wall time from start to exit, and the child's peak resident set
+// (getrusage: the largest of it and its own children).
+func runRun(args []string) error {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	label := fs.String("label", "", "the first column")
+	out := fs.String("o", "", "TSV to append to")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	argv := fs.Args()
+	if len(argv) == 0 || *out == "" || *label == "" {
+		return errors.New("usage: pfwbench run -label L -o FILE -- CMD ARGS...")
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Stderr = os.Stderr
+	t0 := time.Now()
+	err := cmd.Run()
+	wall := time.Since(t0)
+	if err != nil {
+		return fmt.Errorf("%v: %w", argv, err)
+	}
+	rss := int64(0)
+	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+		rss = ru.Maxrss
+	}
+	f, err := os.OpenFile(*out, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = fmt.Fprintf(f, "%s\t%.1f\t%d\n", *label, float64(wall.Microseconds())/1000, rss)
+	return err
 }
