@@ -247,6 +247,8 @@ for v in "${VARIANTS[@]}"; do rmns "$PFX-$v-s"; rmns "$PFX-$v-c"; done
 
 # ---- 2. Apply -------------------------------------------------------------
 mkns "$PFX-compile"
+# pfw100k reserves ports of the default ephemeral range; apply refuses that.
+ip netns exec "$PFX-compile" sh -c "echo $EPHEMERAL_100K >/proc/sys/net/ipv4/ip_local_port_range"
 for n in 1k 10k 100k; do in_ns "$PFX-compile" "$PORTFW" compile -f "$WORK/etc/pfw$n.yaml" >"$WORK/pfw$n.nft"; done
 rmns "$PFX-compile"
 : >"$RES/apply.tsv"

@@ -16,11 +16,13 @@ import (
 // the two compiled rulesets (a test checks it).
 func Change(old, new *model.Resolved) (Changes, Delta, bool) {
 	if !sameRules(old, new) {
-		return Diff(Compile(old), Compile(new)), Delta{}, false
+		c := Diff(Compile(old), Compile(new))
+		c.src.oldM, c.src.newM = old, new
+		return c, Delta{}, false
 	}
 	rootRule := new.Settings.AllowRoot
 	d := Delta{Table: new.Settings.Table, Sets: map[string]*Set{}, Del: map[string][]Element{}, Add: map[string][]Element{}}
-	var c Changes
+	c := Changes{src: &planSource{oldM: old, newM: new}}
 	type key struct {
 		set int
 		e   Element
@@ -163,11 +165,11 @@ func setsOf(res *model.Reservation, rootRule bool, sets *[numSets]bool) {
 	if len(res.Addresses) > 0 {
 		for _, a := range res.Addresses {
 			if a.Addr().Is6() {
-				sets[setRes6], sets[setDrop6] = true, true
+				sets[setRes6], sets[setDrop6], sets[setDropIn6] = true, true, true
 				sets[setOwn6UID] = sets[setOwn6UID] || uids
 				sets[setOwn6GID] = sets[setOwn6GID] || gids
 			} else {
-				sets[setRes4], sets[setDrop4] = true, true
+				sets[setRes4], sets[setDrop4], sets[setDropIn4] = true, true, true
 				sets[setOwn4UID] = sets[setOwn4UID] || uids
 				sets[setOwn4GID] = sets[setOwn4GID] || gids
 			}
@@ -192,12 +194,12 @@ func setsOf(res *model.Reservation, rootRule bool, sets *[numSets]bool) {
 	ge, gi := ranged(res.Owners.GIDs)
 	for _, p := range res.Ports {
 		if p.Lo != p.Hi {
-			sets[setResR], sets[setDropR] = true, true
+			sets[setResR], sets[setDropR], sets[setDropInR] = true, true, true
 			sets[setOwnUIDR] = sets[setOwnUIDR] || ue || ui
 			sets[setOwnGIDR] = sets[setOwnGIDR] || ge || gi
 			continue
 		}
-		sets[setRes], sets[setDrop] = true, true
+		sets[setRes], sets[setDrop], sets[setDropIn] = true, true, true
 		sets[setOwnUID] = sets[setOwnUID] || ue
 		sets[setOwnUIDR] = sets[setOwnUIDR] || ui
 		sets[setOwnGID] = sets[setOwnGID] || ge

@@ -135,13 +135,18 @@ func TestChangeEqualsCompare(t *testing.T) {
 	}
 }
 
-func nonNilChanges(c compiler.Changes) compiler.Changes {
-	for _, l := range []*[]string{&c.Added, &c.Removed, &c.Changed} {
+// nonNilChanges is c's exported fields with nil lists made empty, and its
+// plan, for comparing the Changes of two paths.
+func nonNilChanges(c compiler.Changes) any {
+	out := compiler.Changes{Added: c.Added, Removed: c.Removed, Changed: c.Changed, RulesChanged: c.RulesChanged, Unlabelled: c.Unlabelled}
+	for _, l := range []*[]string{&out.Added, &out.Removed, &out.Changed} {
 		if *l == nil {
 			*l = []string{}
 		}
 	}
-	return c
+	p := c.Plan()
+	p.Rules = nil // Change words setting changes, Compare only rule changes
+	return []any{out, p}
 }
 
 func sortedDelta(d compiler.Delta) []string {

@@ -54,12 +54,21 @@ const (
 	setOwn4GID
 	setOwn6UID
 	setOwn6GID
-	setDrop
+	setDrop // the drop sets of output; setDropIn.. are input's
 	setDropR
 	setDrop4
 	setDrop6
+	setDropIn
+	setDropInR
+	setDropIn4
+	setDropIn6
 	numSets
 )
+
+// dropIn is how far an output drop set's index is from input's: each
+// direction counts its own drops, so status and metrics can tell a
+// squatter's replies (out) from what clients sent it (in).
+const dropIn = setDropIn - setDrop
 
 var specs = [numSets]setSpec{
 	setRes:     {"res_port", pp, false, false},
@@ -74,10 +83,28 @@ var specs = [numSets]setSpec{
 	setOwn4GID: {"own4_gid", pp4G, true, false},
 	setOwn6UID: {"own6_uid", pp6U, true, false},
 	setOwn6GID: {"own6_gid", pp6G, true, false},
-	setDrop:    {"drop_port", pp, false, true},
-	setDropR:   {"drop_port_r", pp, true, true},
-	setDrop4:   {"drop4", pp4, true, true},
-	setDrop6:   {"drop6", pp6, true, true},
+	setDrop:    {"drop_out", pp, false, true},
+	setDropR:   {"drop_out_r", pp, true, true},
+	setDrop4:   {"drop4_out", pp4, true, true},
+	setDrop6:   {"drop6_out", pp6, true, true},
+	setDropIn:  {"drop_in", pp, false, true},
+	setDropInR: {"drop_in_r", pp, true, true},
+	setDropIn4: {"drop4_in", pp4, true, true},
+	setDropIn6: {"drop6_in", pp6, true, true},
+}
+
+// DropDirection says which direction's drops a set counts: "in" or
+// "out", and "" for a set that is not a drop set.
+func DropDirection(set string) string {
+	for i := setDrop; i < numSets; i++ {
+		if specs[i].name == set {
+			if i >= setDropIn {
+				return "in"
+			}
+			return "out"
+		}
+	}
+	return ""
 }
 
 // Chain names. The base chains only classify (is the local port
@@ -169,6 +196,7 @@ func eachElement(res *model.Reservation, rootRule bool, add func(set int, e Elem
 				}
 				add(membership, e)
 				add(drop, e)
+				add(drop+dropIn, e)
 				for _, id := range uids {
 					e.ID = id
 					add(pick(portRange || id.Lo != id.Hi, setOwnUID, setOwnUIDR), e)
@@ -187,6 +215,7 @@ func eachElement(res *model.Reservation, rootRule bool, add func(set int, e Elem
 				e := Element{Addr: addr, Proto: proto, Ports: ports, Comment: res.Name}
 				add(membership, e)
 				add(drop, e)
+				add(drop+dropIn, e)
 				for _, id := range uids {
 					e.ID = id
 					add(ownU, e)
@@ -410,7 +439,11 @@ func (c *compiling) dropChain(name, prefix string, d direction) *Chain {
 	if c.st.Log.Enabled() {
 		ch.Rules = append(ch.Rules, Rule{LimitLog{Rate: c.st.Log, Prefix: prefix}})
 	}
-	for _, i := range []int{setDrop, setDropR, setDrop4, setDrop6} {
+	base := setDropIn
+	if d.output {
+		base = setDrop
+	}
+	for _, i := range []int{base, base + 1, base + 2, base + 3} {
 		if s := c.sets[i]; s != nil {
 			ch.Rules = append(ch.Rules, Rule{Lookup{d.keys(s), s}, Verdict{Kind: Drop}})
 		}
@@ -424,4 +457,4 @@ func (c *compiling) dropChain(name, prefix string, d direction) *Chain {
 // kernel's table to be what it would compile now when both match; so any
 // change to Compile's output for the same policy must come with a new
 // Version. TestVersion fails when the goldens change and Version does not.
-const Version = 2
+const Version = 3

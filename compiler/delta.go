@@ -61,7 +61,7 @@ func Compare(old, new *Ruleset) (Changes, Delta, bool) {
 			}
 		}
 	}
-	var c Changes
+	c := Changes{src: &planSource{oldRS: old, newRS: new}}
 	for n := range newNames {
 		switch {
 		case !oldNames[n]:
@@ -71,8 +71,15 @@ func Compare(old, new *Ruleset) (Changes, Delta, bool) {
 		}
 	}
 	for n := range oldNames {
-		if !newNames[n] {
+		if !newNames[n] && n != "" {
 			c.Removed = append(c.Removed, n)
+		}
+	}
+	for _, s := range old.Sets {
+		for _, e := range s.Elements {
+			if e.Comment == "" {
+				c.Unlabelled++
+			}
 		}
 	}
 	slices.Sort(c.Added)

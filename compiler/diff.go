@@ -13,18 +13,25 @@ type Changes struct {
 	Removed      []string
 	Changed      []string
 	RulesChanged bool // chains or set declarations differ
+	// Unlabelled counts the elements in the kernel that name no
+	// reservation (added by hand); apply removes them. Plan lists them.
+	Unlabelled int
+
+	src *planSource // what Plan works from
 }
 
 // InSync reports whether nothing would change.
 func (c Changes) InSync() bool {
-	return len(c.Added)+len(c.Removed)+len(c.Changed) == 0 && !c.RulesChanged
+	return len(c.Added)+len(c.Removed)+len(c.Changed) == 0 && !c.RulesChanged && c.Unlabelled == 0
 }
 
 // Diff compares the ruleset in the kernel (old; nil when there is no
 // table) with the one to apply (new).
 func Diff(old, new *Ruleset) Changes {
-	var c Changes
+	c := Changes{src: &planSource{oldRS: old, newRS: new}}
 	oldRes, newRes := byReservation(old), byReservation(new)
+	c.Unlabelled = len(oldRes[""])
+	delete(oldRes, "")
 	for name, elems := range newRes {
 		prev, ok := oldRes[name]
 		switch {

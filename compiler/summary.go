@@ -17,8 +17,14 @@ type Summary struct {
 	// address, protocols with the same ports share a group.
 	Ports                        []PortGroup
 	UIDs, GIDs                   []model.IDRange
-	DroppedPackets, DroppedBytes uint64
+	DroppedPackets, DroppedBytes uint64 // both directions
+	// DroppedIn counts what reached a squatter's port from outside (and
+	// SYNs with data), DroppedOut what a squatter sent.
+	DroppedIn, DroppedOut Counter
 }
+
+// Counter is packets and bytes.
+type Counter struct{ Packets, Bytes uint64 }
 
 // PortGroup is the ports some protocols have in common on an address.
 type PortGroup struct {
@@ -36,7 +42,13 @@ func (g PortGroup) String() string {
 	return g.Ports.String() + "/" + strings.Join(names, "+") + netip4or6{g.Addr}.text()
 }
 
-// Summarize lists the reservations in rs, sorted by name. Counters come
+// Unlabelled is the name Summarize gives the elements that name no
+// reservation (added to the table by hand). No reservation can be called
+// that: names start with a letter.
+const Unlabelled = "(no reservation)"
+
+// Summarize lists the reservations in rs, sorted by name (elements of no
+// reservation as one named Unlabelled). Counters come
 // from the drop sets, so they are non-zero only for a ruleset read back
 // from the kernel. It is one pass over the elements with one accumulator
 // per reservation: at 10k reservations a table holds 60k elements.
@@ -53,6 +65,7 @@ func Summarize(rs *Ruleset) []Summary {
 	by := map[string]*acc{}
 	for _, s := range rs.Sets {
 		kind := 0 // membership
+		in := DropDirection(s.Name) == "in"
 		switch {
 		case s.Counter:
 			kind = 1
@@ -63,6 +76,9 @@ func Summarize(rs *Ruleset) []Summary {
 		}
 		var a *acc
 		for _, e := range s.Elements {
+			if e.Comment == "" {
+				e.Comment = Unlabelled
+			}
 			if a == nil || a.sum.Name != e.Comment {
 				if a = by[e.Comment]; a == nil {
 					a = &acc{sum: Summary{Name: e.Comment}}
@@ -73,6 +89,12 @@ func Summarize(rs *Ruleset) []Summary {
 			case 1:
 				a.sum.DroppedPackets += e.Packets
 				a.sum.DroppedBytes += e.Bytes
+				c := &a.sum.DroppedOut
+				if in {
+					c = &a.sum.DroppedIn
+				}
+				c.Packets += e.Packets
+				c.Bytes += e.Bytes
 			case 2:
 				a.sum.UIDs = append(a.sum.UIDs, e.ID)
 			case 3:

@@ -207,6 +207,28 @@ func merged(rs []PortRange, touch int) bool {
 	return true
 }
 
+// MinusIDs returns the ids of a that are in no range of b, merged.
+func MinusIDs(a, b []IDRange) []IDRange {
+	var out []IDRange
+	b = MergeIDs(b)
+	for _, r := range MergeIDs(a) {
+		lo := uint64(r.Lo)
+		for _, x := range b {
+			if uint64(x.Hi) < lo || x.Lo > r.Hi {
+				continue
+			}
+			if uint64(x.Lo) > lo {
+				out = append(out, IDRange{uint32(lo), x.Lo - 1})
+			}
+			lo = uint64(x.Hi) + 1
+		}
+		if lo <= uint64(r.Hi) {
+			out = append(out, IDRange{uint32(lo), r.Hi})
+		}
+	}
+	return out
+}
+
 // ContainsID reports whether id is in one of rs.
 func ContainsID(rs []IDRange, id uint32) bool {
 	for _, r := range rs {

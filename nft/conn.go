@@ -30,6 +30,10 @@ type Kernel interface {
 	// Read returns the table as the kernel holds it, with set element
 	// counters filled in, or an error wrapping ErrNoTable.
 	Read(table string) (*compiler.Ruleset, error)
+	// ReadSets returns the sets of the table that want names, with their
+	// elements and counters, and no chains: what the metrics read at 10k
+	// reservations instead of the whole table.
+	ReadSets(table string, want func(set string) bool) (*compiler.Ruleset, error)
 	// HasTable reports whether the table exists, without reading it.
 	HasTable(table string) (bool, error)
 	// Commit sends tx as one transaction: all of it or none. With gen not

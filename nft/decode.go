@@ -64,6 +64,33 @@ func (c *Conn) Read(name string) (*compiler.Ruleset, error) {
 	return rs, nil
 }
 
+// ReadSets reads the sets of the table that want names (see Kernel).
+func (c *Conn) ReadSets(name string, want func(string) bool) (*compiler.Ruleset, error) {
+	t, err := c.nc.ListTableOfFamily(name, nftables.TableFamilyINet)
+	if err != nil {
+		if isNotFound(err) {
+			return nil, fmt.Errorf("read table %s: %w", name, ErrNoTable)
+		}
+		return nil, fmt.Errorf("read table %s: %w", name, err)
+	}
+	ksets, err := c.nc.GetSets(t)
+	if err != nil {
+		return nil, fmt.Errorf("read sets of %s: %w", name, err)
+	}
+	rs := &compiler.Ruleset{Table: name}
+	for _, ks := range ksets {
+		if !want(ks.Name) {
+			continue
+		}
+		s, err := c.readSet(ks)
+		if err != nil {
+			return nil, err
+		}
+		rs.Sets = append(rs.Sets, s)
+	}
+	return rs, nil
+}
+
 func hookName(c *nftables.Chain) string {
 	prio := 0
 	if c.Priority != nil {

@@ -41,7 +41,7 @@ reservations:
 		t.Fatal(err)
 	}
 	// Give web's tcp/80 drop counter a value: the delta must not reset it.
-	ns.Nft(t, "delete element inet portfw drop_port { tcp . 80 }\nadd element inet portfw drop_port { tcp . 80 counter packets 7 bytes 700 comment \"web\" }")
+	ns.Nft(t, "delete element inet portfw drop_out { tcp . 80 }\nadd element inet portfw drop_out { tcp . 80 counter packets 7 bytes 700 comment \"web\" }")
 	if err := c.ApplyDelta(d); err != nil {
 		t.Fatalf("apply delta: %v", err)
 	}
@@ -54,7 +54,7 @@ reservations:
 	}
 	for _, s := range back.Sets {
 		for _, e := range s.Elements {
-			if s.Name == "drop_port" && e.Comment == "web" && e.Ports.Lo == 80 && e.Packets != 7 {
+			if s.Name == "drop_out" && e.Comment == "web" && e.Ports.Lo == 80 && e.Packets != 7 {
 				t.Errorf("counter of the untouched element tcp . 80 is %d packets after the delta, want 7", e.Packets)
 			}
 		}

@@ -138,6 +138,21 @@ func (f *Fake) Read(table string) (*compiler.Ruleset, error) {
 	return out, nil
 }
 
+// ReadSets returns a copy of the table's sets that want names.
+func (f *Fake) ReadSets(table string, want func(string) bool) (*compiler.Ruleset, error) {
+	rs, err := f.Read(table)
+	if err != nil {
+		return nil, err
+	}
+	out := &compiler.Ruleset{Table: table}
+	for _, s := range rs.Sets {
+		if want(s.Name) {
+			out.Sets = append(out.Sets, s)
+		}
+	}
+	return out, nil
+}
+
 // HasTable reports whether the table exists.
 func (f *Fake) HasTable(table string) (bool, error) {
 	f.mu.Lock()

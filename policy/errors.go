@@ -2,6 +2,7 @@ package policy
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -47,6 +48,20 @@ func (es *Errors) add(e *Error) {
 // need ids).
 func (es *Errors) Add(pos model.Pos, field, msg string) {
 	es.add(&Error{Pos: pos, Field: field, Msg: msg})
+}
+
+// Append adds the problems of err when it is an *Errors, and reports
+// whether it was.
+func (es *Errors) Append(err error) bool {
+	var o *Errors
+	if !errors.As(err, &o) {
+		return false
+	}
+	for _, e := range o.List {
+		es.add(e)
+	}
+	es.Dropped += o.Dropped
+	return true
 }
 
 // Len is the number of problems found, kept or not.

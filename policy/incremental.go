@@ -20,8 +20,9 @@ import (
 // version with a problem in it, is parsed whole, so errors and their
 // positions are Parse's own.
 type Reparser struct {
-	file string
-	last *layout // of the last version parsed; nil: parse in full
+	file   string
+	dropIn bool
+	last   *layout // of the last version parsed; nil: parse in full
 	// Reused counts the versions parsed by reusing unchanged reservations
 	// (for tests and benchmarks).
 	Reused int
@@ -40,6 +41,9 @@ type layout struct {
 // NewReparser returns a Reparser for the file named filename.
 func NewReparser(filename string) *Reparser { return &Reparser{file: filename} }
 
+// NewDropInReparser returns a Reparser for a drop-in (see ParseDropIn).
+func NewDropInReparser(filename string) *Reparser { return &Reparser{file: filename, dropIn: true} }
+
 // Parse parses data, a new version of the file.
 func (r *Reparser) Parse(data []byte) (*Policy, error) {
 	if r.last != nil && len(data) <= MaxSize {
@@ -48,7 +52,7 @@ func (r *Reparser) Parse(data []byte) (*Policy, error) {
 			return pol, nil
 		}
 	}
-	p := &parser{file: r.file}
+	p := &parser{file: r.file, dropIn: r.dropIn}
 	pol, body := p.parse(data)
 	if err := p.errs.Err(); err != nil {
 		r.last = nil
@@ -132,6 +136,7 @@ func (l *layout) reparse(file string, data []byte) (*Policy, bool) {
 			spec.shift(line - 1)
 			key = string(text)
 		}
+		spec.Index = i
 		next.chunks[key] = len(pol.Reservations)
 		next.texts = append(next.texts, key)
 		next.lines = append(next.lines, line)

@@ -16,10 +16,15 @@ import (
 // It is what `portfw check` summarises; package resolve turns it into the
 // ownership model.
 type Policy struct {
-	File         string
+	File string // the main policy file
+	// DropIns are the drop-in files merged into it (Merge), in order.
+	DropIns      []string
 	Settings     model.Settings // validated, defaults filled in
 	Reservations []ReservationSpec
 }
+
+// Files are the policy's files: the main one, then its drop-ins.
+func (p *Policy) Files() []string { return append([]string{p.File}, p.DropIns...) }
 
 // ReservationSpec is one reservation as written. Lists keep the file's
 // order and duplicates; resolve sorts and merges them.
@@ -33,7 +38,10 @@ type ReservationSpec struct {
 	// Addresses are masked prefixes, IPv4-mapped IPv6 turned into IPv4;
 	// empty means every address.
 	Addresses []netip.Prefix
-	Pos       model.Pos // the reservation's first key
+	Pos       model.Pos // the reservation's first key (Pos.File is its file)
+	// Index is where it is in its own file's reservations list, for
+	// naming fields ("reservations[3].owner") in a merged policy.
+	Index int
 
 	namePos model.Pos // where the name is, for duplicate names
 }
@@ -64,7 +72,19 @@ var (
 // names of users and groups are not checked here. It reports every problem
 // it finds (up to MaxErrors), as *Errors.
 func Parse(filename string, data []byte) (*Policy, error) {
-	p := &parser{file: filename}
+	return parseFile(filename, data, false)
+}
+
+// ParseDropIn parses a drop-in: a file of policy.d, which holds version
+// and reservations only (settings belong to the main file, so that no
+// package's drop-in can change how every other reservation is enforced).
+// Merge adds its reservations to the main policy.
+func ParseDropIn(filename string, data []byte) (*Policy, error) {
+	return parseFile(filename, data, true)
+}
+
+func parseFile(filename string, data []byte, dropIn bool) (*Policy, error) {
+	p := &parser{file: filename, dropIn: dropIn}
 	pol, _ := p.parse(data)
 	if err := p.errs.Err(); err != nil {
 		return nil, err
@@ -97,7 +117,13 @@ func (p *parser) policy(n *yaml.Node) *Policy {
 	} else {
 		p.version(v)
 	}
-	pol.Settings = p.settings(vals["settings"])
+	if v := vals["settings"]; v != nil && p.dropIn {
+		p.errorf(keyNode(n, "settings"), "settings", "a drop-in holds only version and reservations; "+
+			"settings belong in the main policy file, beside policy.d")
+		pol.Settings = model.DefaultSettings()
+	} else {
+		pol.Settings = p.settings(v)
+	}
 	if v := vals["reservations"]; v != nil && !isNull(v) {
 		if items, ok := p.sequence(v, "reservations", "a list of reservations"); ok {
 			pol.Reservations = p.reservations(items)
@@ -288,6 +314,7 @@ func (p *parser) reservations(items []*yaml.Node) []ReservationSpec {
 		if !ok {
 			continue
 		}
+		r.Index = i
 		if nameNode != nil {
 			if f, dup := first[r.Name]; dup {
 				p.errorf(nameNode, field+".name", "duplicate reservation name %q (first at line %d, reservations[%d])", r.Name, f.line, f.index)

@@ -19,8 +19,9 @@ import (
 // safely, and errors placed at the node they are about.
 
 type parser struct {
-	file string
-	errs Errors
+	file   string
+	dropIn bool // a policy.d file: no settings
+	errs   Errors
 }
 
 func (p *parser) pos(n *yaml.Node) model.Pos {
@@ -211,6 +212,17 @@ func (p *parser) mapping(n *yaml.Node, field, want string, keys []string) (vals 
 		}
 	}
 	return vals, true
+}
+
+// keyNode is the first key named key in mapping n, or n when none is.
+func keyNode(n *yaml.Node, key string) *yaml.Node {
+	n = deref(n)
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if k := deref(n.Content[i]); k.Kind == yaml.ScalarNode && k.Value == key {
+			return k
+		}
+	}
+	return n
 }
 
 // keyLine is the line of the first key named key in mapping n.

@@ -1,10 +1,14 @@
 package resolve
 
 import (
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"unsafe"
 
 	"github.com/portfw/portfw/model"
@@ -35,29 +39,74 @@ func Read(path string) ([]byte, error) {
 func tooLarge(path string, size int64) error {
 	var es policy.Errors
 	es.Add(model.Pos{File: path, Line: 1, Col: 1}, "",
-		fmt.Sprintf("the policy is %d bytes, over the %d-byte (16 MiB) limit", size, policy.MaxSize))
+		fmt.Sprintf("the policy is %d bytes (with the drop-ins before this one), over the %d-byte (16 MiB) limit", size, policy.MaxSize))
 	return es.Err()
 }
 
-// Load reads, parses and resolves the policy file at path. The Policy is
-// returned whenever parsing succeeded, even if resolving failed, so that
-// `portfw check` can still summarise it.
-func Load(path string, r Resolver) (*model.Resolved, *policy.Policy, error) {
-	return LoadWith(path, nil, r)
+// DropInDir is the directory of the drop-ins of the policy file main:
+// policy.d beside it.
+func DropInDir(main string) string { return filepath.Join(filepath.Dir(main), "policy.d") }
+
+// Files lists the files of the policy whose main file is main: main, then
+// its drop-ins, the *.yaml files of policy.d sorted by name (as sysctl.d
+// is). Names starting with "." are skipped: editors, Ansible and
+// Kubernetes keep their temporary files and ..data links there. A missing
+// policy.d means no drop-ins.
+func Files(main string) ([]string, error) {
+	dir := DropInDir(main)
+	entries, err := os.ReadDir(dir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return []string{main}, nil
+	case err != nil:
+		return nil, fmt.Errorf("read drop-ins: %w", err)
+	}
+	files := []string{main}
+	for _, e := range entries {
+		if name := e.Name(); strings.HasSuffix(name, ".yaml") && !strings.HasPrefix(name, ".") {
+			files = append(files, filepath.Join(dir, name))
+		}
+	}
+	return files, nil
 }
 
-// LoadWith is Load parsing with rp (the daemon's, which remembers the last
-// version of the file), or in full when rp is nil.
-func LoadWith(path string, rp *policy.Reparser, r Resolver) (*model.Resolved, *policy.Policy, error) {
-	data, err := Read(path)
+// CheckFilePerms is CheckPerms for every file of a policy (Files) and for
+// policy.d itself, since whoever can write it can add a drop-in.
+func CheckFilePerms(files []string) error {
+	var errs []error
+	for i, f := range files {
+		if i == 1 {
+			errs = append(errs, CheckDirPerms(filepath.Dir(f)))
+		}
+		errs = append(errs, CheckPerms(f))
+	}
+	if len(files) == 1 {
+		if _, err := os.Stat(DropInDir(files[0])); err == nil {
+			errs = append(errs, CheckDirPerms(DropInDir(files[0])))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Load reads, parses and resolves the policy whose main file is path,
+// with its drop-ins. The Policy is returned whenever parsing succeeded,
+// even if resolving failed, so that `portfw check` can still summarise it.
+func Load(path string, r Resolver) (*model.Resolved, *policy.Policy, error) {
+	files, err := Files(path)
 	if err != nil {
 		return nil, nil, err
 	}
-	parse := func(data []byte) (*policy.Policy, error) { return policy.Parse(path, data) }
-	if rp != nil {
-		parse = rp.Parse
-	}
-	p, err := parse(data)
+	return LoadFiles(files, r)
+}
+
+// LoadFiles is Load of the files Files listed (the main file first).
+func LoadFiles(files []string, r Resolver) (*model.Resolved, *policy.Policy, error) {
+	p, err := parseFiles(files, func(file string, dropIn bool, data []byte) (*policy.Policy, error) {
+		if dropIn {
+			return policy.ParseDropIn(file, data)
+		}
+		return policy.Parse(file, data)
+	})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -71,14 +120,43 @@ func LoadWith(path string, rp *policy.Reparser, r Resolver) (*model.Resolved, *p
 	return res, p, nil
 }
 
+// parseFiles reads and parses every file (the first is the main one) and
+// merges them. Every file is parsed even when one has problems, so that
+// all of them are reported at once.
+func parseFiles(files []string, parse func(file string, dropIn bool, data []byte) (*policy.Policy, error)) (*policy.Policy, error) {
+	pols := make([]*policy.Policy, len(files))
+	var errs policy.Errors
+	total := 0
+	for i, f := range files {
+		data, err := Read(f)
+		if err != nil {
+			return nil, err
+		}
+		if total += len(data); total > policy.MaxSize {
+			return nil, tooLarge(f, int64(total))
+		}
+		p, err := parse(f, i > 0, data)
+		if err != nil {
+			if !errs.Append(err) {
+				return nil, err
+			}
+			continue
+		}
+		pols[i] = p
+	}
+	if err := errs.Err(); err != nil {
+		return nil, err
+	}
+	return policy.Merge(pols[0], pols[1:]...)
+}
+
 // Loader loads successive versions of one policy file, as the daemon does:
 // it parses only the reservations whose text changed (policy.Reparser) and
 // resolves only those, reusing the rest while the user database is the same.
 // At 10k reservations a one-line edit then costs milliseconds.
 type Loader struct {
-	path string
-	r    Resolver
-	rp   *policy.Reparser
+	r   Resolver
+	rps map[string]*policy.Reparser // by file
 	// The last version: its policy and its reservations resolved, in the
 	// policy's order (so the next version's i-th reservation is looked for
 	// at i first, and by name only when it moved).
@@ -91,21 +169,33 @@ type Loader struct {
 	reused int
 }
 
-// NewLoader returns a Loader of the file at path.
-func NewLoader(path string, r Resolver) *Loader {
-	return &Loader{path: path, r: r, rp: policy.NewReparser(path)}
+// NewLoader returns a Loader.
+func NewLoader(r Resolver) *Loader {
+	return &Loader{r: r, rps: map[string]*policy.Reparser{}}
 }
 
 // Forget drops what was resolved (SIGHUP, or the user database changed).
 func (l *Loader) Forget() { l.pol, l.res, l.order, l.byName = nil, nil, nil, nil }
 
-// Load reads, parses and resolves the file's current version (see Load).
-func (l *Loader) Load() (*model.Resolved, *policy.Policy, error) {
-	data, err := Read(l.path)
-	if err != nil {
-		return nil, nil, err
+// Load reads, parses and resolves the current version of the policy's
+// files (see LoadFiles).
+func (l *Loader) Load(files []string) (*model.Resolved, *policy.Policy, error) {
+	for f := range l.rps {
+		if !slices.Contains(files, f) {
+			delete(l.rps, f)
+		}
 	}
-	p, err := l.rp.Parse(data)
+	p, err := parseFiles(files, func(file string, dropIn bool, data []byte) (*policy.Policy, error) {
+		rp := l.rps[file]
+		if rp == nil || dropIn != (file != files[0]) {
+			rp = policy.NewReparser(file)
+			if dropIn {
+				rp = policy.NewDropInReparser(file)
+			}
+			l.rps[file] = rp
+		}
+		return rp.Parse(data)
+	})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -154,7 +244,7 @@ func (l *Loader) Load() (*model.Resolved, *policy.Policy, error) {
 // sameSpec reports whether b is a as the Reparser hands back an unchanged,
 // unmoved reservation: the very same lists, at the same place.
 func sameSpec(a, b policy.ReservationSpec) bool {
-	return a.Name == b.Name && a.Description == b.Description && a.Pos == b.Pos &&
+	return a.Name == b.Name && a.Description == b.Description && a.Pos == b.Pos && a.Index == b.Index &&
 		same(a.Protocols, b.Protocols) && same(a.Ports, b.Ports) && same(a.Users, b.Users) &&
 		same(a.Groups, b.Groups) && same(a.Addresses, b.Addresses)
 }

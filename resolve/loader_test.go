@@ -36,11 +36,11 @@ func TestLoaderEqualsLoad(t *testing.T) {
 	}
 	text := func() string { return "version: 1\nreservations:\n" + strings.Join(items, "") }
 	sys := NewSystem(passwd, group)
-	l := NewLoader(path, sys)
+	l := NewLoader(sys)
 	check := func(what string) {
 		t.Helper()
 		write(path, text())
-		got, gotPol, gotErr := l.Load()
+		got, gotPol, gotErr := l.Load([]string{path})
 		want, wantPol, wantErr := Load(path, NewSystem(passwd, group))
 		if fmt.Sprint(gotErr) != fmt.Sprint(wantErr) || !reflect.DeepEqual(got, want) || !reflect.DeepEqual(gotPol, wantPol) {
 			t.Fatalf("after %s: the Loader differs from Load\n got %+v %v\nwant %+v %v", what, got, gotErr, want, wantErr)

@@ -19,12 +19,18 @@ import (
 // them), and the directories on the way to each target are checked too.
 // Root-owned sticky directories (/tmp) are fine: others cannot rename or
 // delete root's entries there.
-func CheckPerms(path string) error {
+func CheckPerms(path string) error { return checkPerms(path, false) }
+
+// CheckDirPerms is CheckPerms for a directory of policy files (policy.d):
+// it and every directory on the way to it must be root's alone.
+func CheckDirPerms(path string) error { return checkPerms(path, true) }
+
+func checkPerms(path string, dir bool) error {
 	abs, err := filepath.Abs(path)
 	if err != nil {
 		return fmt.Errorf("check policy permissions: %w", err)
 	}
-	c := &permCheck{seen: map[string]bool{}}
+	c := &permCheck{seen: map[string]bool{}, leafDir: dir}
 	if err := c.walk(abs, 0); err != nil {
 		return fmt.Errorf("check policy permissions: %w", err)
 	}
@@ -32,6 +38,7 @@ func CheckPerms(path string) error {
 }
 
 type permCheck struct {
+	leafDir  bool // the path checked is a directory
 	seen     map[string]bool
 	problems []error
 }
@@ -62,7 +69,7 @@ func (c *permCheck) walk(path string, hops int) error {
 			}
 			return c.walk(filepath.Join(append([]string{target}, parts[i+1:]...)...), hops+1)
 		}
-		if i < len(parts)-1 {
+		if i < len(parts)-1 || c.leafDir {
 			c.dir(next)
 			cur = next
 			continue

@@ -147,3 +147,66 @@ func TestCheckPerms(t *testing.T) {
 		})
 	}
 }
+
+// TestCheckFilePerms: each drop-in, and policy.d itself, must be root's
+// alone, as the main file must: whoever can write policy.d can add a
+// reservation.
+func TestCheckFilePerms(t *testing.T) {
+	testenv.RequireNetNS(t) // root, to make files of other owners
+	setup := func(t *testing.T) (main, dropIns string) {
+		dir := filepath.Join(t.TempDir(), "etc")
+		dropIns = filepath.Join(dir, "policy.d")
+		for _, d := range []string{dir, dropIns} {
+			if err := os.Mkdir(d, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		main = filepath.Join(dir, "policy.yaml")
+		for _, f := range []string{main, filepath.Join(dropIns, "50-nginx.yaml")} {
+			if err := os.WriteFile(f, []byte("version: 1\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return main, dropIns
+	}
+	check := func(t *testing.T, main string) error {
+		t.Helper()
+		files, err := Files(main)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return CheckFilePerms(files)
+	}
+	main, dropIns := setup(t)
+	if err := check(t, main); err != nil {
+		t.Fatalf("root's files: %v", err)
+	}
+	nginx := filepath.Join(dropIns, "50-nginx.yaml")
+	if err := os.Chmod(nginx, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	if err := check(t, main); err == nil || !strings.Contains(err.Error(), "policy file "+nginx+" is writable by group and others") {
+		t.Errorf("a world-writable drop-in: %v", err)
+	}
+	main, dropIns = setup(t)
+	if err := os.Chmod(dropIns, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := check(t, main); err == nil || !strings.Contains(err.Error(), "directory "+dropIns+" on the way to the policy is writable by group and others") {
+		t.Errorf("a world-writable policy.d: %v", err)
+	}
+	// An empty policy.d is checked too: anyone could fill it.
+	if err := os.Remove(filepath.Join(dropIns, "50-nginx.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	if err := check(t, main); err == nil || !strings.Contains(err.Error(), "directory "+dropIns) {
+		t.Errorf("an empty world-writable policy.d: %v", err)
+	}
+	main, dropIns = setup(t)
+	if err := os.Chown(dropIns, 1000, 1000); err != nil {
+		t.Fatal(err)
+	}
+	if err := check(t, main); err == nil || !strings.Contains(err.Error(), "directory "+dropIns+" on the way to the policy is owned by uid 1000") {
+		t.Errorf("a policy.d owned by a user: %v", err)
+	}
+}

@@ -82,7 +82,9 @@ func resolve(p *policy.Policy, r Resolver, reuse reuser) (*model.Resolved, []int
 	groups := lookups{kind: "group", fn: r.LookupGroup, done: map[string]lookup{}}
 	res := make([]model.Reservation, len(p.Reservations))
 	checkOverlaps := reuse == nil
+	index := make([]int, len(p.Reservations)) // where each is in its file
 	for i, rs := range p.Reservations {
+		index[i] = rs.Index
 		if reuse != nil {
 			old, ok, sameGeometry := reuse(i, rs)
 			if ok {
@@ -91,7 +93,7 @@ func resolve(p *policy.Policy, r Resolver, reuse reuser) (*model.Resolved, []int
 			}
 			checkOverlaps = checkOverlaps || !sameGeometry
 		}
-		field := "reservations[" + strconv.Itoa(i) + "]"
+		field := "reservations[" + strconv.Itoa(rs.Index) + "]"
 		protos := rs.Protocols
 		if !sortedUnique(protos) {
 			protos = slices.Clone(protos)
@@ -117,7 +119,7 @@ func resolve(p *policy.Policy, r Resolver, reuse reuser) (*model.Resolved, []int
 		// meaningful once every name is known. (When every reservation is
 		// one resolved before with the same ports and addresses, the last
 		// check still holds.)
-		overlaps(res, &errs)
+		overlaps(res, index, &errs)
 	}
 	if err := errs.Err(); err != nil {
 		return nil, nil, err
@@ -217,7 +219,7 @@ type overlap struct {
 // overlaps finds every pair of reservations that share a (protocol, port,
 // address). It sweeps sorted port ranges per protocol rather than comparing
 // all pairs, because policies with thousands of reservations are expected.
-func overlaps(res []model.Reservation, errs *policy.Errors) {
+func overlaps(res []model.Reservation, index []int, errs *policy.Errors) {
 	type span struct {
 		lo, hi uint16
 		res    int
@@ -280,7 +282,7 @@ func overlaps(res []model.Reservation, errs *policy.Errors) {
 		} else {
 			msg += " with different owners"
 		}
-		errs.Add(later.Pos, fmt.Sprintf("reservations[%d].ports", k[1]), msg)
+		errs.Add(later.Pos, fmt.Sprintf("reservations[%d].ports", index[k[1]]), msg)
 	}
 }
 

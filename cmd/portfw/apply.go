@@ -107,12 +107,12 @@ func runApply(a *app, args []string) int {
 	c := res.Changes
 	switch {
 	case res.InSync():
-		fmt.Fprintf(a.stdout, "table inet %s already enforces %s (%d reservations); nothing to do\n", p.Table, p.Path, len(p.Resolved.Reservations))
+		fmt.Fprintf(a.stdout, "table inet %s already enforces %s (%d reservations); nothing to do\n", p.Table, planName(p), len(p.Resolved.Reservations))
 	case *dryRun:
-		fmt.Fprintf(a.stdout, "dry run: applying %s to table inet %s would change: %s\n", p.Path, p.Table, summary(c))
+		fmt.Fprintf(a.stdout, "dry run: applying %s to table inet %s would change: %s\n", planName(p), p.Table, summary(c))
 		a.printChanges(c)
 	default:
-		fmt.Fprintf(a.stdout, "applied %s to table inet %s: %d reservations (%s)\n", p.Path, p.Table, len(p.Resolved.Reservations), summary(c))
+		fmt.Fprintf(a.stdout, "applied %s to table inet %s: %d reservations (%s)\n", planName(p), p.Table, len(p.Resolved.Reservations), summary(c))
 		a.printChanges(c)
 	}
 	if res.OldTable != "" {
@@ -150,12 +150,7 @@ func runApply(a *app, args []string) int {
 // that change the result. It checks the file's permissions first: an
 // unchanged policy that someone else may now change is no longer trusted.
 func (a *app) inputs(path string, insecure bool, o hostOptions) (string, error) {
-	if !insecure {
-		if err := resolve.CheckPerms(path); err != nil {
-			return "", err
-		}
-	}
-	data, err := resolve.Read(path)
+	files, err := a.policyFiles(path, insecure)
 	if err != nil {
 		return "", err
 	}
@@ -167,7 +162,14 @@ func (a *app) inputs(path string, insecure bool, o hostOptions) (string, error) 
 	} else {
 		return "", errors.New("the user database cannot say when it changed")
 	}
-	h.Write(data)
+	for _, f := range files {
+		data, err := resolve.Read(f)
+		if err != nil {
+			return "", err
+		}
+		fmt.Fprintf(h, "file %q %d\n", f, len(data))
+		h.Write(data)
+	}
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
@@ -251,9 +253,9 @@ func runDiff(a *app, args []string) int {
 			Guard   engine.GuardChange `json:"bind_guard_change"`
 		}{out, nonNil(res.Sysctls), res.Guard})
 	} else if res.InSync() {
-		fmt.Fprintf(a.stdout, "in sync: table inet %s enforces %s\n", p.Table, p.Path)
+		fmt.Fprintf(a.stdout, "in sync: table inet %s enforces %s\n", p.Table, planName(p))
 	} else {
-		fmt.Fprintf(a.stdout, "table inet %s differs from %s: %s\n", p.Table, p.Path, summary(c))
+		fmt.Fprintf(a.stdout, "table inet %s differs from %s: %s\n", p.Table, planName(p), summary(c))
 		a.printChanges(c)
 		for _, n := range res.Sysctls {
 			fmt.Fprintf(a.stdout, "  sysctl %s\n", n)

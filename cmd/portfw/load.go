@@ -26,25 +26,45 @@ func (a *app) load(path string, insecure bool) (*loaded, error) {
 }
 
 // loadWith is load through l (the daemon's, which parses and resolves only
-// what changed since its last version), or in full when l is nil.
+// what changed since its last version), or in full when l is nil. The
+// policy is its main file and the drop-ins of policy.d beside it.
 func (a *app) loadWith(path string, insecure bool, l *resolve.Loader) (*loaded, error) {
-	if !insecure {
-		if err := resolve.CheckPerms(path); err != nil {
-			return nil, fmt.Errorf("%w\n(a policy anyone but root can change decides who owns which port; --insecure-policy-perms overrides this check)", err)
-		}
+	files, err := a.policyFiles(path, insecure)
+	if err != nil {
+		return nil, err
 	}
+	return a.loadFiles(files, l)
+}
+
+// loadFiles loads the policy of files (the main one first; see loadWith).
+func (a *app) loadFiles(files []string, l *resolve.Loader) (*loaded, error) {
 	var res *model.Resolved
 	var pol *policy.Policy
 	var err error
 	if l != nil {
-		res, pol, err = l.Load()
+		res, pol, err = l.Load(files)
 	} else {
-		res, pol, err = resolve.Load(path, a.resolver())
+		res, pol, err = resolve.LoadFiles(files, a.resolver())
 	}
 	if err != nil {
 		return nil, err
 	}
-	return &loaded{path: path, policy: pol, resolved: res}, nil
+	return &loaded{path: files[0], policy: pol, resolved: res}, nil
+}
+
+// policyFiles lists the policy's files (resolve.Files) and, unless
+// insecure, checks that root alone can change each of them.
+func (a *app) policyFiles(path string, insecure bool) ([]string, error) {
+	files, err := resolve.Files(path)
+	if err != nil {
+		return nil, err
+	}
+	if !insecure {
+		if err := resolve.CheckFilePerms(files); err != nil {
+			return nil, fmt.Errorf("%w\n(a policy anyone but root can change decides who owns which port; --insecure-policy-perms overrides this check)", err)
+		}
+	}
+	return files, nil
 }
 
 // printError prints a policy's problems, one per line, and a summary; any

@@ -35,21 +35,26 @@ const (
 type command struct {
 	name, args, summary string
 	run                 func(a *app, args []string) int
+	// exits documents the exit status, when it says more than 0/1/2.
+	exits string
 }
 
 var commands []command
 
 func init() {
 	commands = []command{
-		{"check", "[-f FILE] [--json]", "validate a policy and say what applying it would do here", runCheck},
-		{"compile", "[-f FILE]", "print the nftables ruleset for a policy (nft -f syntax)", runCompile},
-		{"apply", "[-f FILE] [--dry-run] [--json]", "make the kernel enforce a policy (one atomic transaction)", runApply},
-		{"diff", "[-f FILE] [--json]", "show what apply would change; exit 0 in sync, 1 changes, 2 error", runDiff},
-		{"status", "[-f FILE] [--table NAME] [--json]", "show what is installed, with drop counters", runStatus},
-		{"audit", "[-f FILE] [--json]", "list the sockets on reserved ports; exit 1 when a squatter holds one", runAudit},
-		{"remove", "[-f FILE] [--table NAME]", "delete portfw's table and guard, restore the sysctls it changed", runRemove},
-		{"watch", "[-f FILE] [--log-format text|json] [--remove-on-exit]", "run as a daemon: apply, reload on change, repair drift", runWatch},
-		{"version", "", "print the version", runVersion},
+		{"check", "[-f FILE] [--drop-in FILE [--as NAME]] [--json]", "validate a policy and say what applying it would do here", runCheck,
+			"0 valid; 1 invalid (every problem is listed, file:line:col); 2 bad usage"},
+		{"compile", "[-f FILE]", "print the nftables ruleset for a policy (nft -f syntax)", runCompile, ""},
+		{"apply", "[-f FILE] [--dry-run] [--json]", "make the kernel enforce a policy (one atomic transaction)", runApply, ""},
+		{"diff", "[-f FILE] [--json]", "show what apply would change; exit 0 in sync, 1 changes, 2 error", runDiff,
+			"0 in sync: apply would change nothing; 1 changes: apply would change what is listed; 2 error: no comparison could be made (an invalid policy, no permission, no nftables)"},
+		{"status", "[-f FILE] [--table NAME] [--json]", "show what is installed, with drop counters", runStatus, ""},
+		{"audit", "[-f FILE] [--json]", "list the sockets on reserved ports; exit 1 when a squatter holds one", runAudit,
+			"0 no squatter; 1 a squatter holds a reserved port; 2 error"},
+		{"remove", "[-f FILE] [--table NAME]", "delete portfw's table and guard, restore the sysctls it changed", runRemove, ""},
+		{"watch", "[-f FILE] [--log-format text|json] [--remove-on-exit]", "run as a daemon: apply, reload on change, repair drift", runWatch, ""},
+		{"version", "", "print the version", runVersion, ""},
 	}
 }
 
@@ -128,7 +133,11 @@ func (a *app) flags(name string) *flag.FlagSet {
 	fs.Usage = func() {
 		for _, c := range commands {
 			if c.name == name {
-				fmt.Fprintf(fs.Output(), "Usage: portfw %s %s\n\n%s.\n\nFlags:\n", name, c.args, upperFirst(c.summary))
+				fmt.Fprintf(fs.Output(), "Usage: portfw %s %s\n\n%s.\n", name, c.args, upperFirst(c.summary))
+				if c.exits != "" {
+					fmt.Fprintf(fs.Output(), "\nExit status: %s.\n", c.exits)
+				}
+				fmt.Fprintf(fs.Output(), "\nFlags:\n")
 			}
 		}
 		fs.PrintDefaults()
@@ -154,7 +163,7 @@ func (a *app) parse(fs *flag.FlagSet, args []string) (code int, done bool) {
 }
 
 func fileFlag(fs *flag.FlagSet) *string {
-	p := fs.String("f", defaultPolicy, "policy `file`")
+	p := fs.String("f", defaultPolicy, "policy `file`; the *.yaml drop-ins of policy.d beside it are merged in")
 	fs.StringVar(p, "file", defaultPolicy, "policy `file` (same as -f)")
 	return p
 }

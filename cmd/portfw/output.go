@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"net/netip"
 	"strings"
 
 	"github.com/portfw/portfw/audit"
@@ -71,36 +72,134 @@ type changesJSON struct {
 	Version      int      `json:"version"`
 	Table        string   `json:"table"`
 	Policy       string   `json:"policy"`
+	DropIns      []string `json:"drop_ins"`
 	InSync       bool     `json:"in_sync"`
 	Applied      bool     `json:"applied"`
 	Added        []string `json:"added"`
 	Removed      []string `json:"removed"`
 	Changed      []string `json:"changed"`
 	RulesChanged bool     `json:"rules_changed"`
-	Warnings     []string `json:"warnings"`
-	Notes        []string `json:"notes"`
+	// Plan says what each added, removed or changed reservation gains or
+	// loses; Unlabelled are the kernel's elements of no reservation.
+	Plan       []planJSON  `json:"plan"`
+	Unlabelled []strayJSON `json:"unlabelled"`
+	Rules      []string    `json:"rules"` // rule and setting changes, in words
+	Warnings   []string    `json:"warnings"`
+	Notes      []string    `json:"notes"`
+}
+
+// planJSON is compiler.Detail. Ports and ids are lists of numbers and
+// {"from", "to"} ranges.
+type planJSON struct {
+	Name             string           `json:"name"`
+	Action           compiler.Action  `json:"action"`
+	PortsAdded       []protoPortsJSON `json:"ports_added"`
+	PortsRemoved     []protoPortsJSON `json:"ports_removed"`
+	AddressesAdded   []string         `json:"addresses_added"`
+	AddressesRemoved []string         `json:"addresses_removed"`
+	OwnersAdded      ownersJSON       `json:"owners_added"`
+	OwnersRemoved    ownersJSON       `json:"owners_removed"`
+	ElementsAdded    int              `json:"elements_added"`
+	ElementsRemoved  int              `json:"elements_removed"`
+}
+
+type protoPortsJSON struct {
+	Protocol model.Protocol `json:"protocol"`
+	Ports    []any          `json:"ports"`
+}
+
+type ownersJSON struct {
+	UIDs []any `json:"uids"`
+	GIDs []any `json:"gids"`
+}
+
+// rangeJSON is a range of ports or ids of more than one.
+type rangeJSON struct {
+	From uint32 `json:"from"`
+	To   uint32 `json:"to"`
+}
+
+// strayJSON is an element of no reservation: its set and nft's text of it.
+type strayJSON struct {
+	Set     string `json:"set"`
+	Element string `json:"element"`
+}
+
+func rangesJSON[R model.PortRange | model.IDRange](rs []R) []any {
+	out := make([]any, 0, len(rs))
+	for _, r := range rs {
+		var lo, hi uint32
+		switch r := any(r).(type) {
+		case model.PortRange:
+			lo, hi = uint32(r.Lo), uint32(r.Hi)
+		case model.IDRange:
+			lo, hi = r.Lo, r.Hi
+		}
+		if lo == hi {
+			out = append(out, lo)
+		} else {
+			out = append(out, rangeJSON{lo, hi})
+		}
+	}
+	return out
 }
 
 func newChangesJSON(p *engine.Plan, c compiler.Changes, applied bool) changesJSON {
-	return changesJSON{
-		Version: outputVersion, Table: p.Table, Policy: p.Path, InSync: c.InSync(), Applied: applied,
+	out := changesJSON{
+		Version: outputVersion, Table: p.Table, Policy: p.Path, DropIns: []string{}, InSync: c.InSync(), Applied: applied,
 		Added: nonNil(c.Added), Removed: nonNil(c.Removed), Changed: nonNil(c.Changed),
 		RulesChanged: c.RulesChanged, Warnings: nonNil(p.Warnings()), Notes: nonNil(p.Notes()),
+		Plan: []planJSON{}, Unlabelled: []strayJSON{},
 	}
+	if p.Policy != nil {
+		out.DropIns = nonNil(p.Policy.DropIns)
+	}
+	plan := c.Plan()
+	for _, d := range plan.Reservations {
+		out.Plan = append(out.Plan, planJSON{Name: d.Name, Action: d.Action,
+			PortsAdded: protoPortsOf(d.PortsAdded), PortsRemoved: protoPortsOf(d.PortsRemoved),
+			AddressesAdded: prefixTexts(d.AddressesAdded), AddressesRemoved: prefixTexts(d.AddressesRemoved),
+			OwnersAdded:   ownersJSON{rangesJSON(d.UIDsAdded), rangesJSON(d.GIDsAdded)},
+			OwnersRemoved: ownersJSON{rangesJSON(d.UIDsRemoved), rangesJSON(d.GIDsRemoved)},
+			ElementsAdded: d.ElementsAdded, ElementsRemoved: d.ElementsRemoved})
+	}
+	for _, s := range plan.Unlabelled {
+		text := s.String()
+		out.Unlabelled = append(out.Unlabelled, strayJSON{s.Set, strings.TrimSuffix(strings.TrimPrefix(text, s.Set+" { "), " }")})
+	}
+	out.Rules = nonNil(plan.Rules)
+	return out
 }
 
+func protoPortsOf(pps []compiler.ProtoPorts) []protoPortsJSON {
+	out := make([]protoPortsJSON, 0, len(pps))
+	for _, pp := range pps {
+		out = append(out, protoPortsJSON{pp.Protocol, rangesJSON(pp.Ports)})
+	}
+	return out
+}
+
+func prefixTexts(ps []netip.Prefix) []string {
+	out := make([]string, 0, len(ps))
+	for _, p := range ps {
+		out = append(out, p.String())
+	}
+	return out
+}
+
+// printChanges prints what apply does (or would do), reservation by
+// reservation, as a plan: "~ web: +8443/tcp, owners -uid 1001".
 func (a *app) printChanges(c compiler.Changes) {
-	for _, n := range c.Added {
-		fmt.Fprintf(a.stdout, "  + %s\n", n)
+	plan := c.Plan()
+	sign := map[compiler.Action]string{compiler.ActionAdd: "+", compiler.ActionRemove: "-", compiler.ActionChange: "~"}
+	for _, d := range plan.Reservations {
+		fmt.Fprintf(a.stdout, "  %s %s\n", sign[d.Action], d)
 	}
-	for _, n := range c.Removed {
-		fmt.Fprintf(a.stdout, "  - %s\n", n)
+	for _, s := range plan.Unlabelled {
+		fmt.Fprintf(a.stdout, "  - element %s (in the table but of no reservation: added by hand?)\n", s)
 	}
-	for _, n := range c.Changed {
-		fmt.Fprintf(a.stdout, "  ~ %s\n", n)
-	}
-	if c.RulesChanged {
-		fmt.Fprintf(a.stdout, "  ~ rules (settings or the kinds of reservation in use)\n")
+	for _, r := range plan.Rules {
+		fmt.Fprintf(a.stdout, "  ~ rules: %s\n", r)
 	}
 }
 
@@ -108,7 +207,14 @@ func summary(c compiler.Changes) string {
 	if c.InSync() {
 		return "table unchanged"
 	}
-	return fmt.Sprintf("%d added, %d removed, %d changed", len(c.Added), len(c.Removed), len(c.Changed))
+	s := fmt.Sprintf("%d added, %d removed, %d changed", len(c.Added), len(c.Removed), len(c.Changed))
+	if c.Unlabelled > 0 {
+		s += fmt.Sprintf(", %d elements of no reservation", c.Unlabelled)
+	}
+	if c.RulesChanged {
+		s += ", rules changed"
+	}
+	return s
 }
 
 // guardText is the root-only guard as one line: "81-442,444-1023/tcp+udp".

@@ -8,6 +8,7 @@ import (
 
 	"github.com/portfw/portfw/compiler"
 	"github.com/portfw/portfw/internal/engine"
+	"github.com/portfw/portfw/internal/metrics"
 	"github.com/portfw/portfw/internal/tune"
 	"github.com/portfw/portfw/model"
 )
@@ -20,6 +21,9 @@ type statusJSON struct {
 	InSync       *bool             `json:"in_sync,omitempty"`
 	Reservations []reservationJSON `json:"reservations"`
 	Guard        *reservationJSON  `json:"guard,omitempty"`
+	// Unlabelled are the table's elements of no reservation (added by
+	// hand), as one pseudo-reservation.
+	Unlabelled *reservationJSON `json:"unlabelled,omitempty"`
 	Sysctls      *sysctlsJSON      `json:"sysctls,omitempty"`
 	BindGuard    *bindGuardJSON    `json:"bind_guard,omitempty"`
 	Changes      *tableChangesJSON `json:"changes,omitempty"`
@@ -35,12 +39,18 @@ type reservationJSON struct {
 	Ports          []string `json:"ports"`          // "80,443/tcp", "5060,5070-5079/tcp+udp", "80/tcp@192.0.2.10"
 	UIDs           []string `json:"uids,omitempty"` // "33", "1200-1299"
 	GIDs           []string `json:"gids,omitempty"`
-	DroppedPackets uint64   `json:"dropped_packets"`
+	DroppedPackets uint64   `json:"dropped_packets"` // both directions
 	DroppedBytes   uint64   `json:"dropped_bytes"`
+	// In: to a squatter's port (and SYNs with data); out: from it.
+	DroppedInPackets  uint64 `json:"dropped_in_packets"`
+	DroppedInBytes    uint64 `json:"dropped_in_bytes"`
+	DroppedOutPackets uint64 `json:"dropped_out_packets"`
+	DroppedOutBytes   uint64 `json:"dropped_out_bytes"`
 }
 
 func newReservationJSON(s compiler.Summary) reservationJSON {
-	r := reservationJSON{Name: s.Name, DroppedPackets: s.DroppedPackets, DroppedBytes: s.DroppedBytes}
+	r := reservationJSON{Name: s.Name, DroppedPackets: s.DroppedPackets, DroppedBytes: s.DroppedBytes,
+		DroppedInPackets: s.DroppedIn.Packets, DroppedInBytes: s.DroppedIn.Bytes, DroppedOutPackets: s.DroppedOut.Packets, DroppedOutBytes: s.DroppedOut.Bytes}
 	for _, g := range s.Ports {
 		r.Ports = append(r.Ports, g.String())
 	}
@@ -59,6 +69,7 @@ type tableChangesJSON struct {
 	Removed      []string `json:"removed"`
 	Changed      []string `json:"changed"`
 	RulesChanged bool     `json:"rules_changed"` // chains or set declarations differ
+	Unlabelled   int      `json:"unlabelled"`    // elements of no reservation (added by hand)
 }
 
 // sysctlsJSON is the state of the sysctls portfw manages in this namespace.
@@ -98,10 +109,20 @@ func runStatus(a *app, args []string) int {
 	fs := a.flags("status")
 	path := fileFlag(fs)
 	table := fs.String("table", "", "table `name` (default: the policy's, else the one portfw manages here)")
-	asJSON := fs.Bool("json", false, "print the status as JSON")
+	asJSON := fs.Bool("json", false, "print the status as JSON (same as --format json)")
+	format := fs.String("format", "text", "output `format`: text, json, or prometheus (the drop counters and state, for node_exporter's textfile collector)")
 	o := a.hostFlags(fs, 0)
 	if code, done := a.parse(fs, args); done {
 		return code
+	}
+	switch *format {
+	case "text", "json", "prometheus":
+	default:
+		fmt.Fprintf(a.stderr, "portfw status: --format must be text, json or prometheus, not %q\n", *format)
+		return exitUsage
+	}
+	if *asJSON {
+		*format = "json"
 	}
 	l, err := a.policyFor(fs, *path)
 	if err != nil {
@@ -138,8 +159,12 @@ func runStatus(a *app, args []string) int {
 	if s.Table != nil {
 		for _, sum := range compiler.Summarize(s.Table) {
 			r := newReservationJSON(sum)
-			if r.Name == model.GuardName {
+			switch r.Name {
+			case model.GuardName:
 				st.Guard = &r
+				continue
+			case compiler.Unlabelled:
+				st.Unlabelled = &r
 				continue
 			}
 			st.Reservations = append(st.Reservations, r)
@@ -174,14 +199,26 @@ func runStatus(a *app, args []string) int {
 		in := c.InSync()
 		st.Policy, st.InSync = p.Path, &in
 		if !in {
-			st.Changes = &tableChangesJSON{Added: nonNil(c.Added), Removed: nonNil(c.Removed), Changed: nonNil(c.Changed), RulesChanged: c.RulesChanged}
+			st.Changes = &tableChangesJSON{Added: nonNil(c.Added), Removed: nonNil(c.Removed), Changed: nonNil(c.Changed), RulesChanged: c.RulesChanged, Unlabelled: c.Unlabelled}
 		}
 	}
-	if *asJSON {
+	switch *format {
+	case "json":
 		writeJSON(a.stdout, st)
-		return exitOK
+	case "prometheus":
+		var sums []compiler.Summary
+		if s.Table != nil {
+			sums = compiler.Summarize(s.Table)
+		}
+		err := metrics.WriteText(a.stdout, metrics.Text{Version: version, Table: name, Installed: st.Installed, Drops: sums,
+			GuardActive: st.Layers.BindGuard, InSync: st.InSync})
+		if err != nil {
+			a.printError("status", *path, err)
+			return exitUsage
+		}
+	default:
+		a.printStatus(st)
 	}
-	a.printStatus(st)
 	return exitOK
 }
 
@@ -229,6 +266,11 @@ func (a *app) printStatus(st statusJSON) {
 			fmt.Fprintf(w, "bind guard: left alone: %s\n", f)
 		}
 	}
+	if u := st.Unlabelled; u != nil {
+		owners := append(prefixAll("uid ", u.UIDs), prefixAll("gid ", u.GIDs)...)
+		fmt.Fprintf(w, "elements of no reservation (added by hand; apply removes them): ports %s, owners %s, %d packets dropped\n",
+			orNone(strings.Join(u.Ports, ",")), orNone(strings.Join(owners, ",")), u.DroppedPackets)
+	}
 	fmt.Fprintf(w, "layers: %s\n", layersText(st.Layers))
 	if len(st.Reservations) == 0 {
 		return
@@ -236,9 +278,16 @@ func (a *app) printStatus(st statusJSON) {
 	fmt.Fprintf(w, "\n%-16s %-28s %-20s %s\n", "RESERVATION", "PORTS", "OWNERS", "DROPPED")
 	for _, r := range st.Reservations {
 		owners := append(prefixAll("uid ", r.UIDs), prefixAll("gid ", r.GIDs)...)
-		fmt.Fprintf(w, "%-16s %-28s %-20s %d packets, %d bytes\n", r.Name, clip(strings.Join(r.Ports, ","), 28),
-			clip(strings.Join(owners, ","), 20), r.DroppedPackets, r.DroppedBytes)
+		fmt.Fprintf(w, "%-16s %-28s %-20s %d packets, %d bytes (in %d, out %d)\n", r.Name, clip(strings.Join(r.Ports, ","), 28),
+			clip(strings.Join(owners, ","), 20), r.DroppedPackets, r.DroppedBytes, r.DroppedInPackets, r.DroppedOutPackets)
 	}
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
 }
 
 func prefixAll(p string, xs []string) []string {

@@ -4,13 +4,17 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
 
+	"github.com/portfw/portfw/internal/metrics"
 	"github.com/portfw/portfw/internal/watch"
 	"github.com/portfw/portfw/model"
 	"github.com/portfw/portfw/nft"
@@ -27,6 +31,7 @@ func runWatch(a *app, args []string) int {
 	debounce := fs.Duration("debounce", 10*time.Millisecond, "quiet time before acting on a burst of file or kernel events")
 	recheck := fs.Duration("recheck", 30*time.Second, "how often to compare the kernel with the policy even without events")
 	auditEvery := fs.Duration("audit-interval", time.Minute, "how often to look for squatters and sweep the guard entries of deleted namespaces (0: never)")
+	metricsAddr := fs.String("metrics-address", "", "serve Prometheus metrics at /metrics and a health check at /healthz on `HOST:PORT` (off when empty)")
 	o := a.hostFlags(fs, 0)
 	if code, done := a.parse(fs, args); done {
 		return code
@@ -62,15 +67,37 @@ func runWatch(a *app, args []string) int {
 		audit = -1
 	}
 	// The daemon parses and resolves only the reservations an edit touched.
-	loader := resolve.NewLoader(*path, a.resolver())
+	loader := resolve.NewLoader(a.resolver())
 	var watchFiles []string
 	forget := loader.Forget
 	if s, ok := a.resolver().(*resolve.System); ok {
 		watchFiles = s.Files()
 		forget = func() { s.Forget(); loader.Forget() }
 	}
+	var observer watch.Observer
+	if *metricsAddr != "" {
+		src := metrics.Source{Gen: e.Host.Tables.Gen, Drops: e.Drops}
+		if l, ok := e.Host.Lock.(interface{ Held() error }); ok {
+			src.LockHeld = l.Held
+		}
+		m := metrics.New(version, src)
+		ln, err := net.Listen("tcp", *metricsAddr)
+		if err != nil {
+			log.Error("serve metrics", "err", err)
+			return exitUsage
+		}
+		srv := &http.Server{Handler: m.Handler(), ReadHeaderTimeout: 5 * time.Second}
+		go srv.Serve(ln)
+		defer srv.Close()
+		log.Info("serving metrics", "address", ln.Addr().String())
+		observer = m
+	}
+	var watchdog time.Duration
+	if every, err := daemon.SdWatchdogEnabled(false); err == nil && every > 0 {
+		watchdog = every / 2
+	}
 	d, err := watch.New(watch.Config{
-		Path: *path, Engine: e, Log: log, KernelChanges: changes, Reload: hup, Forget: forget,
+		Path: *path, DropIns: absPath(resolve.DropInDir(*path)), Engine: e, Log: log, KernelChanges: changes, Reload: hup, Forget: forget,
 		Load: func(path string) (*policy.Policy, *model.Resolved, error) {
 			l, err := a.loadWith(path, *insecure, loader)
 			if err != nil {
@@ -80,7 +107,7 @@ func runWatch(a *app, args []string) int {
 		},
 		Notify:   func(s string) { daemon.SdNotify(false, s) },
 		Debounce: *debounce, Recheck: *recheck, AuditInterval: audit,
-		RemoveOnExit: *removeOnExit, WatchFiles: watchFiles,
+		RemoveOnExit: *removeOnExit, WatchFiles: watchFiles, Observer: observer, Watchdog: watchdog,
 	})
 	if err != nil {
 		log.Error("start", "err", err)
@@ -92,4 +119,13 @@ func runWatch(a *app, args []string) int {
 		return exitNo
 	}
 	return exitOK
+}
+
+// absPath is path made absolute (fsnotify names events by the absolute
+// directories watched), or path when that fails.
+func absPath(path string) string {
+	if abs, err := filepath.Abs(path); err == nil {
+		return abs
+	}
+	return path
 }

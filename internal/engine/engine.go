@@ -542,6 +542,16 @@ func hostDigest(h tune.Host) string {
 	return hex.EncodeToString(sum[:16])
 }
 
+// Drops reads the drop counters of the table (its drop sets alone), by
+// reservation.
+func (e *Engine) Drops(table string) ([]compiler.Summary, error) {
+	rs, err := e.Host.Tables.ReadSets(table, func(set string) bool { return compiler.DropDirection(set) != "" })
+	if err != nil {
+		return nil, err
+	}
+	return compiler.Summarize(rs), nil
+}
+
 // Unchanged reports whether applying the policy of these inputs again would
 // change nothing, without parsing it: the last sync recorded the same
 // inputs, nobody committed to the ruleset since, the sysctls are as it saw

@@ -79,3 +79,17 @@ func holderOf(path string) string {
 	}
 	return "pid unknown"
 }
+
+// Held checks that this process still holds the lock: the lock file is
+// there and names it. Deleting /run/portfw under a running daemon would let
+// a second one lock a new file.
+func (d Dir) Held() error {
+	b, err := os.ReadFile(d.lockPath())
+	if err != nil {
+		return err
+	}
+	if pid := strings.TrimSpace(string(b)); pid != strconv.Itoa(os.Getpid()) {
+		return fmt.Errorf("lock %s names pid %q, not this process", d.lockPath(), pid)
+	}
+	return nil
+}

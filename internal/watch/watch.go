@@ -19,6 +19,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -26,13 +27,17 @@ import (
 	"github.com/portfw/portfw/audit"
 	"github.com/portfw/portfw/internal/clock"
 	"github.com/portfw/portfw/internal/engine"
+	"github.com/portfw/portfw/internal/metrics"
 	"github.com/portfw/portfw/model"
 	"github.com/portfw/portfw/policy"
 )
 
 // Config is what the daemon needs; zero durations take the defaults.
 type Config struct {
-	Path   string
+	Path string
+	// DropIns is the directory of the policy's drop-ins (policy.d beside
+	// Path); its *.yaml files are part of the policy. May be empty.
+	DropIns string
 	Engine *engine.Engine
 	// Load reads, checks and resolves the policy at path.
 	Load func(path string) (*policy.Policy, *model.Resolved, error)
@@ -61,6 +66,25 @@ type Config struct {
 	// Idle, when set, is called each time the daemon waits for work
 	// (tests).
 	Idle func()
+	// Observer, when set, hears of reloads, repairs, audits and the
+	// daemon's state (the metrics).
+	Observer Observer
+	// Watchdog, when not zero, is how often to tell systemd the loop is
+	// alive ("WATCHDOG=1"): half of WatchdogSec=.
+	Watchdog time.Duration
+}
+
+// Observer hears what the daemon does.
+type Observer interface {
+	// Reloaded counts a reload: "applied", "unchanged", "invalid" or
+	// "failed"; took runs from the first file event of the edit to the
+	// commit (zero when there was none to time).
+	Reloaded(result string, took time.Duration)
+	Repaired()
+	// Audited reports the squatters of a periodic audit by reservation.
+	Audited(byReservation map[string]int)
+	// Set reports the daemon's state after each reload and check.
+	Set(metrics.State)
 }
 
 // errorRepeat is how often a failure that keeps happening is logged again.
@@ -76,6 +100,10 @@ type Daemon struct {
 	tracker  audit.Tracker
 	// loadTook is how long the last load (read, parse, resolve) took.
 	loadTook time.Duration
+	// editAt is when the first file event of the edit being reloaded came.
+	editAt time.Time
+	// appliedAt is when the policy in force was last applied.
+	appliedAt time.Time
 	// lastGen is the ruleset generation of the daemon's own last commit
 	// (or check): a change notification whose generation is still this
 	// one is the daemon's own.
@@ -121,16 +149,16 @@ func (d *Daemon) Run(ctx context.Context) error {
 	defer unlock()
 	events := d.cfg.FileEvents
 	var watchErrs <-chan error
+	var files *dirWatcher
 	if events == nil {
 		w, err := fsnotify.NewWatcher()
 		if err != nil {
 			return fmt.Errorf("watch policy: %w", err)
 		}
 		defer w.Close()
-		for _, dir := range d.watchDirs() {
-			if err := w.Add(dir); err != nil {
-				return fmt.Errorf("watch %s: %w", dir, err)
-			}
+		files = &dirWatcher{w: w, log: d.cfg.Log, inodes: map[string]uint64{}}
+		if err := files.sync(d.watchDirs(), true); err != nil {
+			return err
 		}
 		names := make(chan string)
 		go func() {
@@ -163,6 +191,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 		d.audit()
 	}
 	changes := d.cfg.KernelChanges
+	var watchdog <-chan time.Time
+	if d.cfg.Watchdog > 0 {
+		t := clk.NewTicker(d.cfg.Watchdog)
+		defer t.Stop()
+		watchdog = t.C()
+	}
 	for {
 		if d.cfg.Idle != nil {
 			d.cfg.Idle()
@@ -175,6 +209,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 				return errors.New("watch policy: file watcher closed")
 			}
 			if d.relevant(name) {
+				if d.editAt.IsZero() {
+					d.editAt = clk.Now()
+				}
 				reloadT.Reset(d.cfg.Debounce)
 			}
 		case err := <-watchErrs:
@@ -183,6 +220,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 			reloadT.Reset(d.cfg.Debounce)
 		case <-reloadT.C():
 			d.reload("file changed")
+			d.editAt = time.Time{}
+			// A policy.d made (or swapped by a ConfigMap) since: watch
+			// it, and read it once more, for what was written into it
+			// before the watch began.
+			if files != nil && files.sync(d.watchDirs(), false) != nil {
+				reloadT.Reset(d.cfg.Debounce)
+			}
 		case <-d.cfg.Reload:
 			d.cfg.Notify("RELOADING=1")
 			if d.cfg.Forget != nil {
@@ -202,17 +246,29 @@ func (d *Daemon) Run(ctx context.Context) error {
 			d.enforce("periodic check")
 		case <-auditC:
 			d.audit()
+		case <-watchdog:
+			// Only the loop sends it: a loop stuck in a reload or a
+			// kernel call stops the pings, and systemd restarts it.
+			d.cfg.Notify("WATCHDOG=1")
 		}
 	}
 }
 
 // watchDirs are the directories to watch: editors replace files by
 // rename and Kubernetes swaps a ..data symlink, so the file itself is
-// never the thing to watch.
+// never the thing to watch. The policy's directory is watched for the
+// main file (and for policy.d coming and going), policy.d for the
+// drop-ins, and each one's real directory when it is a symbolic link.
 func (d *Daemon) watchDirs() []string {
 	dirs := []string{filepath.Dir(d.cfg.Path)}
 	if real, err := filepath.EvalSymlinks(d.cfg.Path); err == nil {
 		dirs = append(dirs, filepath.Dir(real))
+	}
+	if d.cfg.DropIns != "" {
+		dirs = append(dirs, d.cfg.DropIns)
+		if real, err := filepath.EvalSymlinks(d.cfg.DropIns); err == nil {
+			dirs = append(dirs, real)
+		}
 	}
 	for _, f := range d.cfg.WatchFiles {
 		dirs = append(dirs, filepath.Dir(f))
@@ -222,7 +278,7 @@ func (d *Daemon) watchDirs() []string {
 	for _, dir := range dirs {
 		if abs, err := filepath.Abs(dir); err == nil && !seen[abs] {
 			seen[abs] = true
-			if _, err := os.Stat(abs); err == nil {
+			if fi, err := os.Stat(abs); err == nil && fi.IsDir() {
 				out = append(out, abs)
 			}
 		}
@@ -230,9 +286,66 @@ func (d *Daemon) watchDirs() []string {
 	return out
 }
 
+// dirWatcher keeps an fsnotify watch on each of a changing list of
+// directories.
+type dirWatcher struct {
+	w      *fsnotify.Watcher
+	log    *slog.Logger
+	inodes map[string]uint64 // watched directory -> its inode when watched
+}
+
+// sync watches exactly dirs. A directory replaced since it was watched
+// (a ConfigMap's swap leaves the path but not the directory) is watched
+// anew. It returns errNewWatch when it began watching a directory, unless
+// first, and an error only when first (at start, not watching the policy
+// is fatal; later it is logged and retried at the next event).
+func (fw *dirWatcher) sync(dirs []string, first bool) error {
+	var added bool
+	want := map[string]bool{}
+	for _, dir := range dirs {
+		want[dir] = true
+		ino := inode(dir)
+		if old, ok := fw.inodes[dir]; ok && old == ino {
+			continue
+		} else if ok {
+			_ = fw.w.Remove(dir)
+		}
+		if err := fw.w.Add(dir); err != nil {
+			if first {
+				return fmt.Errorf("watch %s: %w", dir, err)
+			}
+			fw.log.Warn("cannot watch a policy directory; its changes are seen at the next event or check", "dir", dir, "err", err)
+			continue
+		}
+		fw.inodes[dir] = ino
+		added = true
+	}
+	for dir := range fw.inodes {
+		if !want[dir] {
+			_ = fw.w.Remove(dir)
+			delete(fw.inodes, dir)
+		}
+	}
+	if added && !first {
+		return errNewWatch
+	}
+	return nil
+}
+
+var errNewWatch = errors.New("a directory is newly watched")
+
+func inode(path string) uint64 {
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		return 0
+	}
+	return st.Ino
+}
+
 // relevant picks the events that can change what the policy means: the
 // policy file by name, Kubernetes' ..data swaps, the file a symlinked
-// policy points to, and the user database. Editor swap files are not.
+// policy points to, policy.d itself and its *.yaml drop-ins, and the user
+// database. Editor swap files and other hidden files are not.
 func (d *Daemon) relevant(name string) bool {
 	base := filepath.Base(name)
 	if name == d.cfg.Path || base == filepath.Base(d.cfg.Path) || strings.HasPrefix(base, "..") {
@@ -240,6 +353,16 @@ func (d *Daemon) relevant(name string) bool {
 	}
 	if real, err := filepath.EvalSymlinks(d.cfg.Path); err == nil && name == real {
 		return true
+	}
+	if dir := d.cfg.DropIns; dir != "" {
+		if name == dir {
+			return true
+		}
+		parent := filepath.Dir(name)
+		real, _ := filepath.EvalSymlinks(dir)
+		if (parent == dir || parent == real) && strings.HasSuffix(base, ".yaml") && !strings.HasPrefix(base, ".") {
+			return true
+		}
 	}
 	for _, f := range d.cfg.WatchFiles {
 		if name == f {
@@ -266,6 +389,7 @@ func (d *Daemon) reload(reason string) {
 			}
 			d.cfg.Log.Error("policy rejected; "+state, "reason", reason, "policy", d.cfg.Path, "errors", errorList(err))
 		}
+		d.observe(func(o Observer) { o.Reloaded("invalid", 0) })
 		d.notifyStatus()
 		return
 	}
@@ -309,9 +433,13 @@ func (d *Daemon) enforce(reason string) {
 	}
 	e := d.cfg.Engine
 	start := d.cfg.Clock.Now()
+	reloading := reason == "file changed" || reason == "SIGHUP" || reason == "start"
 	p, err := e.Prepare(d.cfg.Path, d.goodPol, d.good)
 	if err != nil {
 		d.fail("policy cannot be enforced here; the kernel was not changed", reason, err)
+		if reloading {
+			d.observe(func(o Observer) { o.Reloaded("failed", 0) })
+		}
 		return
 	}
 	if reason == "start" {
@@ -331,6 +459,9 @@ func (d *Daemon) enforce(reason string) {
 	var partial *engine.PartialError
 	if err != nil && !errors.As(err, &partial) {
 		d.fail("apply failed", reason, err)
+		if reloading {
+			d.observe(func(o Observer) { o.Reloaded("failed", 0) })
+		}
 		return
 	}
 	if st, serr := e.Host.State.Load(); serr == nil {
@@ -342,6 +473,23 @@ func (d *Daemon) enforce(reason string) {
 		d.recovered(reason)
 	}
 	d.report(r)
+	if !r.InSync() {
+		d.appliedAt = d.cfg.Clock.Now()
+	} else if d.appliedAt.IsZero() {
+		d.appliedAt = d.cfg.Clock.Now()
+	}
+	switch {
+	case reloading && r.InSync():
+		d.observe(func(o Observer) { o.Reloaded("unchanged", 0) })
+	case reloading:
+		took := time.Duration(0)
+		if !d.editAt.IsZero() && reason == "file changed" {
+			took = d.cfg.Clock.Now().Sub(d.editAt)
+		}
+		d.observe(func(o Observer) { o.Reloaded("applied", took) })
+	case !r.InSync():
+		d.observe(func(o Observer) { o.Repaired() })
+	}
 	if r.InSync() {
 		if reason == "start" || reason == "SIGHUP" || reason == "file changed" {
 			d.cfg.Log.Info("policy in force", "reason", reason, "policy", d.cfg.Path,
@@ -414,9 +562,17 @@ func (d *Daemon) audit() {
 		if err != nil {
 			d.cfg.Log.Warn("audit failed", "err", err)
 		} else {
-			for _, f := range d.tracker.New(audit.Classify(d.plan.Resolved, socks)) {
+			rep := audit.Classify(d.plan.Resolved, socks)
+			for _, f := range d.tracker.New(rep) {
 				d.cfg.Log.Warn("squatter on a reserved port (its traffic is dropped)", "finding", f.String())
 			}
+			counts := map[string]int{}
+			for _, f := range rep.Findings {
+				if f.Verdict == audit.Squatter {
+					counts[f.Reservation]++
+				}
+			}
+			d.observe(func(o Observer) { o.Audited(counts) })
 		}
 	}
 	if d.plan.Guard.On {
@@ -447,6 +603,18 @@ func (d *Daemon) notifyStatus() {
 		status = status[:200]
 	}
 	d.cfg.Notify("READY=1\nSTATUS=" + status)
+	st := metrics.State{Policy: d.cfg.Path, Gen: d.lastGen, Failure: d.failure, AppliedAt: d.appliedAt}
+	if d.good != nil && d.plan != nil {
+		st.Reservations, st.Table, st.GuardOn = len(d.good.Reservations), d.plan.Table, d.plan.Guard.On
+		st.Enforced = d.lastGen != 0
+	}
+	d.observe(func(o Observer) { o.Set(st) })
+}
+
+func (d *Daemon) observe(f func(Observer)) {
+	if d.cfg.Observer != nil {
+		f(d.cfg.Observer)
+	}
 }
 
 func (d *Daemon) stop() error {

@@ -480,3 +480,28 @@ func TestFileWatcher(t *testing.T) {
 	}
 	waitFor("tcp . 8090")
 }
+
+// TestRelevant: the events that may change the policy are the main file,
+// policy.d and its *.yaml drop-ins (and Kubernetes' ..data swaps); editors'
+// and tools' temporary files are not.
+func TestRelevant(t *testing.T) {
+	d := &Daemon{cfg: Config{Path: "/etc/portfw/policy.yaml", DropIns: "/etc/portfw/policy.d", WatchFiles: []string{"/etc/passwd"}}}
+	for name, want := range map[string]bool{
+		"/etc/portfw/policy.yaml":                    true,
+		"/etc/portfw/..data":                         true,
+		"/etc/portfw/policy.d":                       true,
+		"/etc/portfw/policy.d/50-nginx.yaml":         true,
+		"/etc/portfw/policy.d/..data":                true,
+		"/etc/portfw/policy.d/.50-nginx.yaml.swp":    false,
+		"/etc/portfw/policy.d/50-nginx.yaml~":        false,
+		"/etc/portfw/policy.d/.ansible_tmpab12.yaml": false,
+		"/etc/portfw/policy.d/README":                false,
+		"/etc/portfw/other.yaml":                     false,
+		"/etc/passwd":                                true,
+		"/etc/shadow":                                false,
+	} {
+		if got := d.relevant(name); got != want {
+			t.Errorf("relevant(%s) = %v, want %v", name, got, want)
+		}
+	}
+}

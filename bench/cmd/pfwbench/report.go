@@ -84,8 +84,8 @@ type report struct {
 	dir       string
 	machine   [][2]string
 	commands  string
-	bindguard string           // Markdown written by bench/bindguard
-	runs      map[string][]run // "variant/proto"
+	bindguard string               // Markdown written by bench/bindguard
+	runs      map[string][]run     // "variant/proto"
 	apply     map[string][]float64 // "size/tool" -> wall ms
 	rss       map[string][]float64 // "size/tool" -> peak RSS KiB
 	setup     map[string]float64

@@ -1,0 +1,466 @@
+package compiler
+
+import (
+	"cmp"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/portfw/portfw/model"
+)
+
+// Plan says in the admin's terms what a Changes does: for each reservation
+// added, removed or changed, the ports (by protocol), addresses and owners
+// it gains or loses; the elements in the kernel that belong to no
+// reservation (added by hand); and the rule and setting changes, in words.
+// It is worked out only when asked for (Changes.Plan): a daemon reloading
+// 10k reservations never needs it.
+type Plan struct {
+	Reservations []Detail // by name
+	Unlabelled   []Stray  // in set order, then element order
+	Rules        []string
+}
+
+// Detail is what a change does to one reservation. For an added one
+// everything is "added", for a removed one "removed".
+type Detail struct {
+	Name                             string
+	Action                           Action
+	PortsAdded, PortsRemoved         []ProtoPorts
+	AddressesAdded, AddressesRemoved []netip.Prefix
+	UIDsAdded, UIDsRemoved           []model.IDRange
+	GIDsAdded, GIDsRemoved           []model.IDRange
+	// ElementsAdded and ElementsRemoved count the elements that differ
+	// when nothing above does: a table edited by hand (one of a
+	// reservation's drop elements deleted, say).
+	ElementsAdded, ElementsRemoved int
+}
+
+// Action is what happens to a reservation.
+type Action string
+
+const (
+	ActionAdd    Action = "add"
+	ActionRemove Action = "remove"
+	ActionChange Action = "change"
+)
+
+// ProtoPorts is ports of one protocol.
+type ProtoPorts struct {
+	Protocol model.Protocol
+	Ports    model.Ports
+}
+
+// Stray is an element of portfw's table that names no reservation: apply
+// removes it.
+type Stray struct {
+	Set     string
+	Element Element
+}
+
+// planSource is what a Plan is worked out from: the two rulesets (the
+// kernel's and the policy's), or the two resolved policies, or both.
+type planSource struct {
+	oldRS, newRS *Ruleset
+	oldM, newM   *model.Resolved
+}
+
+// Plan works out what the changes do (see Plan). Changes made by hand
+// (not by Diff, Compare or Change) have no plan.
+func (c Changes) Plan() Plan {
+	var p Plan
+	src := c.src
+	if src == nil {
+		return p
+	}
+	var olds, news map[string][]setElement
+	if src.oldRS != nil || src.newRS != nil {
+		olds, news = groupElements(src.oldRS), groupElements(src.newRS)
+		p.Unlabelled = strays(src.oldRS)
+	} else {
+		olds, news = modelElements(src.oldM, c), modelElements(src.newM, c)
+	}
+	add := func(names []string, a Action) {
+		for _, n := range names {
+			p.Reservations = append(p.Reservations, detail(n, a, olds[n], news[n]))
+		}
+	}
+	add(c.Added, ActionAdd)
+	add(c.Removed, ActionRemove)
+	add(c.Changed, ActionChange)
+	slices.SortFunc(p.Reservations, func(a, b Detail) int { return cmp.Compare(a.Name, b.Name) })
+	if src.oldM != nil && src.newM != nil {
+		p.Rules = settingChanges(src.oldM.Settings, src.newM.Settings)
+	}
+	if c.RulesChanged {
+		p.Rules = append(p.Rules, ruleChanges(src.oldRS, src.newRS)...)
+	}
+	return p
+}
+
+// setElement is an element and the set it is in.
+type setElement struct {
+	set string
+	e   Element
+}
+
+// groupElements groups a ruleset's elements by reservation (comment).
+func groupElements(rs *Ruleset) map[string][]setElement {
+	m := map[string][]setElement{}
+	if rs == nil {
+		return m
+	}
+	for _, s := range rs.Sets {
+		for _, e := range s.Elements {
+			m[e.Comment] = append(m[e.Comment], setElement{s.Name, e.Key()})
+		}
+	}
+	return m
+}
+
+// modelElements compiles the reservations c names, as Compile would.
+func modelElements(r *model.Resolved, c Changes) map[string][]setElement {
+	m := map[string][]setElement{}
+	if r == nil {
+		return m
+	}
+	var all []*model.Reservation
+	for _, names := range [][]string{c.Added, c.Removed, c.Changed} {
+		for _, n := range names {
+			if n == model.GuardName {
+				for i := range r.Guard {
+					all = append(all, &r.Guard[i])
+				}
+			} else if i, ok := sort.Find(len(r.Reservations), func(i int) int { return cmp.Compare(n, r.Reservations[i].Name) }); ok {
+				all = append(all, &r.Reservations[i])
+			}
+		}
+	}
+	for _, res := range all {
+		eachElement(res, r.Settings.AllowRoot, func(set int, e Element) {
+			m[res.Name] = append(m[res.Name], setElement{specs[set].name, e.Key()})
+		})
+	}
+	return m
+}
+
+// strays are the elements of rs that name no reservation.
+func strays(rs *Ruleset) []Stray {
+	var out []Stray
+	if rs == nil {
+		return nil
+	}
+	for _, s := range rs.Sets {
+		for _, e := range s.Elements {
+			if e.Comment == "" {
+				out = append(out, Stray{s.Name, e.Key()})
+			}
+		}
+	}
+	return out
+}
+
+// footprint is what a reservation's elements say it is.
+type footprint struct {
+	ports      map[model.Protocol]model.Ports
+	addrs      []netip.Prefix
+	uids, gids []model.IDRange
+}
+
+// setKinds says what each set's elements say: a reserved (protocol, port,
+// address), or an owner.
+var setKinds = func() map[string]int {
+	m := map[string]int{}
+	for i, sp := range specs {
+		switch i {
+		case setRes, setResR, setRes4, setRes6:
+			m[sp.name] = kindReserved
+		case setOwnUID, setOwnUIDR, setOwn4UID, setOwn6UID:
+			m[sp.name] = kindUID
+		case setOwnGID, setOwnGIDR, setOwn4GID, setOwn6GID:
+			m[sp.name] = kindGID
+		}
+	}
+	return m
+}()
+
+const (
+	kindOther = iota
+	kindReserved
+	kindUID
+	kindGID
+)
+
+func footprintOf(es []setElement) footprint {
+	f := footprint{ports: map[model.Protocol]model.Ports{}}
+	for _, se := range es {
+		switch setKinds[se.set] {
+		case kindReserved:
+			f.ports[se.e.Proto] = append(f.ports[se.e.Proto], se.e.Ports)
+			if se.e.Addr.IsValid() {
+				f.addrs = append(f.addrs, se.e.Addr)
+			}
+		case kindUID:
+			f.uids = append(f.uids, se.e.ID)
+		case kindGID:
+			f.gids = append(f.gids, se.e.ID)
+		}
+	}
+	for p, ps := range f.ports {
+		f.ports[p] = model.NewPorts(ps...)
+	}
+	f.addrs = uniquePrefixes(f.addrs)
+	f.uids, f.gids = model.MergeIDs(f.uids), model.MergeIDs(f.gids)
+	return f
+}
+
+func uniquePrefixes(ps []netip.Prefix) []netip.Prefix {
+	slices.SortFunc(ps, func(a, b netip.Prefix) int {
+		return cmp.Or(a.Addr().Compare(b.Addr()), cmp.Compare(a.Bits(), b.Bits()))
+	})
+	return slices.Compact(ps)
+}
+
+func detail(name string, a Action, olds, news []setElement) Detail {
+	d := Detail{Name: name, Action: a}
+	o, n := footprintOf(olds), footprintOf(news)
+	for _, pi := range model.Protocols() {
+		if add := n.ports[pi.Protocol].Minus(o.ports[pi.Protocol]); len(add) > 0 {
+			d.PortsAdded = append(d.PortsAdded, ProtoPorts{pi.Protocol, add})
+		}
+		if del := o.ports[pi.Protocol].Minus(n.ports[pi.Protocol]); len(del) > 0 {
+			d.PortsRemoved = append(d.PortsRemoved, ProtoPorts{pi.Protocol, del})
+		}
+	}
+	d.AddressesAdded, d.AddressesRemoved = minusPrefixes(n.addrs, o.addrs), minusPrefixes(o.addrs, n.addrs)
+	d.UIDsAdded, d.UIDsRemoved = model.MinusIDs(n.uids, o.uids), model.MinusIDs(o.uids, n.uids)
+	d.GIDsAdded, d.GIDsRemoved = model.MinusIDs(n.gids, o.gids), model.MinusIDs(o.gids, n.gids)
+	if a == ActionChange && d.empty() {
+		had := map[setElement]bool{}
+		for _, se := range olds {
+			had[se] = true
+		}
+		for _, se := range news {
+			if had[se] {
+				delete(had, se)
+			} else {
+				d.ElementsAdded++
+			}
+		}
+		d.ElementsRemoved = len(had)
+	}
+	return d
+}
+
+func (d Detail) empty() bool {
+	return len(d.PortsAdded)+len(d.PortsRemoved)+len(d.AddressesAdded)+len(d.AddressesRemoved)+
+		len(d.UIDsAdded)+len(d.UIDsRemoved)+len(d.GIDsAdded)+len(d.GIDsRemoved) == 0
+}
+
+func minusPrefixes(a, b []netip.Prefix) []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range a {
+		if !slices.Contains(b, p) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// settingChanges says which settings the rules depend on differ.
+func settingChanges(a, b model.Settings) []string {
+	var out []string
+	if a.Table != b.Table {
+		out = append(out, fmt.Sprintf("settings.table: %s -> %s (the old table is removed)", a.Table, b.Table))
+	}
+	if a.AllowRoot != b.AllowRoot {
+		out = append(out, fmt.Sprintf("settings.allow_root: %v -> %v", a.AllowRoot, b.AllowRoot))
+	}
+	if a.Log != b.Log {
+		out = append(out, fmt.Sprintf("settings.log: %s -> %s", logText(a.Log), logText(b.Log)))
+	}
+	if a.MarkOwned != b.MarkOwned {
+		out = append(out, fmt.Sprintf("settings.marks.owned: %#08x -> %#08x", a.MarkOwned, b.MarkOwned))
+	}
+	if a.MarkSquatted != b.MarkSquatted {
+		out = append(out, fmt.Sprintf("settings.marks.squatted: %#08x -> %#08x", a.MarkSquatted, b.MarkSquatted))
+	}
+	return out
+}
+
+func logText(l model.LogRate) string {
+	if !l.Enabled() {
+		return "off"
+	}
+	return "rate " + l.String()
+}
+
+// ruleChanges says how two rulesets differ in anything but elements: the
+// sets and chains created or deleted, and the rules each chain gains or
+// loses, as nft writes them.
+func ruleChanges(old, new *Ruleset) []string {
+	if new == nil {
+		return nil
+	}
+	if old == nil {
+		return []string{fmt.Sprintf("table inet %s is created", new.Table)}
+	}
+	var out []string
+	if old.Table != new.Table {
+		out = append(out, fmt.Sprintf("table inet %s is replaced by table inet %s", old.Table, new.Table))
+	}
+	oldSets := map[string]*Set{}
+	for _, s := range old.Sets {
+		oldSets[s.Name] = s
+	}
+	for _, s := range new.Sets {
+		switch o := oldSets[s.Name]; {
+		case o == nil:
+			out = append(out, "set "+s.Name+" is created")
+		case !slices.Equal(o.Fields, s.Fields) || o.Interval != s.Interval || o.Counter != s.Counter:
+			out = append(out, "set "+s.Name+" is declared anew")
+		}
+		delete(oldSets, s.Name)
+	}
+	for _, s := range old.Sets {
+		if oldSets[s.Name] != nil {
+			out = append(out, "set "+s.Name+" is deleted")
+		}
+	}
+	oldChains := map[string]*Chain{}
+	for _, c := range old.Chains {
+		oldChains[c.Name] = c
+	}
+	for _, c := range new.Chains {
+		o := oldChains[c.Name]
+		delete(oldChains, c.Name)
+		if o == nil {
+			out = append(out, "chain "+c.Name+" is created")
+			continue
+		}
+		if o.Hook != c.Hook {
+			out = append(out, fmt.Sprintf("chain %s: hook %q -> %q", c.Name, o.Hook, c.Hook))
+		}
+		had := map[string]int{}
+		for _, r := range o.Rules {
+			had[RuleText(r)]++
+		}
+		var added []string
+		for _, r := range c.Rules {
+			t := RuleText(r)
+			if had[t] > 0 {
+				had[t]--
+			} else {
+				added = append(added, t)
+			}
+		}
+		for _, r := range o.Rules {
+			if t := RuleText(r); had[t] > 0 {
+				had[t]--
+				out = append(out, fmt.Sprintf("chain %s: - %s", c.Name, t))
+			}
+		}
+		for _, t := range added {
+			out = append(out, fmt.Sprintf("chain %s: + %s", c.Name, t))
+		}
+		if len(added) == 0 && len(o.Rules) == len(c.Rules) && !slices.EqualFunc(o.Rules, c.Rules, func(a, b Rule) bool { return RuleText(a) == RuleText(b) }) {
+			out = append(out, fmt.Sprintf("chain %s: its rules are reordered", c.Name))
+		}
+	}
+	for _, c := range old.Chains {
+		if oldChains[c.Name] != nil {
+			out = append(out, "chain "+c.Name+" is deleted")
+		}
+	}
+	return out
+}
+
+// String is the detail in one line, as diff prints it after "+ ", "- "
+// or "~ ": "web: +8443/tcp, owners +uid 1001 -gid 2000".
+func (d Detail) String() string {
+	var parts []string
+	sign := func(s string) string {
+		if d.Action == ActionChange {
+			return s
+		}
+		return ""
+	}
+	var ports []string
+	if p := portsText(d.PortsAdded); p != "" {
+		ports = append(ports, sign("+")+p)
+	}
+	if p := portsText(d.PortsRemoved); p != "" {
+		ports = append(ports, sign("-")+p)
+	}
+	if len(ports) > 0 {
+		parts = append(parts, strings.Join(ports, ", "))
+	}
+	var addrs []string
+	for _, a := range d.AddressesAdded {
+		addrs = append(addrs, sign("+")+a.String())
+	}
+	for _, a := range d.AddressesRemoved {
+		addrs = append(addrs, sign("-")+a.String())
+	}
+	if len(addrs) > 0 {
+		parts = append(parts, "addresses "+strings.Join(addrs, " "))
+	}
+	var owners []string
+	for _, o := range []struct {
+		sign, kind string
+		ids        []model.IDRange
+	}{{"+", "uid", d.UIDsAdded}, {"-", "uid", d.UIDsRemoved}, {"+", "gid", d.GIDsAdded}, {"-", "gid", d.GIDsRemoved}} {
+		if len(o.ids) > 0 {
+			owners = append(owners, sign(o.sign)+o.kind+" "+idsText(o.ids))
+		}
+	}
+	if len(owners) > 0 {
+		parts = append(parts, "owners "+strings.Join(owners, " "))
+	}
+	if d.ElementsAdded+d.ElementsRemoved > 0 {
+		parts = append(parts, fmt.Sprintf("the kernel's elements were edited by hand (%d to restore, %d to remove)", d.ElementsAdded, d.ElementsRemoved))
+	}
+	if len(parts) == 0 {
+		return d.Name
+	}
+	return d.Name + ": " + strings.Join(parts, ", ")
+}
+
+// portsText writes ports by protocol, protocols with the same ports
+// together: "80,443/tcp+udp, 8443/tcp".
+func portsText(pps []ProtoPorts) string {
+	var order []string
+	byPorts := map[string][]string{}
+	for _, pp := range pps {
+		k := pp.Ports.String()
+		if byPorts[k] == nil {
+			order = append(order, k)
+		}
+		byPorts[k] = append(byPorts[k], pp.Protocol.String())
+	}
+	parts := make([]string, len(order))
+	for i, k := range order {
+		parts[i] = k + "/" + strings.Join(byPorts[k], "+")
+	}
+	return strings.Join(parts, ", ")
+}
+
+func idsText(ids []model.IDRange) string {
+	parts := make([]string, len(ids))
+	for i, r := range ids {
+		parts[i] = r.String()
+	}
+	return strings.Join(parts, ",")
+}
+
+// String is the element as nft writes it, with its set:
+// "own_uid { tcp . 80 . 65534 }".
+func (s Stray) String() string {
+	decl := declaration(s.Set)
+	if decl == nil {
+		return s.Set + " { ? }"
+	}
+	return s.Set + " { " + decl.ElementText(s.Element) + " }"
+}
