@@ -3,6 +3,7 @@ package nft_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -13,18 +14,19 @@ import (
 	"github.com/portfw/portfw/testenv"
 )
 
-// TestWatchChanges: every commit is signalled, and the generation tells
+// TestWatchChanges: every commit is signalled, the generation tells
 // portfw's own commit (the generation its Commit returned) from another
-// process's.
+// process's, and the monitor names the other process.
 func TestWatchChanges(t *testing.T) {
 	testenv.RequireNetNS(t)
 	ns := testenv.NewNS(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	ch, err := nft.WatchChanges(ctx, ns.Fd(t))
+	m, err := nft.WatchCommits(ctx, ns.Fd(t))
 	if err != nil {
 		t.Fatal(err)
 	}
+	ch := m.C
 	c := open(t, ns)
 	gen, err := c.Gen()
 	if err != nil {
@@ -50,6 +52,11 @@ func TestWatchChanges(t *testing.T) {
 	wait("another process's commit")
 	if now, _ := c.Gen(); now == mine {
 		t.Errorf("another process committed and the generation is still portfw's %d", mine)
+	}
+	if got := m.Since(mine); len(got) != 1 || got[0].Comm != "nft" || got[0].PID == 0 || got[0].Gen != mine+1 {
+		t.Errorf("commits since portfw's: %+v, want one by nft", got)
+	} else if who := got[0].Who(); !strings.HasPrefix(who, "nft (pid ") {
+		t.Errorf("Who() = %q", who)
 	}
 	cancel()
 	for range ch { // closed once ctx ends

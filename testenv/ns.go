@@ -4,12 +4,17 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net"
+	"net/http"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // NS is a network namespace created for one test and deleted by its cleanup.
@@ -152,4 +157,38 @@ func run(stdin []byte, name string, args ...string) (stdout, stderr string, err 
 		return o.String(), e.String(), fmt.Errorf("run %s %s: %w", name, strings.Join(args, " "), err)
 	}
 	return o.String(), e.String(), nil
+}
+
+// HTTPClient returns an HTTP client whose connections are made in the
+// namespace, for talking to a server listening on its loopback (a daemon's
+// metrics). Each connection's socket is created on an OS thread that
+// enters the namespace and dies with its goroutine, so no thread of the
+// test returns to the scheduler in another namespace.
+func (n *NS) HTTPClient() *http.Client {
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		type result struct {
+			c   net.Conn
+			err error
+		}
+		ch := make(chan result, 1)
+		go func() {
+			runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+			fd, err := unix.Open(n.Path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				ch <- result{nil, err}
+				return
+			}
+			defer unix.Close(fd)
+			if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
+				ch <- result{nil, fmt.Errorf("enter %s: %w", n.Name, err)}
+				return
+			}
+			var d net.Dialer
+			c, err := d.DialContext(ctx, network, addr)
+			ch <- result{c, err}
+		}()
+		r := <-ch
+		return r.c, r.err
+	}
+	return &http.Client{Transport: &http.Transport{DialContext: dial, DisableKeepAlives: true}, Timeout: 10 * time.Second}
 }

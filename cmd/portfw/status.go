@@ -23,10 +23,10 @@ type statusJSON struct {
 	Guard        *reservationJSON  `json:"guard,omitempty"`
 	// Unlabelled are the table's elements of no reservation (added by
 	// hand), as one pseudo-reservation.
-	Unlabelled *reservationJSON `json:"unlabelled,omitempty"`
-	Sysctls      *sysctlsJSON      `json:"sysctls,omitempty"`
-	BindGuard    *bindGuardJSON    `json:"bind_guard,omitempty"`
-	Changes      *tableChangesJSON `json:"changes,omitempty"`
+	Unlabelled *reservationJSON  `json:"unlabelled,omitempty"`
+	Sysctls    *sysctlsJSON      `json:"sysctls,omitempty"`
+	BindGuard  *bindGuardJSON    `json:"bind_guard,omitempty"`
+	Changes    *tableChangesJSON `json:"changes,omitempty"`
 	// Layers is what is in force in this namespace now, read from the
 	// kernel (apply's and check's are what the policy asks for).
 	Layers     layersJSON `json:"layers"`

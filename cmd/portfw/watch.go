@@ -9,6 +9,8 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -58,9 +60,13 @@ func runWatch(a *app, args []string) int {
 		log.Error("open the host", "err", err)
 		return exitNo
 	}
-	changes, err := nft.WatchChanges(ctx, -1)
-	if err != nil {
+	var changes <-chan struct{}
+	var changedBy func(from, to uint32) string
+	if mon, err := nft.WatchCommits(ctx, -1); err != nil {
 		log.Warn("no nftables change notifications; drift is caught by the periodic check only", "err", err)
+	} else {
+		changes = mon.C
+		changedBy = func(from, to uint32) string { return committers(mon.Since(from), to) }
 	}
 	audit := *auditEvery
 	if audit == 0 {
@@ -76,7 +82,8 @@ func runWatch(a *app, args []string) int {
 	}
 	var observer watch.Observer
 	if *metricsAddr != "" {
-		src := metrics.Source{Gen: e.Host.Tables.Gen, Drops: e.Drops}
+		src := metrics.Source{Gen: e.Host.Tables.Gen, Drops: e.Drops,
+			ScrapeError: func(err error) { log.Warn("metrics scrape incomplete", "err", err) }}
 		if l, ok := e.Host.Lock.(interface{ Held() error }); ok {
 			src.LockHeld = l.Held
 		}
@@ -97,7 +104,8 @@ func runWatch(a *app, args []string) int {
 		watchdog = every / 2
 	}
 	d, err := watch.New(watch.Config{
-		Path: *path, DropIns: absPath(resolve.DropInDir(*path)), Engine: e, Log: log, KernelChanges: changes, Reload: hup, Forget: forget,
+		ChangedBy: changedBy,
+		Path:      *path, DropIns: absPath(resolve.DropInDir(*path)), Engine: e, Log: log, KernelChanges: changes, Reload: hup, Forget: forget,
 		Load: func(path string) (*policy.Policy, *model.Resolved, error) {
 			l, err := a.loadWith(path, *insecure, loader)
 			if err != nil {
@@ -128,4 +136,27 @@ func absPath(path string) string {
 		return abs
 	}
 	return path
+}
+
+// committers names the processes that made the commits before generation
+// ours (the daemon's own), each once: "nft (pid 4242), iptables-nft (pid
+// 4250)". The kernel reports the committing thread's id, so a commit from
+// any of this process's threads is its own too.
+func committers(cs []nft.Commit, ours uint32) string {
+	var names []string
+	for _, c := range cs {
+		if int32(c.Gen-ours) >= 0 || ownThread(c.PID) {
+			continue
+		}
+		if who := c.Who(); who != "" && !slices.Contains(names, who) {
+			names = append(names, who)
+		}
+	}
+	return strings.Join(names, ", ")
+}
+
+// ownThread reports whether tid is one of this process's threads.
+func ownThread(tid uint32) bool {
+	_, err := os.Stat(fmt.Sprintf("/proc/self/task/%d", tid))
+	return err == nil
 }

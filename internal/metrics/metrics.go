@@ -6,6 +6,7 @@
 package metrics
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -44,7 +45,15 @@ type Source struct {
 	Drops func(table string) ([]compiler.Summary, error)
 	// LockHeld says whether the daemon still holds its namespace's lock.
 	LockHeld func() error
+	// ScrapeError hears of a scrape's failures (the drop counters could
+	// not be read); the scrape serves the metrics it could gather. May be
+	// nil.
+	ScrapeError func(error)
 }
+
+type scrapeLog func(error)
+
+func (f scrapeLog) Println(v ...any) { f(errors.New(fmt.Sprint(v...))) }
 
 // Metrics are the daemon's metrics and health.
 type Metrics struct {
@@ -177,7 +186,11 @@ func (m *Metrics) healthy() (bool, string) {
 // Handler serves /metrics and /healthz.
 func (m *Metrics) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}))
+	opts := promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}
+	if m.src.ScrapeError != nil {
+		opts.ErrorLog = scrapeLog(m.src.ScrapeError)
+	}
+	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, opts))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		ok, why := m.healthy()
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")

@@ -38,13 +38,17 @@ type Config struct {
 	// DropIns is the directory of the policy's drop-ins (policy.d beside
 	// Path); its *.yaml files are part of the policy. May be empty.
 	DropIns string
-	Engine *engine.Engine
+	Engine  *engine.Engine
 	// Load reads, checks and resolves the policy at path.
 	Load func(path string) (*policy.Policy, *model.Resolved, error)
 	Log  *slog.Logger
 	// KernelChanges signals that some nftables transaction committed
 	// (nft.WatchChanges); nil leaves drift to the periodic recheck.
 	KernelChanges <-chan struct{}
+	// ChangedBy names who made the ruleset's commits between generations
+	// from and to, both excluded (the daemon's own commits), "" when it
+	// cannot tell. May be nil.
+	ChangedBy func(from, to uint32) string
 	// Reload receives SIGHUP.
 	Reload <-chan os.Signal
 	// Forget drops cached user lookups; called on SIGHUP. May be nil.
@@ -431,6 +435,7 @@ func (d *Daemon) enforce(reason string) {
 	if d.good == nil {
 		return
 	}
+	prevGen := d.lastGen
 	e := d.cfg.Engine
 	start := d.cfg.Clock.Now()
 	reloading := reason == "file changed" || reason == "SIGHUP" || reason == "start"
@@ -506,6 +511,11 @@ func (d *Daemon) enforce(reason string) {
 		attrs = append(attrs, "old_table_removed", r.OldTable)
 	}
 	if reason == "kernel changed" || reason == "periodic check" {
+		if d.cfg.ChangedBy != nil && prevGen != 0 {
+			if who := d.cfg.ChangedBy(prevGen, d.lastGen); who != "" {
+				attrs = append(attrs, "changed_by", who)
+			}
+		}
 		d.cfg.Log.Warn("drift repaired: portfw's table, guard or sysctls were changed by someone else", attrs...)
 		return
 	}

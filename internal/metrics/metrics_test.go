@@ -1,0 +1,284 @@
+package metrics
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/portfw/portfw/compiler"
+)
+
+// fakeHost is the host the metrics read at scrape time.
+type fakeHost struct {
+	gen      uint32
+	genErr   error
+	lockErr  error
+	drops    []compiler.Summary
+	dropsErr error
+	reads    int
+}
+
+func (h *fakeHost) source() Source {
+	return Source{
+		Gen:      func() (uint32, error) { return h.gen, h.genErr },
+		LockHeld: func() error { return h.lockErr },
+		Drops: func(table string) ([]compiler.Summary, error) {
+			h.reads++
+			return h.drops, h.dropsErr
+		},
+	}
+}
+
+func get(t *testing.T, m *Metrics, path string) (int, string) {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	m.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+	body, _ := io.ReadAll(rec.Result().Body)
+	return rec.Code, string(body)
+}
+
+func parse(t *testing.T, text string) map[string]*dto.MetricFamily {
+	t.Helper()
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := p.TextToMetricFamilies(strings.NewReader(text))
+	if err != nil {
+		t.Fatalf("does not parse as the Prometheus text format: %v\n%s", err, text)
+	}
+	return mfs
+}
+
+// sample is the value of name's sample with exactly these label pairs.
+func sample(mfs map[string]*dto.MetricFamily, name string, labels ...string) (float64, bool) {
+	mf := mfs[name]
+	if mf == nil {
+		return 0, false
+	}
+	want := map[string]string{}
+	for i := 0; i+1 < len(labels); i += 2 {
+		want[labels[i]] = labels[i+1]
+	}
+next:
+	for _, m := range mf.Metric {
+		if len(m.Label) != len(want) {
+			continue
+		}
+		for _, l := range m.Label {
+			if v, ok := want[l.GetName()]; !ok || v != l.GetValue() {
+				continue next
+			}
+		}
+		switch {
+		case m.Counter != nil:
+			return m.Counter.GetValue(), true
+		case m.Gauge != nil:
+			return m.Gauge.GetValue(), true
+		case m.Histogram != nil:
+			return float64(m.Histogram.GetSampleCount()), true
+		}
+	}
+	return 0, false
+}
+
+func enforced(gen uint32) State {
+	return State{Policy: "/etc/portfw/policy.yaml", Enforced: true, Reservations: 2, Table: "portfw", Gen: gen, AppliedAt: time.Unix(1700000000, 0)}
+}
+
+func TestHealthz(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		state State
+		host  fakeHost
+		code  int
+		want  string
+	}{
+		{"nothing enforced yet", State{}, fakeHost{}, 503, "no valid policy enforced yet"},
+		{"start failed", State{Failure: "open ruleset: permission denied"}, fakeHost{}, 503, "the policy is not enforced: open ruleset: permission denied"},
+		{"in sync", enforced(7), fakeHost{gen: 7}, 200, "ok: /etc/portfw/policy.yaml enforced, 2 reservations in table inet portfw"},
+		{"partly enforced", func() State { s := enforced(7); s.Failure = "bind guard: not attached"; return s }(), fakeHost{gen: 7}, 503, "bind guard: not attached"},
+		{"someone committed", enforced(7), fakeHost{gen: 8}, 503, "the ruleset changed since the daemon's last commit or check (generation 8, the daemon's 7)"},
+		{"generation unreadable", enforced(7), fakeHost{genErr: errors.New("netlink: EPERM")}, 503, "cannot read the ruleset's generation: netlink: EPERM"},
+		{"lock lost", enforced(7), fakeHost{gen: 7, lockErr: errors.New("lock file replaced")}, 503, "the daemon lost its namespace's lock: lock file replaced"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := New("v-test", tc.host.source())
+			m.Set(tc.state)
+			code, body := get(t, m, "/healthz")
+			if code != tc.code || !strings.Contains(body, tc.want) {
+				t.Errorf("/healthz = %d %q, want %d containing %q", code, body, tc.code, tc.want)
+			}
+			in, _ := sample(parse(t, mustGet(t, m, "/metrics")), "portfw_in_sync")
+			if want := map[bool]float64{true: 1}[tc.code == 200]; in != want {
+				t.Errorf("portfw_in_sync = %v, want %v (it is /healthz's answer)", in, want)
+			}
+		})
+	}
+}
+
+func mustGet(t *testing.T, m *Metrics, path string) string {
+	t.Helper()
+	code, body := get(t, m, path)
+	if code != 200 {
+		t.Fatalf("%s: %d %s", path, code, body)
+	}
+	return body
+}
+
+func TestMetricsReportWhatTheDaemonDid(t *testing.T) {
+	h := &fakeHost{gen: 3, drops: []compiler.Summary{
+		{Name: "web", DroppedIn: compiler.Counter{Packets: 2, Bytes: 120}, DroppedOut: compiler.Counter{Packets: 5, Bytes: 300}},
+		{Name: "sip"},
+	}}
+	m := New("v-test", h.source())
+	m.Set(func() State { s := enforced(3); s.GuardOn = true; return s }())
+	m.Reloaded("applied", 15*time.Millisecond)
+	m.Reloaded("invalid", 0)
+	m.Repaired()
+	m.Audited(map[string]int{"web": 2})
+	mfs := parse(t, mustGet(t, m, "/metrics"))
+	for _, c := range []struct {
+		name   string
+		labels []string
+		want   float64
+	}{
+		{"portfw_dropped_packets_total", []string{"reservation", "web", "direction", "in"}, 2},
+		{"portfw_dropped_bytes_total", []string{"reservation", "web", "direction", "in"}, 120},
+		{"portfw_dropped_packets_total", []string{"reservation", "web", "direction", "out"}, 5},
+		{"portfw_dropped_bytes_total", []string{"reservation", "web", "direction", "out"}, 300},
+		{"portfw_dropped_packets_total", []string{"reservation", "sip", "direction", "in"}, 0},
+		{"portfw_reloads_total", []string{"result", "applied"}, 1},
+		{"portfw_reloads_total", []string{"result", "invalid"}, 1},
+		{"portfw_reloads_total", []string{"result", "failed"}, 0},
+		{"portfw_reload_duration_seconds", nil, 1}, // the invalid reload is not timed
+		{"portfw_drift_repairs_total", nil, 1},
+		{"portfw_squatters", []string{"reservation", "web"}, 2},
+		{"portfw_reservations", nil, 2},
+		{"portfw_bind_guard_active", nil, 1},
+		{"portfw_policy_applied_timestamp_seconds", nil, 1700000000},
+		{"portfw_in_sync", nil, 1},
+	} {
+		if got, ok := sample(mfs, c.name, c.labels...); !ok || got != c.want {
+			t.Errorf("%s%v = %v (present %v), want %v", c.name, c.labels, got, ok, c.want)
+		}
+	}
+	if _, ok := sample(mfs, "portfw_squatters", "reservation", "sip"); ok {
+		t.Error("portfw_squatters has a sample for sip, which the audit did not report")
+	}
+	m.Audited(map[string]int{})
+	if _, ok := sample(parse(t, mustGet(t, m, "/metrics")), "portfw_squatters", "reservation", "web"); ok {
+		t.Error("portfw_squatters still reports web after an audit that found nobody")
+	}
+}
+
+// A scrape every few seconds does not make the daemon dump the kernel's
+// counters each time; a new table does.
+func TestDropCountersAreCached(t *testing.T) {
+	h := &fakeHost{gen: 1, drops: []compiler.Summary{{Name: "web"}}}
+	m := New("v-test", h.source())
+	for range 3 {
+		mustGet(t, m, "/metrics")
+	}
+	if h.reads != 0 {
+		t.Errorf("read the drop counters %d times with no table enforced", h.reads)
+	}
+	m.Set(enforced(1))
+	for range 3 {
+		mustGet(t, m, "/metrics")
+	}
+	if h.reads != 1 {
+		t.Errorf("read the drop counters %d times in three scrapes within %v, want 1", h.reads, DropsMaxAge)
+	}
+	m.Set(enforced(1)) // a reload into the same table keeps the cache
+	mustGet(t, m, "/metrics")
+	s := enforced(2)
+	s.Table = "portfw2"
+	m.Set(s)
+	mustGet(t, m, "/metrics")
+	if h.reads != 2 {
+		t.Errorf("%d reads after a change of table, want 2", h.reads)
+	}
+}
+
+// A failed read of the counters is told to the daemon's log, and the
+// daemon's other metrics are still served.
+func TestDropCountersUnreadable(t *testing.T) {
+	h := &fakeHost{gen: 1, dropsErr: errors.New("netlink receive: EINTR")}
+	src := h.source()
+	var told []error
+	src.ScrapeError = func(err error) { told = append(told, err) }
+	m := New("v-test", src)
+	m.Set(enforced(1))
+	mfs := parse(t, mustGet(t, m, "/metrics"))
+	if _, ok := mfs["portfw_dropped_packets_total"]; ok {
+		t.Error("drop counters reported though they could not be read")
+	}
+	if v, _ := sample(mfs, "portfw_reservations"); v != 2 {
+		t.Errorf("the other metrics are not served: portfw_reservations = %v", v)
+	}
+	if len(told) != 1 || !strings.Contains(told[0].Error(), "netlink receive: EINTR") {
+		t.Errorf("scrape errors told: %v, want the read's error once", told)
+	}
+}
+
+func TestWriteText(t *testing.T) {
+	inSync := true
+	var b bytes.Buffer
+	err := WriteText(&b, Text{Version: "v-test", Table: "portfw", Installed: true, InSync: &inSync, Drops: []compiler.Summary{
+		{Name: "web", DroppedOut: compiler.Counter{Packets: 4, Bytes: 240}},
+		{Name: "_guard"},
+		{Name: compiler.Unlabelled, DroppedIn: compiler.Counter{Packets: 1, Bytes: 60}},
+		{Name: "dns"},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mfs := parse(t, b.String())
+	for _, c := range []struct {
+		name   string
+		labels []string
+		want   float64
+	}{
+		{"portfw_table_installed", nil, 1},
+		{"portfw_in_sync", nil, 1},
+		{"portfw_bind_guard_active", nil, 0},
+		{"portfw_reservations", nil, 2}, // web and dns, not the guard nor hand-added elements
+		{"portfw_dropped_packets_total", []string{"reservation", "web", "direction", "out"}, 4},
+		{"portfw_dropped_bytes_total", []string{"reservation", "web", "direction", "out"}, 240},
+		{"portfw_dropped_packets_total", []string{"reservation", compiler.Unlabelled, "direction", "in"}, 1},
+		{"portfw_build_info", []string{"goversion", goVersion(mfs), "version", "v-test"}, 1},
+	} {
+		if got, ok := sample(mfs, c.name, c.labels...); !ok || got != c.want {
+			t.Errorf("%s%v = %v (present %v), want %v", c.name, c.labels, got, ok, c.want)
+		}
+	}
+	b.Reset()
+	if err := WriteText(&b, Text{Version: "v-test", Table: "portfw"}); err != nil {
+		t.Fatal(err)
+	}
+	mfs = parse(t, b.String())
+	if _, ok := mfs["portfw_in_sync"]; ok {
+		t.Error("portfw_in_sync reported with no policy to compare with")
+	}
+	if v, _ := sample(mfs, "portfw_table_installed"); v != 0 {
+		t.Errorf("portfw_table_installed = %v with no table", v)
+	}
+}
+
+func goVersion(mfs map[string]*dto.MetricFamily) string {
+	if mf := mfs["portfw_build_info"]; mf != nil && len(mf.Metric) == 1 {
+		for _, l := range mf.Metric[0].Label {
+			if l.GetName() == "goversion" {
+				return l.GetValue()
+			}
+		}
+	}
+	return ""
+}
