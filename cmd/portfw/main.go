@@ -49,11 +49,11 @@ func init() {
 		{"apply", "[-f FILE] [--dry-run] [--json]", "make the kernel enforce a policy (one atomic transaction)", runApply, ""},
 		{"diff", "[-f FILE] [--json]", "show what apply would change; exit 0 in sync, 1 changes, 2 error", runDiff,
 			"0 in sync: apply would change nothing; 1 changes: apply would change what is listed; 2 error: no comparison could be made (an invalid policy, no permission, no nftables)"},
-		{"status", "[-f FILE] [--table NAME] [--json]", "show what is installed, with drop counters", runStatus, ""},
+		{"status", "[-f FILE] [--table NAME] [--format text|json|prometheus]", "show what is installed, with drop counters", runStatus, ""},
 		{"audit", "[-f FILE] [--json]", "list the sockets on reserved ports; exit 1 when a squatter holds one", runAudit,
 			"0 no squatter; 1 a squatter holds a reserved port; 2 error"},
 		{"remove", "[-f FILE] [--table NAME]", "delete portfw's table and guard, restore the sysctls it changed", runRemove, ""},
-		{"watch", "[-f FILE] [--log-format text|json] [--remove-on-exit]", "run as a daemon: apply, reload on change, repair drift", runWatch, ""},
+		{"watch", "[-f FILE] [--log-format text|json] [--metrics-address HOST:PORT] [--remove-on-exit]", "run as a daemon: apply, reload on change, repair drift", runWatch, ""},
 		{"version", "", "print the version", runVersion, ""},
 	}
 }
