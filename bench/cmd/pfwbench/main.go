@@ -100,7 +100,7 @@ func runRun(args []string) error {
 	}
 	argv := fs.Args()
 	if len(argv) == 0 || *out == "" || *label == "" {
-		return errors.New("usage: pfwbench run -label L -o FILE -- CMD ARGS...")
+		return errors.New("usage: pfwbench run -label L -o FILE -- CMD ARGS")
 	}
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stderr = os.Stderr
