@@ -10,8 +10,9 @@ FUZZTIME  ?= 15s
 # Debian packages the tests, the demo and the benchmarks use: nft is the
 # oracle of what the kernel holds, ip/nsenter build the namespaces,
 # useradd makes the test users, strace counts the netlink bytes an in-sync
-# apply reads. (bench/run.sh installs sockperf itself.)
-DEB_PKGS  := nftables iproute2 util-linux passwd strace
+# apply reads, groff renders the man pages, zsh checks its completion,
+# systemd-analyze verifies the unit. (bench/run.sh installs sockperf itself.)
+DEB_PKGS  := nftables iproute2 util-linux passwd strace groff-base zsh systemd
 
 .DEFAULT_GOAL := help
 
@@ -24,7 +25,7 @@ build: ## build bin/portfw
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/portfw
 
 deps: ## install the Debian packages the tests and demo need (root)
-	@missing=""; for c in nft ip nsenter useradd strace; do command -v $$c >/dev/null || missing=1; done; \
+	@missing=""; for c in nft ip nsenter useradd strace groff zsh systemd-analyze; do command -v $$c >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing $(DEB_PKGS)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEB_PKGS) >/dev/null; \

@@ -117,3 +117,15 @@ func removeStale() {
 		}
 	}
 }
+
+// RequireTools is Require for tests that run programs `make deps`
+// installs (groff for the man pages, zsh for its completion).
+func RequireTools(t testing.TB, names ...string) {
+	t.Helper()
+	for _, n := range names {
+		if _, err := exec.LookPath(n); err != nil {
+			Require(t, fmt.Sprintf("%s not found in PATH (`make deps` installs it)", n))
+			return
+		}
+	}
+}

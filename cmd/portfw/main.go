@@ -37,6 +37,8 @@ type command struct {
 	run                 func(a *app, args []string) int
 	// exits documents the exit status, when it says more than 0/1/2.
 	exits string
+	// hidden commands are left out of the usage (they serve packaging).
+	hidden bool
 }
 
 var commands []command
@@ -44,17 +46,19 @@ var commands []command
 func init() {
 	commands = []command{
 		{"check", "[-f FILE] [--drop-in FILE [--as NAME]] [--json]", "validate a policy and say what applying it would do here", runCheck,
-			"0 valid; 1 invalid (every problem is listed, file:line:col); 2 bad usage"},
-		{"compile", "[-f FILE]", "print the nftables ruleset for a policy (nft -f syntax)", runCompile, ""},
-		{"apply", "[-f FILE] [--dry-run] [--json]", "make the kernel enforce a policy (one atomic transaction)", runApply, ""},
+			"0 valid; 1 invalid (every problem is listed, file:line:col); 2 bad usage", false},
+		{"compile", "[-f FILE]", "print the nftables ruleset for a policy (nft -f syntax)", runCompile, "", false},
+		{"apply", "[-f FILE] [--dry-run] [--json]", "make the kernel enforce a policy (one atomic transaction)", runApply, "", false},
 		{"diff", "[-f FILE] [--json]", "show what apply would change; exit 0 in sync, 1 changes, 2 error", runDiff,
-			"0 in sync: apply would change nothing; 1 changes: apply would change what is listed; 2 error: no comparison could be made (an invalid policy, no permission, no nftables)"},
-		{"status", "[-f FILE] [--table NAME] [--format text|json|prometheus]", "show what is installed, with drop counters", runStatus, ""},
+			"0 in sync: apply would change nothing; 1 changes: apply would change what is listed; 2 error: no comparison could be made (an invalid policy, no permission, no nftables)", false},
+		{"status", "[-f FILE] [--table NAME] [--format text|json|prometheus]", "show what is installed, with drop counters", runStatus, "", false},
 		{"audit", "[-f FILE] [--json]", "list the sockets on reserved ports; exit 1 when a squatter holds one", runAudit,
-			"0 no squatter; 1 a squatter holds a reserved port; 2 error"},
-		{"remove", "[-f FILE] [--table NAME]", "delete portfw's table and guard, restore the sysctls it changed", runRemove, ""},
-		{"watch", "[-f FILE] [--log-format text|json] [--metrics-address HOST:PORT] [--remove-on-exit]", "run as a daemon: apply, reload on change, repair drift", runWatch, ""},
-		{"version", "", "print the version", runVersion, ""},
+			"0 no squatter; 1 a squatter holds a reserved port; 2 error", false},
+		{"remove", "[-f FILE] [--table NAME]", "delete portfw's table and guard, restore the sysctls it changed", runRemove, "", false},
+		{"watch", "[-f FILE] [--log-format text|json] [--metrics-address HOST:PORT] [--remove-on-exit]", "run as a daemon: apply, reload on change, repair drift", runWatch, "", false},
+		{"version", "[--json]", "print the version, the Go version and whether the bind guard is built in", runVersion, "", false},
+		{"completion", "bash|zsh", "print the shell completion script", runCompletion, "", false},
+		{"man", "portfw|policy", "print the portfw(8) or portfw-policy(5) man page (roff)", runMan, "", true},
 	}
 }
 
@@ -66,6 +70,9 @@ type app struct {
 	// host builds the engine for this namespace; tests give fakes.
 	host  func(hostOptions) (*engine.Engine, error)
 	users resolve.Resolver
+	// describe, when set, receives each command's flags instead of the
+	// command running: the man page and completions are made from them.
+	describe func(*flag.FlagSet)
 }
 
 func newApp(stdout, stderr io.Writer) *app {
@@ -119,7 +126,9 @@ func (a *app) run(args []string) int {
 func (a *app) usage(w io.Writer) {
 	fmt.Fprintf(w, "portfw: ports that belong to users.\n\nUsage:\n  portfw <command> [flags]\n\nCommands:\n")
 	for _, c := range commands {
-		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
+		if !c.hidden {
+			fmt.Fprintf(w, "  %-10s %s\n", c.name, c.summary)
+		}
 	}
 	fmt.Fprintf(w, "\nThe policy file defaults to %s. Run 'portfw help <command>' for its flags.\n", defaultPolicy)
 	fmt.Fprintf(w, "Exit codes: 0 success, 1 the answer is no (invalid policy, not applied, changes pending, squatter found), 2 usage or runtime error.\n")
@@ -148,14 +157,24 @@ func (a *app) flags(name string) *flag.FlagSet {
 // parse parses flags; it returns done=true with the exit code when the
 // command must stop (bad flags, -h, stray arguments).
 func (a *app) parse(fs *flag.FlagSet, args []string) (code int, done bool) {
+	return a.parseArgs(fs, args, 0)
+}
+
+// parseArgs is parse for a command that takes up to max arguments after
+// its flags.
+func (a *app) parseArgs(fs *flag.FlagSet, args []string, max int) (code int, done bool) {
+	if a.describe != nil {
+		a.describe(fs)
+		return exitOK, true
+	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return exitOK, true
 		}
 		return exitUsage, true
 	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(a.stderr, "portfw %s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
+	if fs.NArg() > max {
+		fmt.Fprintf(a.stderr, "portfw %s: unexpected argument %q\n", fs.Name(), fs.Arg(max))
 		fs.Usage()
 		return exitUsage, true
 	}
@@ -191,11 +210,3 @@ func upperFirst(s string) string {
 	return strings.ToUpper(s[:1]) + s[1:]
 }
 
-func runVersion(a *app, args []string) int {
-	fs := a.flags("version")
-	if code, done := a.parse(fs, args); done {
-		return code
-	}
-	fmt.Fprintln(a.stdout, "portfw", version)
-	return exitOK
-}
