@@ -5,7 +5,7 @@
 GO        ?= go
 BIN       := bin/portfw
 VERSION   := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS   := -X main.version=$(VERSION)
+LDFLAGS   := -X main.version=$(VERSION) $(EXTRA_LDFLAGS)
 FUZZTIME  ?= 15s
 # Debian packages the tests, the demo and the benchmarks use: nft is the
 # oracle of what the kernel holds, ip/nsenter build the namespaces,
@@ -16,13 +16,71 @@ DEB_PKGS  := nftables iproute2 util-linux passwd strace groff-base zsh systemd
 
 .DEFAULT_GOAL := help
 
-.PHONY: help build test demo bench lint deps fuzz clean
+.PHONY: help build static test demo bench lint deps fuzz clean install uninstall man deb image test-packages
+
+# Install layout (make install PREFIX=/usr DESTDIR=/tmp/stage). The unit
+# goes where systemd looks for it, whatever the prefix.
+PREFIX      ?= /usr/local
+SBINDIR     ?= $(PREFIX)/sbin
+MANDIR      ?= $(PREFIX)/share/man
+DOCDIR      ?= $(PREFIX)/share/doc/portfw
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+ZSHCOMPDIR  ?= $(PREFIX)/share/zsh/vendor-completions
+UNITDIR     ?= /etc/systemd/system
+SYSCONFDIR  ?= /etc
+DESTDIR     ?=
+DOCS        := README.md LICENSE $(wildcard docs/*.md)
 
 help: ## list the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 build: ## build bin/portfw
-	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/portfw
+	$(GO) build $(BUILDFLAGS) -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/portfw
+
+static: ## build bin/portfw-static (CGO_ENABLED=0: names from files, for the image)
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/portfw-static ./cmd/portfw
+
+man: build ## make the man pages and completions (build/man, build/completion) from the binary
+	@mkdir -p build/man build/completion
+	$(BIN) man portfw > build/man/portfw.8
+	$(BIN) man policy > build/man/portfw-policy.5
+	$(BIN) completion bash > build/completion/portfw
+	$(BIN) completion zsh > build/completion/_portfw
+
+install: man ## install the binary, unit, man pages, completions, docs and an example policy (PREFIX, DESTDIR)
+	install -D -m 0755 $(BIN) $(DESTDIR)$(SBINDIR)/portfw
+	install -D -m 0644 build/man/portfw.8 $(DESTDIR)$(MANDIR)/man8/portfw.8
+	install -D -m 0644 build/man/portfw-policy.5 $(DESTDIR)$(MANDIR)/man5/portfw-policy.5
+	install -D -m 0644 build/completion/portfw $(DESTDIR)$(BASHCOMPDIR)/portfw
+	install -D -m 0644 build/completion/_portfw $(DESTDIR)$(ZSHCOMPDIR)/_portfw
+	install -d -m 0755 $(DESTDIR)$(UNITDIR)
+	sed 's|/usr/sbin/portfw|$(SBINDIR)/portfw|' dist/portfw.service > $(DESTDIR)$(UNITDIR)/portfw.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/portfw.service
+	install -d -m 0755 $(DESTDIR)$(DOCDIR)/docs $(DESTDIR)$(DOCDIR)/examples
+	install -m 0644 README.md LICENSE $(DESTDIR)$(DOCDIR)/
+	install -m 0644 docs/*.md $(DESTDIR)$(DOCDIR)/docs/
+	install -m 0644 examples/policy.yaml $(DESTDIR)$(DOCDIR)/examples/policy.yaml
+	install -m 0644 dist/kubernetes/daemonset.yaml $(DESTDIR)$(DOCDIR)/examples/daemonset.yaml
+	install -d -m 0755 $(DESTDIR)$(SYSCONFDIR)/portfw/policy.d
+	@# An existing policy is the admin's: never overwritten.
+	[ -e $(DESTDIR)$(SYSCONFDIR)/portfw/policy.yaml ] || install -m 0644 dist/policy.yaml $(DESTDIR)$(SYSCONFDIR)/portfw/policy.yaml
+
+uninstall: ## remove what install put in place, but the policy in $(SYSCONFDIR)/portfw (PREFIX, DESTDIR)
+	rm -f $(DESTDIR)$(SBINDIR)/portfw $(DESTDIR)$(MANDIR)/man8/portfw.8 $(DESTDIR)$(MANDIR)/man5/portfw-policy.5 \
+		$(DESTDIR)$(BASHCOMPDIR)/portfw $(DESTDIR)$(ZSHCOMPDIR)/_portfw $(DESTDIR)$(UNITDIR)/portfw.service
+	rm -rf $(DESTDIR)$(DOCDIR)
+	@# The policy stays (like a removed package's conffile): delete $(SYSCONFDIR)/portfw by hand.
+	-rmdir $(DESTDIR)$(SYSCONFDIR)/portfw/policy.d 2>/dev/null
+
+deb: ## build build/portfw_VERSION_ARCH.deb with dpkg-deb
+	./scripts/deb.sh
+
+image: static ## build the container image localhost/portfw:VERSION from the Containerfile (podman or docker)
+	./scripts/image.sh build
+
+test-packages: deb image ## install and remove the .deb, run the image against a namespace (root)
+	./scripts/test-deb.sh
+	./scripts/image.sh test
 
 deps: ## install the Debian packages the tests and demo need (root)
 	@missing=""; for c in nft ip nsenter useradd strace groff zsh systemd-analyze; do command -v $$c >/dev/null || missing=1; done; \
@@ -57,4 +115,4 @@ lint: ## gofmt, go vet, staticcheck (pinned in tools/go.mod), go mod tidy -diff
 	cd tools && $(GO) mod tidy -diff
 
 clean: ## remove build output
-	rm -rf bin
+	rm -rf bin build

@@ -165,7 +165,7 @@ func TestApplyDiffStatusRemove(t *testing.T) {
 		t.Errorf("diff before apply: exit %d, want 1", code)
 	}
 	code, out, errOut := f.run("apply", insecure, "-f", path)
-	if code != 0 || !strings.Contains(out, "applied "+path+" to table inet portfw: 1 reservations (1 added, 0 removed, 0 changed)") ||
+	if code != 0 || !strings.Contains(out, "applied "+path+" to table inet portfw: 1 reservations (1 added, 0 removed, 0 changed, rules changed)") ||
 		!strings.Contains(out, "bind guard: on for cgroup /") {
 		t.Fatalf("apply: exit %d\n%s%s", code, out, errOut)
 	}
