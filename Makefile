@@ -10,9 +10,9 @@ FUZZTIME  ?= 15s
 # Debian packages the tests, the demo and the benchmarks use: nft is the
 # oracle of what the kernel holds, ip/nsenter build the namespaces,
 # useradd makes the test users, strace counts the netlink bytes an in-sync
-# apply reads, groff renders the man pages, zsh checks its completion,
+# apply reads, groff and man render and find the man pages, zsh checks its completion,
 # systemd-analyze verifies the unit. (bench/run.sh installs sockperf itself.)
-DEB_PKGS  := nftables iproute2 util-linux passwd strace groff-base zsh systemd
+DEB_PKGS  := nftables iproute2 util-linux passwd strace groff-base man-db zsh systemd
 
 .DEFAULT_GOAL := help
 
@@ -78,12 +78,12 @@ deb: ## build build/portfw_VERSION_ARCH.deb with dpkg-deb
 image: static ## build the container image localhost/portfw:VERSION from the Containerfile (podman or docker)
 	./scripts/image.sh build
 
-test-packages: deb image ## install and remove the .deb, run the image against a namespace (root)
+test-packages: deps deb image ## install and remove the .deb, run the image against a namespace (root)
 	./scripts/test-deb.sh
 	./scripts/image.sh test
 
 deps: ## install the Debian packages the tests and demo need (root)
-	@missing=""; for c in nft ip nsenter useradd strace groff zsh systemd-analyze; do command -v $$c >/dev/null || missing=1; done; \
+	@missing=""; for c in nft ip nsenter useradd strace groff man zsh systemd-analyze; do command -v $$c >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing $(DEB_PKGS)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEB_PKGS) >/dev/null; \
@@ -96,6 +96,9 @@ test: deps ## run every test (root: network-namespace tests; PORTFW_REQUIRE_NETN
 	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v '/bindguard$$')
 	$(GO) test -count=1 ./bindguard
 	$(GO) test -count=1 -run='^$$' -fuzz=FuzzParse -fuzztime=$(FUZZTIME) ./policy
+	@# The DaemonSet against the Kubernetes API types: a module of its own,
+	@# so k8s.io/api is no dependency of portfw.
+	cd dist/kubernetes && $(GO) test -count=1 ./...
 
 demo: deps build ## apply examples/policy.yaml in a throwaway namespace: owner served, squatter blocked, counters shown (root)
 	$(GO) build -o bin/peer ./testenv/peer
@@ -113,6 +116,7 @@ lint: ## gofmt, go vet, staticcheck (pinned in tools/go.mod), go mod tidy -diff
 	$(GO) tool -modfile=tools/go.mod staticcheck ./...
 	$(GO) mod tidy -diff
 	cd tools && $(GO) mod tidy -diff
+	cd dist/kubernetes && $(GO) vet ./... && $(GO) mod tidy -diff
 
 clean: ## remove build output
 	rm -rf bin build

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // CheckPerms refuses a policy that anyone but root could change, as sshd's
@@ -95,7 +97,7 @@ func (c *permCheck) dir(path string) {
 	case uid != 0:
 		c.problems = append(c.problems, fmt.Errorf("directory %s on the way to the policy is owned by uid %d, not root: "+
 			"its owner can replace the policy; move the policy into a directory only root can write, such as /etc/portfw", path, uid))
-	case mode.Perm()&0o022 != 0 && mode&fs.ModeSticky == 0:
+	case mode.Perm()&0o022 != 0 && mode&fs.ModeSticky == 0 && !readOnlyMount(path):
 		c.problems = append(c.problems, fmt.Errorf("directory %s on the way to the policy is writable by %s (mode %04o): "+
 			"they can replace the policy; move the policy into a directory only root can write, such as /etc/portfw", path, writers(mode), mode.Perm()))
 	}
@@ -109,7 +111,7 @@ func (c *permCheck) file(path string, fi fs.FileInfo) {
 	if uid := owner(fi); uid != 0 {
 		c.problems = append(c.problems, fmt.Errorf("policy file %s is owned by uid %d, not root; fix with: chown root %s", path, uid, path))
 	}
-	if perm := fi.Mode().Perm(); perm&0o022 != 0 {
+	if perm := fi.Mode().Perm(); perm&0o022 != 0 && !readOnlyMount(path) {
 		c.problems = append(c.problems, fmt.Errorf("policy file %s is writable by %s (mode %04o); fix with: chmod go-w %s", path, writers(fi.Mode()), perm, path))
 	}
 }
@@ -129,4 +131,13 @@ func writers(m fs.FileMode) string {
 		return "its group"
 	}
 	return "others"
+}
+
+// readOnlyMount reports whether path is on a read-only mount, where its
+// mode bits let nobody write it through this path: a Kubernetes ConfigMap
+// volume, whose root directory is mode 0777 (an emptyDir's) but mounted
+// read-only into the container.
+func readOnlyMount(path string) bool {
+	var st unix.Statfs_t
+	return unix.Statfs(path, &st) == nil && st.Flags&unix.ST_RDONLY != 0
 }

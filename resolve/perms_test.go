@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/portfw/portfw/testenv"
@@ -208,5 +209,42 @@ func TestCheckFilePerms(t *testing.T) {
 	}
 	if err := check(t, main); err == nil || !strings.Contains(err.Error(), "directory "+dropIns+" on the way to the policy is owned by uid 1000") {
 		t.Errorf("a policy.d owned by a user: %v", err)
+	}
+}
+
+// A Kubernetes ConfigMap volume: a tmpfs whose root is mode 0777 (an
+// emptyDir's), the file behind ..data symlinks, mounted read-only. Nobody
+// can write it through the mount, so it passes; the same layout on a
+// writable mount does not.
+func TestCheckPermsConfigMapVolume(t *testing.T) {
+	testenv.RequireNetNS(t) // root, to mount
+	vol := filepath.Join(t.TempDir(), "policy")
+	if err := os.Mkdir(vol, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount("tmpfs", vol, "tmpfs", 0, "mode=0777"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Unmount(vol, syscall.MNT_DETACH) })
+	ts := filepath.Join(vol, "..2026_12_01_10_00_00.123")
+	for _, err := range []error{
+		os.Mkdir(ts, 0o755),
+		os.WriteFile(filepath.Join(ts, "policy.yaml"), []byte("version: 1\n"), 0o644),
+		os.Symlink(filepath.Base(ts), filepath.Join(vol, "..data")),
+		os.Symlink("..data/policy.yaml", filepath.Join(vol, "policy.yaml")),
+	} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	path := filepath.Join(vol, "policy.yaml")
+	if err := CheckPerms(path); err == nil || !strings.Contains(err.Error(), "is writable by group and others (mode 0777)") {
+		t.Fatalf("writable ConfigMap-like volume: %v, want the 0777 directory refused", err)
+	}
+	if err := syscall.Mount("", vol, "", syscall.MS_REMOUNT|syscall.MS_RDONLY, "mode=0777"); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckPerms(path); err != nil {
+		t.Errorf("read-only ConfigMap volume refused: %v", err)
 	}
 }

@@ -9,9 +9,11 @@ cd "$(dirname "$0")/.."
 
 # Debian's version from git describe: v0.2.0 -> 0.2.0,
 # v0.2.0-3-gabc1234 -> 0.2.0+3.gabc1234, a dirty tree adds +dirty.
-describe=$(git describe --tags --always --dirty 2>/dev/null || echo v0.0.0)
-version=$(echo "$describe" | sed -E 's/^v//; s/-([0-9]+)-g/+\1.g/; s/-dirty$/+dirty/')
-case $version in [0-9]*) ;; *) version=0.0.0+g$version ;; esac
+describe=$(git describe --tags --always --dirty 2>/dev/null || echo unknown)
+case $describe in
+v[0-9]*) version=$(echo "$describe" | sed -E 's/^v//; s/-([0-9]+)-g/+\1.g/; s/-dirty$/+dirty/') ;;
+*) version=0.0.0+g$(echo "$describe" | sed -E 's/-dirty$/.dirty/') ;; # no tag
+esac
 arch=$(dpkg --print-architecture)
 stage=build/deb/portfw_${version}_${arch}
 rm -rf "$stage"
@@ -73,9 +75,7 @@ cat > "$stage/DEBIAN/postrm" <<'SCRIPT'
 set -e
 case "$1" in
 remove|purge)
-	# The namespace locks `portfw remove` took; state is gone once restored.
-	rm -f /run/portfw/netns-*.lock
-	rmdir /run/portfw 2>/dev/null || true
+	# `portfw remove` (prerm) took its lock file and state with it.
 	[ -d /run/systemd/system ] && systemctl daemon-reload || true
 	;;
 esac

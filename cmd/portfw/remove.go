@@ -60,5 +60,12 @@ func runRemove(a *app, args []string) int {
 	if len(rr.Tables) == 0 {
 		fmt.Fprintln(a.stdout, "no portfw table is installed here; nothing else to remove")
 	}
+	// Nothing of portfw is left here: nor is its lock file (nor its state
+	// directory, when no other namespace has files in it).
+	if l, ok := e.Host.Lock.(interface{ RemoveLock() error }); ok {
+		if err := l.RemoveLock(); err != nil {
+			fmt.Fprintf(a.stderr, "warning: remove the lock file: %v\n", err)
+		}
+	}
 	return exitOK
 }

@@ -95,3 +95,46 @@ func TestDirLock(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// remove deletes the lock file (and the empty directory) while holding it,
+// its work done: a waiter then locks the path's new file, never the
+// deleted one, so later lockers see it as held.
+func TestDirRemoveLock(t *testing.T) {
+	parent := t.TempDir()
+	d := Dir{Dir: filepath.Join(parent, "portfw"), Cookie: 9}
+	unlock, err := d.Lock(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan func(), 1)
+	go func() {
+		u, err := d.Lock(5 * time.Second) // waits on the file about to be deleted
+		if err != nil {
+			t.Error(err)
+			u = func() {}
+		}
+		got <- u
+	}()
+	time.Sleep(60 * time.Millisecond) // the waiter is polling the old file
+	if err := d.RemoveLock(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(d.lockPath()); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("lock file still there: %v", err)
+	}
+	unlock()
+	unlock2 := <-got
+	if err := d.Held(); err != nil {
+		t.Errorf("the waiter holds a lock that is not at the path: %v", err)
+	}
+	if _, err := d.Lock(0); !errors.Is(err, ErrLocked) {
+		t.Errorf("a third Lock: %v, want ErrLocked (two holders)", err)
+	}
+	unlock2()
+	if err := d.RemoveLock(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(d.Dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the empty state directory stays: %v", err)
+	}
+}
