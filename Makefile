@@ -25,11 +25,10 @@ SBINDIR     ?= $(PREFIX)/sbin
 MANDIR      ?= $(PREFIX)/share/man
 DOCDIR      ?= $(PREFIX)/share/doc/portfw
 BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
-ZSHCOMPDIR  ?= $(PREFIX)/share/zsh/vendor-completions
+ZSHCOMPDIR  ?= $(PREFIX)/share/zsh/site-functions
 UNITDIR     ?= /etc/systemd/system
 SYSCONFDIR  ?= /etc
 DESTDIR     ?=
-DOCS        := README.md LICENSE $(wildcard docs/*.md)
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -58,7 +57,7 @@ install: man ## install the binary, unit, man pages, completions, docs and an ex
 	chmod 0644 $(DESTDIR)$(UNITDIR)/portfw.service
 	install -d -m 0755 $(DESTDIR)$(DOCDIR)/docs $(DESTDIR)$(DOCDIR)/examples
 	install -m 0644 README.md LICENSE $(DESTDIR)$(DOCDIR)/
-	install -m 0644 docs/*.md $(DESTDIR)$(DOCDIR)/docs/
+	install -m 0644 docs/*.md $(wildcard docs/*.svg) $(DESTDIR)$(DOCDIR)/docs/
 	install -m 0644 examples/policy.yaml $(DESTDIR)$(DOCDIR)/examples/policy.yaml
 	install -m 0644 dist/kubernetes/daemonset.yaml $(DESTDIR)$(DOCDIR)/examples/daemonset.yaml
 	install -d -m 0755 $(DESTDIR)$(SYSCONFDIR)/portfw/policy.d

@@ -277,8 +277,10 @@ for n in 1k 10k 100k; do
 				timed "$size" change "$ns" "$PORTFW" apply -f "$WORK/etc/pfw$n-edit.yaml"
 			else
 				timed "$size" nft "$ns" nft -f "$WORK/pfw$n.nft"
-				# Same table as portfw's own apply, or the comparison is void.
-				in_ns "$ns" "$PORTFW" diff -f "$WORK/etc/pfw$n.yaml" >/dev/null
+				# Same table as portfw's own apply, or the comparison is void
+				# (diff exits 1 all the same: nft -f loads no bind guard).
+				out=$(in_ns "$ns" "$PORTFW" diff -f "$WORK/etc/pfw$n.yaml" 2>&1 || true)
+				[[ $out == *"table unchanged"* ]] || { echo "bench: nft -f of portfw compile made another table: $out" >&2; exit 1; }
 			fi
 			rmns "$ns"
 		done

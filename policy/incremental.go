@@ -44,6 +44,9 @@ func NewReparser(filename string) *Reparser { return &Reparser{file: filename} }
 // NewDropInReparser returns a Reparser for a drop-in (see ParseDropIn).
 func NewDropInReparser(filename string) *Reparser { return &Reparser{file: filename, dropIn: true} }
 
+// DropIn reports whether r parses a drop-in.
+func (r *Reparser) DropIn() bool { return r.dropIn }
+
 // Parse parses data, a new version of the file.
 func (r *Reparser) Parse(data []byte) (*Policy, error) {
 	if r.last != nil && len(data) <= MaxSize {

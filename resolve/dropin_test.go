@@ -169,6 +169,22 @@ func TestDropInDirectory(t *testing.T) {
 	}
 }
 
+// A drop-in named *.yml would be skipped and its ports left free: it is an
+// error naming the fix. Editor backups and dpkg's leftovers are skipped.
+func TestDropInYml(t *testing.T) {
+	h := newDropInHost(t)
+	h.write("policy.yaml", "version: 1\nreservations: []\n")
+	h.write("policy.d/50-web.yaml.dpkg-old", "not yaml: [")
+	h.write("policy.d/README", "notes")
+	if _, _, err := h.load(); err != nil {
+		t.Fatalf("backups and notes in policy.d: %v", err)
+	}
+	h.write("policy.d/50-nginx.yml", "version: 1\nreservations: []\n")
+	if _, _, err := h.load(); err == nil || !strings.Contains(err.Error(), "50-nginx.yml: drop-ins are read only when their name ends in .yaml: rename it to 50-nginx.yaml") {
+		t.Errorf("a .yml drop-in: %v, want an error saying to rename it", err)
+	}
+}
+
 // TestLoaderDropIns: the Loader, across drop-ins added, edited, renamed
 // and removed, gives what Load gives, and reuses the files not touched.
 func TestLoaderDropIns(t *testing.T) {

@@ -51,7 +51,8 @@ func DropInDir(main string) string { return filepath.Join(filepath.Dir(main), "p
 // its drop-ins, the *.yaml files of policy.d sorted by name (as sysctl.d
 // is). Names starting with "." are skipped: editors, Ansible and
 // Kubernetes keep their temporary files and ..data links there. A missing
-// policy.d means no drop-ins.
+// policy.d means no drop-ins. A *.yml file is an error, not skipped: it is
+// surely meant as a drop-in, and skipping it would leave its ports free.
 func Files(main string) ([]string, error) {
 	dir := DropInDir(main)
 	entries, err := os.ReadDir(dir)
@@ -63,8 +64,14 @@ func Files(main string) ([]string, error) {
 	}
 	files := []string{main}
 	for _, e := range entries {
-		if name := e.Name(); strings.HasSuffix(name, ".yaml") && !strings.HasPrefix(name, ".") {
+		name := e.Name()
+		switch {
+		case strings.HasPrefix(name, "."):
+		case strings.HasSuffix(name, ".yaml"):
 			files = append(files, filepath.Join(dir, name))
+		case strings.HasSuffix(name, ".yml"):
+			return nil, fmt.Errorf("drop-in %s: drop-ins are read only when their name ends in .yaml: rename it to %s.yaml",
+				filepath.Join(dir, name), strings.TrimSuffix(name, ".yml"))
 		}
 	}
 	return files, nil
@@ -187,7 +194,7 @@ func (l *Loader) Load(files []string) (*model.Resolved, *policy.Policy, error) {
 	}
 	p, err := parseFiles(files, func(file string, dropIn bool, data []byte) (*policy.Policy, error) {
 		rp := l.rps[file]
-		if rp == nil || dropIn != (file != files[0]) {
+		if rp == nil || rp.DropIn() != dropIn { // a file that became (or stopped being) the main one
 			rp = policy.NewReparser(file)
 			if dropIn {
 				rp = policy.NewDropInReparser(file)

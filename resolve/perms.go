@@ -28,12 +28,15 @@ func CheckPerms(path string) error { return checkPerms(path, false) }
 func CheckDirPerms(path string) error { return checkPerms(path, true) }
 
 func checkPerms(path string, dir bool) error {
-	abs, err := filepath.Abs(path)
-	if err != nil {
-		return fmt.Errorf("check policy permissions: %w", err)
+	if !filepath.IsAbs(path) {
+		wd, err := os.Getwd()
+		if err != nil {
+			return fmt.Errorf("check policy permissions: %w", err)
+		}
+		path = wd + "/" + path // not Join: it would resolve ".." by text
 	}
 	c := &permCheck{seen: map[string]bool{}, leafDir: dir}
-	if err := c.walk(abs, 0); err != nil {
+	if err := c.walk(path, 0); err != nil {
 		return fmt.Errorf("check policy permissions: %w", err)
 	}
 	return errors.Join(c.problems...)
@@ -46,16 +49,30 @@ type permCheck struct {
 }
 
 // walk checks every directory from / to path and then path itself,
-// restarting at each symbolic link's target.
+// restarting at each symbolic link's target, as the kernel resolves it:
+// ".." after a symbolic link leaves the link's target, not the link's own
+// directory, so a path is never cleaned as text.
 func (c *permCheck) walk(path string, hops int) error {
 	if hops > 40 {
 		return errors.New(path + ": too many levels of symbolic links")
 	}
-	path = filepath.Clean(path)
-	parts := strings.Split(strings.TrimPrefix(path, "/"), "/")
-	cur := "/"
+	var parts []string
+	for _, p := range strings.Split(path, "/") {
+		if p != "" && p != "." {
+			parts = append(parts, p)
+		}
+	}
+	cur := "/" // always a real directory: no symbolic link in it
 	c.dir(cur)
 	for i, part := range parts {
+		last := i == len(parts)-1
+		if part == ".." {
+			cur = filepath.Dir(cur)
+			if last && !c.leafDir {
+				c.problems = append(c.problems, fmt.Errorf("policy file %s is a directory", path))
+			}
+			continue
+		}
 		next := filepath.Join(cur, part)
 		fi, err := os.Lstat(next)
 		if err != nil {
@@ -67,11 +84,11 @@ func (c *permCheck) walk(path string, hops int) error {
 				return err
 			}
 			if !filepath.IsAbs(target) {
-				target = filepath.Join(cur, target)
+				target = cur + "/" + target
 			}
-			return c.walk(filepath.Join(append([]string{target}, parts[i+1:]...)...), hops+1)
+			return c.walk(target+"/"+strings.Join(parts[i+1:], "/"), hops+1)
 		}
-		if i < len(parts)-1 || c.leafDir {
+		if !last || c.leafDir {
 			c.dir(next)
 			cur = next
 			continue
@@ -97,7 +114,7 @@ func (c *permCheck) dir(path string) {
 	case uid != 0:
 		c.problems = append(c.problems, fmt.Errorf("directory %s on the way to the policy is owned by uid %d, not root: "+
 			"its owner can replace the policy; move the policy into a directory only root can write, such as /etc/portfw", path, uid))
-	case mode.Perm()&0o022 != 0 && mode&fs.ModeSticky == 0 && !readOnlyMount(path):
+	case mode.Perm()&0o022 != 0 && mode&fs.ModeSticky == 0 && !readOnlyMountRoot(path):
 		c.problems = append(c.problems, fmt.Errorf("directory %s on the way to the policy is writable by %s (mode %04o): "+
 			"they can replace the policy; move the policy into a directory only root can write, such as /etc/portfw", path, writers(mode), mode.Perm()))
 	}
@@ -111,7 +128,7 @@ func (c *permCheck) file(path string, fi fs.FileInfo) {
 	if uid := owner(fi); uid != 0 {
 		c.problems = append(c.problems, fmt.Errorf("policy file %s is owned by uid %d, not root; fix with: chown root %s", path, uid, path))
 	}
-	if perm := fi.Mode().Perm(); perm&0o022 != 0 && !readOnlyMount(path) {
+	if perm := fi.Mode().Perm(); perm&0o022 != 0 {
 		c.problems = append(c.problems, fmt.Errorf("policy file %s is writable by %s (mode %04o); fix with: chmod go-w %s", path, writers(fi.Mode()), perm, path))
 	}
 }
@@ -133,11 +150,21 @@ func writers(m fs.FileMode) string {
 	return "others"
 }
 
-// readOnlyMount reports whether path is on a read-only mount, where its
-// mode bits let nobody write it through this path: a Kubernetes ConfigMap
-// volume, whose root directory is mode 0777 (an emptyDir's) but mounted
-// read-only into the container.
-func readOnlyMount(path string) bool {
-	var st unix.Statfs_t
-	return unix.Statfs(path, &st) == nil && st.Flags&unix.ST_RDONLY != 0
+// readOnlyMountRoot reports whether the directory path is the root of a
+// read-only mount: its mode bits let nobody write it through this mount.
+// That is a Kubernetes ConfigMap volume, whose root directory is mode 0777
+// (an emptyDir's) but mounted read-only into the container. Only the root
+// of such a mount passes: under systemd's ProtectSystem=strict everything
+// is on a read-only mount, and a writable directory below / must still be
+// refused.
+func readOnlyMountRoot(path string) bool {
+	var sfs unix.Statfs_t
+	if unix.Statfs(path, &sfs) != nil || sfs.Flags&unix.ST_RDONLY == 0 {
+		return false
+	}
+	var stx unix.Statx_t
+	if unix.Statx(unix.AT_FDCWD, path, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_BASIC_STATS, &stx) != nil {
+		return false
+	}
+	return stx.Attributes_mask&unix.STATX_ATTR_MOUNT_ROOT != 0 && stx.Attributes&unix.STATX_ATTR_MOUNT_ROOT != 0
 }

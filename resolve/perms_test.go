@@ -247,4 +247,76 @@ func TestCheckPermsConfigMapVolume(t *testing.T) {
 	if err := CheckPerms(path); err != nil {
 		t.Errorf("read-only ConfigMap volume refused: %v", err)
 	}
+	// Below the root of a read-only mount, a writable directory is still
+	// refused: under ProtectSystem=strict every path is on one.
+	inner := filepath.Join(t.TempDir(), "inner")
+	os.Mkdir(inner, 0o755)
+	if err := syscall.Mount("tmpfs", inner, "tmpfs", 0, "mode=0755"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Unmount(inner, syscall.MNT_DETACH) })
+	sub := filepath.Join(inner, "shared")
+	os.Mkdir(sub, 0o755)
+	os.Chmod(sub, 0o777)
+	os.WriteFile(filepath.Join(sub, "policy.yaml"), []byte("version: 1\n"), 0o644)
+	if err := syscall.Mount("", inner, "", syscall.MS_REMOUNT|syscall.MS_RDONLY, "mode=0755"); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckPerms(filepath.Join(sub, "policy.yaml")); err == nil || !strings.Contains(err.Error(), "shared on the way to the policy is writable") {
+		t.Errorf("a 0777 directory below a read-only mount's root: %v, want it refused", err)
+	}
+	// A writable file is refused even on a read-only mount (ConfigMap
+	// files are 0644).
+	if err := syscall.Mount("", inner, "", syscall.MS_REMOUNT, "mode=0755"); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(sub, 0o755)
+	os.Chmod(filepath.Join(sub, "policy.yaml"), 0o666)
+	syscall.Mount("", inner, "", syscall.MS_REMOUNT|syscall.MS_RDONLY, "mode=0755")
+	if err := CheckPerms(filepath.Join(sub, "policy.yaml")); err == nil || !strings.Contains(err.Error(), "is writable by group and others") {
+		t.Errorf("a 0666 file on a read-only mount: %v, want it refused", err)
+	}
+}
+
+// ".." after a symbolic link goes up from the link's target, as the
+// kernel resolves it: the check must follow the same path the read does.
+func TestCheckPermsDotDotAfterSymlink(t *testing.T) {
+	testenv.RequireNetNS(t) // root, to make files of other owners
+	base := t.TempDir()
+	mk := func(p string, mode os.FileMode) string {
+		p = filepath.Join(base, p)
+		if err := os.MkdirAll(p, mode); err != nil {
+			t.Fatal(err)
+		}
+		os.Chmod(p, mode)
+		return p
+	}
+	root := mk("root", 0o755)
+	mk("root/shared", 0o755)
+	os.WriteFile(filepath.Join(root, "shared", "policy.yaml"), []byte("version: 1\n"), 0o644)
+	// A user's tree: releases/42 and, beside it, their own shared/policy.yaml.
+	evil := mk("evil", 0o755)
+	mk("evil/releases/42", 0o755)
+	mk("evil/releases/shared", 0o755)
+	os.WriteFile(filepath.Join(evil, "releases", "shared", "policy.yaml"), []byte("version: 1\n"), 0o644)
+	for _, p := range []string{evil, filepath.Join(evil, "releases"), filepath.Join(evil, "releases", "42"),
+		filepath.Join(evil, "releases", "shared"), filepath.Join(evil, "releases", "shared", "policy.yaml")} {
+		os.Chown(p, 1000, 1000)
+	}
+	if err := os.Symlink(filepath.Join(evil, "releases", "42"), filepath.Join(root, "current")); err != nil {
+		t.Fatal(err)
+	}
+	// root/current/../shared/policy.yaml is the user's file, not root's.
+	path := filepath.Join(root, "current") + "/../shared/policy.yaml"
+	if b, _ := os.ReadFile(path); len(b) == 0 {
+		t.Fatal("setup: the path does not resolve")
+	}
+	err := CheckPerms(path)
+	if err == nil || !strings.Contains(err.Error(), "owned by uid 1000") {
+		t.Errorf("CheckPerms(%s) = %v, want the user's directories refused", path, err)
+	}
+	// Control: root's own file, reached without the link, passes.
+	if err := CheckPerms(root + "/shared/../shared/policy.yaml"); err != nil {
+		t.Errorf("root's own file: %v", err)
+	}
 }

@@ -47,39 +47,56 @@ Description: ports that belong to users
  root. portfw watch keeps the kernel equal to the policy.
 CONTROL
 
+# The unit's life as dh_installsystemd would write it (deb-systemd-helper
+# is in init-system-helpers, which is essential): enabled on first install,
+# in a chroot or image build too, where no systemd runs; an admin's
+# `systemctl disable` survives upgrades; an upgrade restarts the daemon on
+# the new binary (the rules stay in the kernel meanwhile).
 cat > "$stage/DEBIAN/postinst" <<'SCRIPT'
 #!/bin/sh
 set -e
-if [ "$1" = configure ] && [ -d /run/systemd/system ]; then
-	systemctl daemon-reload || true
-	systemctl enable portfw.service || true
-	# Reloads on upgrade; starts on first install. The shipped policy has
-	# no reservations, so a first start enforces nothing.
-	systemctl reload-or-restart portfw.service || true
-fi
+case "$1" in
+configure|abort-upgrade|abort-deconfigure|abort-remove)
+	deb-systemd-helper unmask portfw.service >/dev/null || true
+	if deb-systemd-helper --quiet was-enabled portfw.service; then
+		deb-systemd-helper enable portfw.service >/dev/null || true
+	else
+		deb-systemd-helper update-state portfw.service >/dev/null || true
+	fi
+	if [ -d /run/systemd/system ]; then
+		systemctl --system daemon-reload >/dev/null || true
+		# The shipped policy has no reservations: a first start enforces nothing.
+		if [ -n "$2" ]; then action=restart; else action=start; fi
+		deb-systemd-invoke $action portfw.service >/dev/null || true
+	fi
+	;;
+esac
 SCRIPT
 cat > "$stage/DEBIAN/prerm" <<'SCRIPT'
 #!/bin/sh
 set -e
 if [ "$1" = remove ]; then
 	if [ -d /run/systemd/system ]; then
-		systemctl disable --now portfw.service || true
+		deb-systemd-invoke stop portfw.service >/dev/null || true
 	fi
 	# Removing the package removes what it enforced: the table, the bind
-	# guard, the sysctl changes (restored). An upgrade keeps them.
+	# guard, the sysctl changes (restored), the lock file. An upgrade keeps
+	# them.
 	/usr/sbin/portfw remove || true
 fi
 SCRIPT
 cat > "$stage/DEBIAN/postrm" <<'SCRIPT'
 #!/bin/sh
 set -e
-case "$1" in
-remove|purge)
-	# `portfw remove` (prerm) took its lock file and state with it.
-	[ -d /run/systemd/system ] && systemctl daemon-reload || true
-	;;
-esac
+if [ "$1" = remove ] && [ -d /run/systemd/system ]; then
+	systemctl --system daemon-reload >/dev/null || true
+fi
+if [ "$1" = remove ]; then
+	deb-systemd-helper mask portfw.service >/dev/null || true
+fi
 if [ "$1" = purge ]; then
+	deb-systemd-helper purge portfw.service >/dev/null || true
+	deb-systemd-helper unmask portfw.service >/dev/null || true
 	rmdir /etc/portfw/policy.d /etc/portfw 2>/dev/null || true
 fi
 SCRIPT

@@ -14,7 +14,7 @@ snapshot() {
 	find /usr /etc /lib /run /var/lib -xdev \
 		-path /var/lib/dpkg -prune -o -path /var/lib/apt -prune -o -path /var/cache -prune -o \
 		-path /run/netns -prune -o -path /var/lib/containers -prune -o -path /run/containers -prune -o \
-		-path /run/libpod -prune -o -path /var/lib/systemd/deb-systemd-helper-enabled -prune -o \
+		-path /run/libpod -prune -o \
 		-path /var/lib/man-db -prune -o -path /etc/ld.so.cache -prune -o \
 		-path /run/systemd/systemd-units-load -prune -o -print 2>/dev/null | sort
 }
@@ -41,12 +41,25 @@ if command -v systemd-analyze >/dev/null; then
 	[ -z "$out" ] || fail "systemd-analyze verify warns: $out"
 fi
 
+# Enabled on install, though no systemd runs here (as in an image build).
+wants=/etc/systemd/system/multi-user.target.wants/portfw.service
+[ -L "$wants" ] || fail "the unit was not enabled on first install"
+# An upgrade (here, a reinstall) keeps the admin's disable.
+deb-systemd-helper disable portfw.service
+dpkg -i "$deb" >/dev/null
+[ -L "$wants" ] && fail "the upgrade re-enabled a unit the admin disabled"
+deb-systemd-helper enable portfw.service
+dpkg -i "$deb" >/dev/null
+[ -L "$wants" ] || fail "the upgrade disabled an enabled unit"
+
 echo "test-deb: dpkg -r portfw"
 dpkg -r portfw >/dev/null
 [ -e /usr/sbin/portfw ] && fail "the binary survived dpkg -r"
 [ -e /etc/portfw/policy.yaml ] || fail "dpkg -r removed the conffile (only purge may)"
 snapshot > "$after"
-left=$(comm -13 "$before" "$after")
+# What Debian keeps after a remove: the conffile and the unit's
+# enablement state (symlinks and deb-systemd-helper's records), for purge.
+left=$(comm -13 "$before" "$after" | grep -v -e '^/etc/systemd/system' -e '^/var/lib/systemd/deb-systemd-helper-' || true)
 [ "$left" = "$(printf '/etc/portfw\n/etc/portfw/policy.yaml')" ] || fail "after dpkg -r, besides the conffile: $left"
 
 echo "test-deb: dpkg -P portfw"

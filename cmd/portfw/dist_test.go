@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"flag"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -68,7 +69,7 @@ func TestDaemonSetAsShipped(t *testing.T) {
 	c := get(spec, "containers", 0)
 	var args []string
 	for _, a := range get(c, "args").([]any) {
-		args = append(args, strings.ReplaceAll(a.(string), "$(NODE_IP)", "192.0.2.1"))
+		args = append(args, strings.ReplaceAll(a.(string), "$(NODE_IP)", "2001:db8::1"))
 	}
 	if args[0] != "watch" {
 		t.Fatalf("args %q do not run watch", args)
@@ -77,8 +78,18 @@ func TestDaemonSetAsShipped(t *testing.T) {
 	if fs.Lookup("insecure-policy-perms").Value.String() != "false" {
 		t.Error("the DaemonSet passes --insecure-policy-perms")
 	}
-	if fs.Lookup("metrics-address").Value.String() != "192.0.2.1:9851" {
+	if fs.Lookup("metrics-address").Value.String() != "[2001:db8::1]:9851" {
 		t.Errorf("metrics on %s", fs.Lookup("metrics-address").Value)
+	}
+	// The address the kubelet makes of it listens on IPv4 and IPv6 nodes.
+	for _, ip := range []string{"192.0.2.1", "2001:db8::1"} {
+		for _, a := range get(c, "args").([]any) {
+			if v := a.(string); strings.Contains(v, "$(NODE_IP)") {
+				if _, err := net.ResolveTCPAddr("tcp", strings.ReplaceAll(v, "$(NODE_IP)", ip)); err != nil {
+					t.Errorf("on a node with IP %s: %v", ip, err)
+				}
+			}
+		}
 	}
 	if get(c, "readinessProbe", "httpGet", "path") != "/healthz" || get(c, "ports", 0, "containerPort") != 9851 {
 		t.Error("no readiness probe on /healthz at the metrics port")

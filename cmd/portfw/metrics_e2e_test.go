@@ -1,10 +1,13 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"os"
+	"os/exec"
 	"regexp"
 	"strings"
 	"testing"
@@ -103,6 +106,15 @@ func (s *scraper) want(mfs map[string]*dto.MetricFamily, check func(float64) boo
 	}
 }
 
+// none checks that name has no sample with these labels (or a zero one):
+// a reservation's drop series appear with its first drop.
+func (s *scraper) none(mfs map[string]*dto.MetricFamily, why, name string, labels ...string) {
+	s.t.Helper()
+	if v, ok := value(mfs, name, labels...); ok && v != 0 {
+		s.t.Errorf("%s%v = %v, want none (%s)", name, labels, v, why)
+	}
+}
+
 func eq(x float64) func(float64) bool { return func(v float64) bool { return v == x } }
 func positive(v float64) bool         { return v > 0 }
 
@@ -136,10 +148,10 @@ func TestMetricsDaemon(t *testing.T) {
 	mfs := s.metrics()
 	s.want(mfs, positive, "> 0", "portfw_dropped_packets_total", "reservation", "web", "direction", "out")
 	s.want(mfs, positive, "> 0", "portfw_dropped_bytes_total", "reservation", "web", "direction", "out")
-	s.want(mfs, eq(0), "0 (a plain SYN is let in)", "portfw_dropped_packets_total", "reservation", "web", "direction", "in")
+	s.none(mfs, "a plain SYN is let in", "portfw_dropped_packets_total", "reservation", "web", "direction", "in")
 	s.want(mfs, positive, "> 0", "portfw_dropped_packets_total", "reservation", "sip", "direction", "out")
 	for _, dir := range []string{"in", "out"} {
-		s.want(mfs, eq(0), "0", "portfw_dropped_packets_total", "reservation", "lite", "direction", dir)
+		s.none(mfs, "lite dropped nothing", "portfw_dropped_packets_total", "reservation", "lite", "direction", dir)
 	}
 	s.want(mfs, eq(3), "3", "portfw_reservations")
 	s.want(mfs, eq(1), "1", "portfw_in_sync")
@@ -186,8 +198,31 @@ func TestMetricsDaemon(t *testing.T) {
 	s.want(mfs, eq(2), "2", "portfw_reloads_total", "result", "applied")
 	s.want(mfs, eq(1), "1", "portfw_reloads_total", "result", "invalid")
 	s.want(mfs, eq(1), "1 (the edit, write to commit)", "portfw_reload_duration_seconds")
-	if code, body := s.get("/healthz"); code != 200 {
+	s.want(mfs, eq(0), "0 (the files are rejected)", "portfw_policy_files_valid")
+	if code, body := s.get("/healthz"); code != 200 || !strings.Contains(body, "the files on disk are rejected, the last good policy stays") {
 		t.Errorf("/healthz with an invalid file and the last good policy enforced: %d %q", code, body)
+	}
+}
+
+// TestMetricsAddressBusy: a taken metrics address does not stop the
+// daemon from enforcing; it serves once the address is free. A malformed
+// one is a usage error.
+func TestMetricsAddressBusy(t *testing.T) {
+	w := setup(t, "")
+	taken := w.Server.Serve(t, testenv.ServeConfig{Addr: netip.MustParseAddrPort("127.0.0.1:9851"), As: w.squat})
+	path := writePolicy(t, w.policy("bind_guard: off"))
+	d := startDaemon(t, viaIPNetnsExec, w.Server, path, "--metrics-address", "127.0.0.1:9851")
+	d.waitLog("metrics: cannot listen; retrying", 1)
+	if !tableHas(t, w.Server, `tcp . 8443 comment "web"`) {
+		t.Fatal("the daemon enforced nothing while the metrics address was taken")
+	}
+	taken.Stop(t)
+	d.waitLog(`msg="serving metrics" address=127.0.0.1:9851`, 1)
+
+	_, stderr, err := w.Server.Exec(portfwBin(t), "watch", "-f", path, "--metrics-address", "localhost")
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != exitUsage || !strings.Contains(stderr, `--metrics-address "localhost"`) {
+		t.Errorf("a malformed address: %v\n%s", err, stderr)
 	}
 }
 

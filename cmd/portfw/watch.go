@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -11,11 +12,15 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
+	"golang.org/x/net/netutil"
 
+	"github.com/portfw/portfw/compiler"
+	"github.com/portfw/portfw/internal/engine"
 	"github.com/portfw/portfw/internal/metrics"
 	"github.com/portfw/portfw/internal/watch"
 	"github.com/portfw/portfw/model"
@@ -49,6 +54,12 @@ func runWatch(a *app, args []string) int {
 		return exitUsage
 	}
 	log := slog.New(h)
+	if *metricsAddr != "" {
+		if _, err := net.ResolveTCPAddr("tcp", *metricsAddr); err != nil {
+			fmt.Fprintf(a.stderr, "portfw watch: --metrics-address %q: %v (want HOST:PORT or [IPv6]:PORT)\n", *metricsAddr, err)
+			return exitUsage
+		}
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -82,21 +93,12 @@ func runWatch(a *app, args []string) int {
 	}
 	var observer watch.Observer
 	if *metricsAddr != "" {
-		src := metrics.Source{Gen: e.Host.Tables.Gen, Drops: e.Drops,
-			ScrapeError: func(err error) { log.Warn("metrics scrape incomplete", "err", err) }}
-		if l, ok := e.Host.Lock.(interface{ Held() error }); ok {
-			src.LockHeld = l.Held
-		}
-		m := metrics.New(version, src)
-		ln, err := net.Listen("tcp", *metricsAddr)
+		m, closeMetrics, err := serveMetrics(ctx, *metricsAddr, e, log)
 		if err != nil {
-			log.Error("serve metrics", "err", err)
-			return exitUsage
+			log.Error("metrics", "err", err)
+			return exitNo
 		}
-		srv := &http.Server{Handler: m.Handler(), ReadHeaderTimeout: 5 * time.Second}
-		go srv.Serve(ln)
-		defer srv.Close()
-		log.Info("serving metrics", "address", ln.Addr().String())
+		defer closeMetrics()
 		observer = m
 	}
 	var watchdog time.Duration
@@ -136,6 +138,57 @@ func absPath(path string) string {
 		return abs
 	}
 	return path
+}
+
+// serveMetrics serves /metrics and /healthz on addr. They read the kernel
+// through a netlink connection of their own, one request at a time, so a
+// scrape never interleaves with the daemon's commits and dumps. A busy
+// address does not stop the daemon: enforcing comes first, and the
+// listener is retried every few seconds until it binds.
+func serveMetrics(ctx context.Context, addr string, e *engine.Engine, log *slog.Logger) (*metrics.Metrics, func(), error) {
+	conn, err := nft.Open(-1)
+	if err != nil {
+		return nil, nil, fmt.Errorf("open a netlink connection for the metrics: %w", err)
+	}
+	var mu sync.Mutex
+	reader := &engine.Engine{Host: engine.Host{Tables: conn}}
+	src := metrics.Source{
+		Gen: func() (uint32, error) { mu.Lock(); defer mu.Unlock(); return conn.Gen() },
+		Drops: func(table string) ([]compiler.Summary, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			return reader.Drops(table)
+		},
+		ScrapeError: func(err error) { log.Warn("metrics: cannot read the drop counters", "err", err) },
+	}
+	if l, ok := e.Host.Lock.(interface{ Held() error }); ok {
+		src.LockHeld = l.Held
+	}
+	m := metrics.New(version, src)
+	srv := &http.Server{Handler: m.Handler(), ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
+		WriteTimeout: 30 * time.Second, IdleTimeout: time.Minute}
+	go func() {
+		for retry := time.Duration(0); ; retry = 5 * time.Second {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(retry):
+			}
+			ln, err := net.Listen("tcp", addr)
+			if err != nil {
+				log.Error("metrics: cannot listen; retrying in 5s (enforcing goes on)", "address", addr, "err", err)
+				continue
+			}
+			log.Info("serving metrics", "address", ln.Addr().String())
+			// A handful of connections is all Prometheus and a probe need.
+			if err := srv.Serve(netutil.LimitListener(ln, 8)); !errors.Is(err, http.ErrServerClosed) {
+				log.Error("metrics: server stopped; restarting", "err", err)
+				continue
+			}
+			return
+		}
+	}()
+	return m, func() { srv.Close(); conn.Close() }, nil
 }
 
 // committers names the processes that made the commits before generation

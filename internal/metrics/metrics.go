@@ -6,7 +6,6 @@
 package metrics
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -35,6 +34,9 @@ type State struct {
 	// it could not enforce, or enforced only in part.
 	Failure   string
 	AppliedAt time.Time
+	// Rejected is why the policy files on disk were rejected at the last
+	// reload ("" when they were valid); the last good policy stays.
+	Rejected string
 }
 
 // Source is what the metrics read from the host, at scrape time.
@@ -45,15 +47,10 @@ type Source struct {
 	Drops func(table string) ([]compiler.Summary, error)
 	// LockHeld says whether the daemon still holds its namespace's lock.
 	LockHeld func() error
-	// ScrapeError hears of a scrape's failures (the drop counters could
-	// not be read); the scrape serves the metrics it could gather. May be
-	// nil.
+	// ScrapeError hears, once per read, that the drop counters could not
+	// be read; scrapes then serve the other metrics. May be nil.
 	ScrapeError func(error)
 }
-
-type scrapeLog func(error)
-
-func (f scrapeLog) Println(v ...any) { f(errors.New(fmt.Sprint(v...))) }
 
 // Metrics are the daemon's metrics and health.
 type Metrics struct {
@@ -69,9 +66,11 @@ type Metrics struct {
 	appliedAt    prometheus.Gauge
 	guardActive  prometheus.Gauge
 
-	mu    sync.Mutex
+	mu    sync.Mutex // guards state
 	state State
-	drops dropCache
+
+	dropsMu sync.Mutex // guards drops; held across a read, never with mu
+	drops   dropCache
 }
 
 // DropsMaxAge bounds how old the drop counters a scrape sees may be: at
@@ -97,6 +96,13 @@ func New(version string, src Source) *Metrics {
 		Help: "When the policy in force was last applied (Unix time)."})
 	m.guardActive = prometheus.NewGauge(prometheus.GaugeOpts{Name: "portfw_bind_guard_active",
 		Help: "1 when the bind guard enforces the policy in this namespace."})
+	filesValid := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "portfw_policy_files_valid",
+		Help: "1 when the policy files on disk were valid at the last reload; 0 while they are rejected and the last good policy stays enforced."},
+		func() float64 {
+			m.mu.Lock()
+			defer m.mu.Unlock()
+			return map[bool]float64{true: 1}[m.state.Rejected == ""]
+		})
 	inSync := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "portfw_in_sync",
 		Help: "1 when a valid policy is enforced and nobody changed the ruleset since the daemon's last commit or check."},
 		func() float64 {
@@ -109,7 +115,7 @@ func New(version string, src Source) *Metrics {
 		Help: "portfw's version and Go version, as labels; the value is 1."}, []string{"version", "goversion"})
 	build.WithLabelValues(version, runtime.Version()).Set(1)
 	m.reg.MustRegister(m.reload.total, m.reload.seconds, m.repairs, m.reservations, m.squatters, m.appliedAt, m.guardActive,
-		inSync, build, dropCollector{m})
+		inSync, filesValid, build, dropCollector{m})
 	for _, r := range []string{"applied", "unchanged", "invalid", "failed"} {
 		m.reload.total.WithLabelValues(r)
 	}
@@ -140,9 +146,6 @@ func (m *Metrics) Audited(byReservation map[string]int) {
 // Set records the daemon's state.
 func (m *Metrics) Set(s State) {
 	m.mu.Lock()
-	if s.Table != m.state.Table {
-		m.drops = dropCache{}
-	}
 	m.state = s
 	m.mu.Unlock()
 	m.reservations.Set(float64(s.Reservations))
@@ -180,16 +183,20 @@ func (m *Metrics) healthy() (bool, string) {
 				"its table is being checked and repaired", gen, s.Gen)
 		}
 	}
-	return true, fmt.Sprintf("ok: %s enforced, %d reservations in table inet %s", s.Policy, s.Reservations, s.Table)
+	ok := fmt.Sprintf("ok: %s enforced, %d reservations in table inet %s", s.Policy, s.Reservations, s.Table)
+	if s.Rejected != "" {
+		ok += "; the files on disk are rejected, the last good policy stays: " + s.Rejected
+	}
+	return true, ok
 }
 
 // Handler serves /metrics and /healthz.
 func (m *Metrics) Handler() http.Handler {
 	mux := http.NewServeMux()
-	opts := promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}
-	if m.src.ScrapeError != nil {
-		opts.ErrorLog = scrapeLog(m.src.ScrapeError)
-	}
+	// A scrape of 10k reservations costs milliseconds; a few at once is
+	// all a Prometheus needs, and more are refused (503) rather than
+	// queued.
+	opts := promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError, MaxRequestsInFlight: 2, Timeout: 10 * time.Second}
 	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, opts))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		ok, why := m.healthy()
@@ -204,22 +211,33 @@ func (m *Metrics) Handler() http.Handler {
 
 // dropCache keeps the last read of the drop counters.
 type dropCache struct {
-	at   time.Time
-	sums []compiler.Summary
-	err  error
+	at    time.Time
+	table string
+	sums  []compiler.Summary
+	err   error
 }
 
+// dropCounters reads the counters at most every DropsMaxAge (or when the
+// table changed), one read at a time; scrapes in between get the last read.
+// The daemon's state lock is not held meanwhile, so a slow read never
+// holds up the daemon.
 func (m *Metrics) dropCounters() ([]compiler.Summary, error) {
 	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.src.Drops == nil || m.state.Table == "" {
+	table := m.state.Table
+	m.mu.Unlock()
+	if m.src.Drops == nil || table == "" {
 		return nil, nil
 	}
-	if time.Since(m.drops.at) < DropsMaxAge {
+	m.dropsMu.Lock()
+	defer m.dropsMu.Unlock()
+	if m.drops.table == table && time.Since(m.drops.at) < DropsMaxAge {
 		return m.drops.sums, m.drops.err
 	}
-	sums, err := m.src.Drops(m.state.Table)
-	m.drops = dropCache{at: time.Now(), sums: sums, err: err}
+	sums, err := m.src.Drops(table)
+	m.drops = dropCache{at: time.Now(), table: table, sums: sums, err: err}
+	if err != nil && m.src.ScrapeError != nil {
+		m.src.ScrapeError(err)
+	}
 	return sums, err
 }
 
@@ -236,21 +254,27 @@ type dropCollector struct{ m *Metrics }
 
 func (c dropCollector) Describe(ch chan<- *prometheus.Desc) { ch <- dropPackets; ch <- dropBytes }
 
+// Collect reports what the last read found; a failed read was told to
+// ScrapeError, and its counters are left out.
 func (c dropCollector) Collect(ch chan<- prometheus.Metric) {
 	sums, err := c.m.dropCounters()
-	if err != nil {
-		ch <- prometheus.NewInvalidMetric(dropPackets, err)
-		return
+	if err == nil {
+		collectDrops(ch, sums)
 	}
-	collectDrops(ch, sums)
 }
 
+// collectDrops reports the counters that moved: a reservation's series
+// appear with its first drop. At 10k reservations the zeros would be 40k
+// series, megabytes per scrape, saying nothing.
 func collectDrops(ch chan<- prometheus.Metric, sums []compiler.Summary) {
 	for _, s := range sums {
 		for _, d := range []struct {
 			dir string
 			c   compiler.Counter
 		}{{"in", s.DroppedIn}, {"out", s.DroppedOut}} {
+			if d.c.Packets == 0 {
+				continue
+			}
 			ch <- prometheus.MustNewConstMetric(dropPackets, prometheus.CounterValue, float64(d.c.Packets), s.Name, d.dir)
 			ch <- prometheus.MustNewConstMetric(dropBytes, prometheus.CounterValue, float64(d.c.Bytes), s.Name, d.dir)
 		}

@@ -107,6 +107,8 @@ func TestHealthz(t *testing.T) {
 		{"someone committed", enforced(7), fakeHost{gen: 8}, 503, "the ruleset changed since the daemon's last commit or check (generation 8, the daemon's 7)"},
 		{"generation unreadable", enforced(7), fakeHost{genErr: errors.New("netlink: EPERM")}, 503, "cannot read the ruleset's generation: netlink: EPERM"},
 		{"lock lost", enforced(7), fakeHost{gen: 7, lockErr: errors.New("lock file replaced")}, 503, "the daemon lost its namespace's lock: lock file replaced"},
+		{"files rejected, last good enforced", func() State { s := enforced(7); s.Rejected = "policy.yaml:3:1: not valid YAML"; return s }(), fakeHost{gen: 7}, 200,
+			"enforced, 2 reservations in table inet portfw; the files on disk are rejected, the last good policy stays: policy.yaml:3:1: not valid YAML"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			m := New("v-test", tc.host.source())
@@ -153,7 +155,6 @@ func TestMetricsReportWhatTheDaemonDid(t *testing.T) {
 		{"portfw_dropped_bytes_total", []string{"reservation", "web", "direction", "in"}, 120},
 		{"portfw_dropped_packets_total", []string{"reservation", "web", "direction", "out"}, 5},
 		{"portfw_dropped_bytes_total", []string{"reservation", "web", "direction", "out"}, 300},
-		{"portfw_dropped_packets_total", []string{"reservation", "sip", "direction", "in"}, 0},
 		{"portfw_reloads_total", []string{"result", "applied"}, 1},
 		{"portfw_reloads_total", []string{"result", "invalid"}, 1},
 		{"portfw_reloads_total", []string{"result", "failed"}, 0},
@@ -168,6 +169,14 @@ func TestMetricsReportWhatTheDaemonDid(t *testing.T) {
 		if got, ok := sample(mfs, c.name, c.labels...); !ok || got != c.want {
 			t.Errorf("%s%v = %v (present %v), want %v", c.name, c.labels, got, ok, c.want)
 		}
+	}
+	for _, dir := range []string{"in", "out"} {
+		if _, ok := sample(mfs, "portfw_dropped_packets_total", "reservation", "sip", "direction", dir); ok {
+			t.Errorf("a series for sip/%s, which dropped nothing (only counters that moved are reported)", dir)
+		}
+	}
+	if v, _ := sample(mfs, "portfw_policy_files_valid"); v != 1 {
+		t.Errorf("portfw_policy_files_valid = %v with valid files", v)
 	}
 	if _, ok := sample(mfs, "portfw_squatters", "reservation", "sip"); ok {
 		t.Error("portfw_squatters has a sample for sip, which the audit did not report")
@@ -216,15 +225,64 @@ func TestDropCountersUnreadable(t *testing.T) {
 	src.ScrapeError = func(err error) { told = append(told, err) }
 	m := New("v-test", src)
 	m.Set(enforced(1))
-	mfs := parse(t, mustGet(t, m, "/metrics"))
-	if _, ok := mfs["portfw_dropped_packets_total"]; ok {
-		t.Error("drop counters reported though they could not be read")
+	for range 3 {
+		mfs := parse(t, mustGet(t, m, "/metrics"))
+		if _, ok := mfs["portfw_dropped_packets_total"]; ok {
+			t.Error("drop counters reported though they could not be read")
+		}
+		if v, _ := sample(mfs, "portfw_reservations"); v != 2 {
+			t.Errorf("the other metrics are not served: portfw_reservations = %v", v)
+		}
 	}
-	if v, _ := sample(mfs, "portfw_reservations"); v != 2 {
-		t.Errorf("the other metrics are not served: portfw_reservations = %v", v)
-	}
+	// Told once per read, not once per scrape: scrapes cannot flood the log.
 	if len(told) != 1 || !strings.Contains(told[0].Error(), "netlink receive: EINTR") {
 		t.Errorf("scrape errors told: %v, want the read's error once", told)
+	}
+}
+
+func TestFilesRejectedGauge(t *testing.T) {
+	m := New("v-test", (&fakeHost{gen: 1}).source())
+	s := enforced(1)
+	s.Rejected = "bad"
+	m.Set(s)
+	if v, _ := sample(parse(t, mustGet(t, m, "/metrics")), "portfw_policy_files_valid"); v != 0 {
+		t.Errorf("portfw_policy_files_valid = %v while the files are rejected", v)
+	}
+}
+
+// Many scrapes at once: at most a few are served at a time, and every one
+// gets an answer (served or 503), none hangs.
+func TestConcurrentScrapes(t *testing.T) {
+	h := &fakeHost{gen: 1, drops: []compiler.Summary{{Name: "web", DroppedOut: compiler.Counter{Packets: 1, Bytes: 60}}}}
+	m := New("v-test", h.source())
+	m.Set(enforced(1))
+	srv := httptest.NewServer(m.Handler())
+	defer srv.Close()
+	codes := make(chan int, 20)
+	for range 20 {
+		go func() {
+			resp, err := http.Get(srv.URL + "/metrics")
+			if err != nil {
+				codes <- 0
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			codes <- resp.StatusCode
+		}()
+	}
+	served := 0
+	for range 20 {
+		switch c := <-codes; c {
+		case 200:
+			served++
+		case 503:
+		default:
+			t.Errorf("a scrape got %d", c)
+		}
+	}
+	if served == 0 {
+		t.Error("no scrape was served")
 	}
 }
 

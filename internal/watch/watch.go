@@ -15,6 +15,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -112,6 +113,9 @@ type Daemon struct {
 	// (or check): a change notification whose generation is still this
 	// one is the daemon's own.
 	lastGen uint32
+	// rejectedWhy is the first error of the files on disk when they were
+	// rejected at the last reload ("" when they were valid).
+	rejectedWhy string
 	// failure is the last failure logged, so that one that repeats is
 	// logged once and then every errorRepeat.
 	failure     string
@@ -274,6 +278,9 @@ func (d *Daemon) watchDirs() []string {
 			dirs = append(dirs, real)
 		}
 	}
+	for _, t := range d.dropInTargets() {
+		dirs = append(dirs, filepath.Dir(t))
+	}
 	for _, f := range d.cfg.WatchFiles {
 		dirs = append(dirs, filepath.Dir(f))
 	}
@@ -285,6 +292,29 @@ func (d *Daemon) watchDirs() []string {
 			if fi, err := os.Stat(abs); err == nil && fi.IsDir() {
 				out = append(out, abs)
 			}
+		}
+	}
+	return out
+}
+
+// dropInTargets are the real files of the drop-ins that are symbolic
+// links (a package's file linked into policy.d): an update of one replaces
+// the target, not the link.
+func (d *Daemon) dropInTargets() []string {
+	if d.cfg.DropIns == "" {
+		return nil
+	}
+	entries, err := os.ReadDir(d.cfg.DropIns)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, e := range entries {
+		if e.Type()&fs.ModeSymlink == 0 || !strings.HasSuffix(e.Name(), ".yaml") || strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		if real, err := filepath.EvalSymlinks(filepath.Join(d.cfg.DropIns, e.Name())); err == nil {
+			out = append(out, real)
 		}
 	}
 	return out
@@ -364,7 +394,12 @@ func (d *Daemon) relevant(name string) bool {
 		}
 		parent := filepath.Dir(name)
 		real, _ := filepath.EvalSymlinks(dir)
-		if (parent == dir || parent == real) && strings.HasSuffix(base, ".yaml") && !strings.HasPrefix(base, ".") {
+		if (parent == dir || parent == real) && (strings.HasSuffix(base, ".yaml") || strings.HasSuffix(base, ".yml")) && !strings.HasPrefix(base, ".") {
+			return true
+		}
+	}
+	for _, t := range d.dropInTargets() {
+		if name == t || filepath.Dir(name) == filepath.Dir(t) && base == filepath.Base(t) {
 			return true
 		}
 	}
@@ -393,13 +428,23 @@ func (d *Daemon) reload(reason string) {
 			}
 			d.cfg.Log.Error("policy rejected; "+state, "reason", reason, "policy", d.cfg.Path, "errors", errorList(err))
 		}
+		d.rejectedWhy = firstLine(err.Error())
 		d.observe(func(o Observer) { o.Reloaded("invalid", 0) })
 		d.notifyStatus()
 		return
 	}
 	d.rejected = [sha256.Size]byte{}
+	d.rejectedWhy = ""
 	d.good, d.goodPol = res, pol
 	d.enforce(reason)
+}
+
+// firstLine is s up to its first newline.
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i] + " (and more)"
+	}
+	return s
 }
 
 func errorList(err error) string {
@@ -613,7 +658,7 @@ func (d *Daemon) notifyStatus() {
 		status = status[:200]
 	}
 	d.cfg.Notify("READY=1\nSTATUS=" + status)
-	st := metrics.State{Policy: d.cfg.Path, Gen: d.lastGen, Failure: d.failure, AppliedAt: d.appliedAt}
+	st := metrics.State{Policy: d.cfg.Path, Gen: d.lastGen, Failure: d.failure, AppliedAt: d.appliedAt, Rejected: d.rejectedWhy}
 	if d.good != nil && d.plan != nil {
 		st.Reservations, st.Table, st.GuardOn = len(d.good.Reservations), d.plan.Table, d.plan.Guard.On
 		st.Enforced = d.lastGen != 0

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -496,10 +497,37 @@ func TestRelevant(t *testing.T) {
 		"/etc/portfw/policy.d/50-nginx.yaml~":        false,
 		"/etc/portfw/policy.d/.ansible_tmpab12.yaml": false,
 		"/etc/portfw/policy.d/README":                false,
+		"/etc/portfw/policy.d/50-web.yml":            true, // reloaded to say it must be renamed
 		"/etc/portfw/other.yaml":                     false,
 		"/etc/passwd":                                true,
 		"/etc/shadow":                                false,
 	} {
+		if got := d.relevant(name); got != want {
+			t.Errorf("relevant(%s) = %v, want %v", name, got, want)
+		}
+	}
+}
+
+// A drop-in that is a symbolic link to a package's file: the target's
+// directory is watched and a replacement of the target is relevant.
+func TestSymlinkedDropIn(t *testing.T) {
+	root := t.TempDir()
+	etc, pkg := filepath.Join(root, "etc"), filepath.Join(root, "usr", "share", "app")
+	for _, d := range []string{filepath.Join(etc, "policy.d"), pkg} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	target := filepath.Join(pkg, "portfw.yaml")
+	os.WriteFile(target, []byte("version: 1\n"), 0o644)
+	if err := os.Symlink(target, filepath.Join(etc, "policy.d", "60-app.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	d := &Daemon{cfg: Config{Path: filepath.Join(etc, "policy.yaml"), DropIns: filepath.Join(etc, "policy.d")}}
+	if !slices.Contains(d.watchDirs(), pkg) {
+		t.Errorf("watchDirs %v lack the link target's directory %s", d.watchDirs(), pkg)
+	}
+	for name, want := range map[string]bool{target: true, filepath.Join(pkg, "other.yaml"): false} {
 		if got := d.relevant(name); got != want {
 			t.Errorf("relevant(%s) = %v, want %v", name, got, want)
 		}
