@@ -45,10 +45,10 @@ fi
 wants=/etc/systemd/system/multi-user.target.wants/portfw.service
 [ -L "$wants" ] || fail "the unit was not enabled on first install"
 # An upgrade (here, a reinstall) keeps the admin's disable.
-deb-systemd-helper disable portfw.service
+systemctl disable --quiet portfw.service
 dpkg -i "$deb" >/dev/null
 [ -L "$wants" ] && fail "the upgrade re-enabled a unit the admin disabled"
-deb-systemd-helper enable portfw.service
+systemctl enable --quiet portfw.service
 dpkg -i "$deb" >/dev/null
 [ -L "$wants" ] || fail "the upgrade disabled an enabled unit"
 
