@@ -128,7 +128,8 @@ EOF
 	echo "nft: $(nft --version)"
 	echo "sockperf: $(sockperf --version 2>&1 | sed -n 's/^sockperf, //p' | head -1)"
 	echo "Go: $(go version | cut -d' ' -f3-)"
-	echo "portfw: $("$PORTFW" version)"
+	v=$("$PORTFW" version)
+	echo "portfw: ${v%%$'\n'*}"
 	echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 	echo "datapath rounds: $ROUNDS"
 	echo "seconds per run: $SECS"
