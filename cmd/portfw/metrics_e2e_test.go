@@ -13,10 +13,6 @@ import (
 	"testing"
 	"time"
 
-	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
-
 	"github.com/portfw/portfw/testenv"
 )
 
@@ -53,54 +49,18 @@ func (s *scraper) get(path string) (int, string) {
 }
 
 // metrics scrapes /metrics and parses it with Prometheus's own parser.
-func (s *scraper) metrics() map[string]*dto.MetricFamily {
+func (s *scraper) metrics() testenv.Metrics {
 	s.t.Helper()
 	code, body := s.get("/metrics")
 	if code != 200 {
 		s.t.Fatalf("/metrics: %d\n%s", code, body)
 	}
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	mfs, err := p.TextToMetricFamilies(strings.NewReader(body))
-	if err != nil {
-		s.t.Fatalf("/metrics does not parse: %v\n%s", err, body)
-	}
-	return mfs
+	return testenv.ParseMetrics(s.t, body)
 }
 
-// value is the value of the metric name with exactly these labels; ok is
-// false when there is none.
-func value(mfs map[string]*dto.MetricFamily, name string, labels ...string) (float64, bool) {
-	mf := mfs[name]
-	if mf == nil {
-		return 0, false
-	}
-	for _, m := range mf.Metric {
-		got := map[string]string{}
-		for _, l := range m.Label {
-			got[l.GetName()] = l.GetValue()
-		}
-		match := len(got) == len(labels)/2
-		for i := 0; i+1 < len(labels); i += 2 {
-			match = match && got[labels[i]] == labels[i+1]
-		}
-		if !match {
-			continue
-		}
-		switch {
-		case m.Counter != nil:
-			return m.Counter.GetValue(), true
-		case m.Gauge != nil:
-			return m.Gauge.GetValue(), true
-		case m.Histogram != nil:
-			return float64(m.Histogram.GetSampleCount()), true
-		}
-	}
-	return 0, false
-}
-
-func (s *scraper) want(mfs map[string]*dto.MetricFamily, check func(float64) bool, what, name string, labels ...string) {
+func (s *scraper) want(mfs testenv.Metrics, check func(float64) bool, what, name string, labels ...string) {
 	s.t.Helper()
-	v, ok := value(mfs, name, labels...)
+	v, ok := mfs.Value(name, labels...)
 	if !ok || !check(v) {
 		s.t.Errorf("%s%v = %v (present %v), want %s", name, labels, v, ok, what)
 	}
@@ -108,9 +68,9 @@ func (s *scraper) want(mfs map[string]*dto.MetricFamily, check func(float64) boo
 
 // none checks that name has no sample with these labels (or a zero one):
 // a reservation's drop series appear with its first drop.
-func (s *scraper) none(mfs map[string]*dto.MetricFamily, why, name string, labels ...string) {
+func (s *scraper) none(mfs testenv.Metrics, why, name string, labels ...string) {
 	s.t.Helper()
-	if v, ok := value(mfs, name, labels...); ok && v != 0 {
+	if v, ok := mfs.Value(name, labels...); ok && v != 0 {
 		s.t.Errorf("%s%v = %v, want none (%s)", name, labels, v, why)
 	}
 }

@@ -10,11 +10,8 @@ import (
 	"testing"
 	"time"
 
-	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
-
 	"github.com/portfw/portfw/compiler"
+	"github.com/portfw/portfw/testenv"
 )
 
 // fakeHost is the host the metrics read at scrape time.
@@ -46,46 +43,11 @@ func get(t *testing.T, m *Metrics, path string) (int, string) {
 	return rec.Code, string(body)
 }
 
-func parse(t *testing.T, text string) map[string]*dto.MetricFamily {
-	t.Helper()
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	mfs, err := p.TextToMetricFamilies(strings.NewReader(text))
-	if err != nil {
-		t.Fatalf("does not parse as the Prometheus text format: %v\n%s", err, text)
-	}
-	return mfs
-}
+func parse(t *testing.T, text string) testenv.Metrics { return testenv.ParseMetrics(t, text) }
 
 // sample is the value of name's sample with exactly these label pairs.
-func sample(mfs map[string]*dto.MetricFamily, name string, labels ...string) (float64, bool) {
-	mf := mfs[name]
-	if mf == nil {
-		return 0, false
-	}
-	want := map[string]string{}
-	for i := 0; i+1 < len(labels); i += 2 {
-		want[labels[i]] = labels[i+1]
-	}
-next:
-	for _, m := range mf.Metric {
-		if len(m.Label) != len(want) {
-			continue
-		}
-		for _, l := range m.Label {
-			if v, ok := want[l.GetName()]; !ok || v != l.GetValue() {
-				continue next
-			}
-		}
-		switch {
-		case m.Counter != nil:
-			return m.Counter.GetValue(), true
-		case m.Gauge != nil:
-			return m.Gauge.GetValue(), true
-		case m.Histogram != nil:
-			return float64(m.Histogram.GetSampleCount()), true
-		}
-	}
-	return 0, false
+func sample(mfs testenv.Metrics, name string, labels ...string) (float64, bool) {
+	return mfs.Value(name, labels...)
 }
 
 func enforced(gen uint32) State {
@@ -330,7 +292,7 @@ func TestWriteText(t *testing.T) {
 	}
 }
 
-func goVersion(mfs map[string]*dto.MetricFamily) string {
+func goVersion(mfs testenv.Metrics) string {
 	if mf := mfs["portfw_build_info"]; mf != nil && len(mf.Metric) == 1 {
 		for _, l := range mf.Metric[0].Label {
 			if l.GetName() == "goversion" {
