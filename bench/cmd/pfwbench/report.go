@@ -458,7 +458,7 @@ func (r *report) markdown() string {
 	w("Wall time of the whole command, process start included, and its peak resident memory (getrusage), ")
 	w("each in a new namespace (%d rounds, %d at 100k; medians; portfw and `nft -f` alternate). ", len(r.apply["10000/portfw"]), len(r.apply["100000/portfw"]))
 	w("*Fresh*: table absent. The `nft -f` input is `portfw compile` of the same policy, checked to produce the ")
-	w("identical table (`portfw diff` says "table unchanged" after it; only the bind guard, which `nft -f` does not load, differs). *In sync*: the same apply again (nothing to do: ")
+	w("identical table (`portfw diff` finds the table unchanged after it; only the bind guard, which `nft -f` does not load, differs). *In sync*: the same apply again (nothing to do: ")
 	w("the state says the inputs are those of the last sync, so it does not even parse). *Status*: ")
 	w("`portfw status` (reads the table back). *One-owner change*: then an apply of the policy with one ")
 	w("reservation's owner changed. At 100k every reservation has one protocol (ports 12000-61999, the ")
