@@ -71,8 +71,12 @@ func TestGuardOnTheRealRoot(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer syscall.Close(fd)
-	before := guardPrograms(t, fd)
 	env := []string{envGuardCgroup + "="}
+	// Programs left attached for namespaces that are gone (a benchmark's,
+	// deleted without remove) are swept by any remove: do one first, so
+	// that "before" holds only what live namespaces use.
+	portfwEnv(t, viaIPNetnsExec, w.Server, env, "remove")
+	before := guardPrograms(t, fd)
 	path := writePolicy(t, fmt.Sprintf(guardPolicy, w.owner.UID))
 	t.Cleanup(func() { portfwEnv(t, viaIPNetnsExec, w.Server, env, "remove") })
 	out, errOut, code := portfwEnv(t, viaIPNetnsExec, w.Server, env, "apply", "-f", path)
