@@ -46,6 +46,9 @@ func runApply(a *app, args []string) int {
 		a.printError("apply", *path, err)
 		return exitUsage
 	}
+	// The next apply of a change starts from this one's record, not from a
+	// read of the table (engine.KeepSnapshot).
+	e.KeepSnapshot = true
 	if !*dryRun {
 		unlock, err := e.Lock()
 		if err != nil {

@@ -561,4 +561,23 @@ func TestInSyncApplyReadsNothing(t *testing.T) {
 	if inSync*100 > readBack {
 		t.Errorf("the in-sync apply received %d bytes, more than 1%% of a read-back (%d)", inSync, readBack)
 	}
+	// A one-owner change, by a new process: computed from the previous
+	// apply's saved record, not from a read of the table; the kernel then
+	// holds exactly the edited policy's table (diff reads it and agrees).
+	editedText := strings.Replace(b.String(), "users: [100007] }", "users: [777777] }", 1)
+	if editedText == b.String() {
+		t.Fatal("setup: the edit changed nothing")
+	}
+	edited := writePolicy(t, editedText)
+	if out, _, code := portfw(t, w.Server, "diff", "-f", edited); code != 1 || !strings.Contains(out, "r7") {
+		t.Fatalf("setup: diff before the change: exit %d\n%s", code, out)
+	}
+	change := netlinkBytes(t, w.Server, "apply", "-f", edited)
+	t.Logf("netlink bytes received for a one-owner change: %d", change)
+	if change*100 > readBack {
+		t.Errorf("the one-owner change received %d bytes, more than 1%% of a read-back (%d)", change, readBack)
+	}
+	if out, errOut, code := portfw(t, w.Server, "diff", "-f", edited); code != 0 {
+		t.Errorf("after the change from the record, diff against the kernel: exit %d\n%s%s", code, out, errOut)
+	}
 }

@@ -11,8 +11,10 @@
 package engine
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
+	"encoding/gob"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -65,6 +67,17 @@ type Host struct {
 	// that bound a reserved port before the guard could refuse them. Nil
 	// reports none.
 	Sockets func() ([]audit.Socket, error)
+	// Snapshots keeps the record of the last commit between processes
+	// (state.Dir beside the state file). Nil keeps none.
+	Snapshots Snapshots
+}
+
+// Snapshots stores an Engine's record of its last commit, so that the
+// next one-shot apply, a new process, computes its change from it instead
+// of reading the table back (see Engine.KeepSnapshot).
+type Snapshots interface {
+	LoadSnapshot() ([]byte, error)
+	SaveSnapshot([]byte) error
 }
 
 // Engine runs the pipeline on a Host.
@@ -74,11 +87,64 @@ type Engine struct {
 	// lock; the daemon does not wait.
 	LockWait time.Duration
 
+	// KeepSnapshot saves the record of each commit in Host.Snapshots (one-
+	// shot applies; the daemon keeps its record in memory). Any Sync that
+	// is not a dry run uses a saved record it finds valid: same
+	// generation, table and digest as the state, and a policy that hashes
+	// to that digest. Anything else reads the table back, as before.
+	KeepSnapshot bool
+
 	// last is what this Engine's last commit put in the table. While the
 	// ruleset's generation is still that commit's, the table holds exactly
 	// that, and the next change is computed from it without reading the
 	// table back (the daemon: one Engine, holding the lock for life).
 	last *record
+}
+
+// snapshot is a record as Host.Snapshots stores it.
+type snapshot struct {
+	Gen      uint32
+	Table    string
+	Digest   string
+	Resolved *model.Resolved
+}
+
+// loadSnapshot returns the saved record when it describes the table the
+// kernel holds now: the state names the same generation, table and digest,
+// the generation is the kernel's, and the saved policy hashes to the
+// digest. Otherwise nil: the caller reads the table back.
+func (e *Engine) loadSnapshot(st state.State, gen uint32, table string) *record {
+	if e.Host.Snapshots == nil || st.Gen == 0 || st.Gen != gen || st.Table != table {
+		return nil
+	}
+	b, err := e.Host.Snapshots.LoadSnapshot()
+	if err != nil || b == nil {
+		return nil
+	}
+	var s snapshot
+	if gob.NewDecoder(bytes.NewReader(b)).Decode(&s) != nil || s.Resolved == nil {
+		return nil
+	}
+	if s.Gen != gen || s.Table != table || s.Digest != st.Digest {
+		return nil
+	}
+	if d, _ := digests(s.Resolved); d != s.Digest {
+		return nil
+	}
+	return &record{gen: s.Gen, table: s.Table, digest: s.Digest, resolved: s.Resolved}
+}
+
+// saveSnapshot saves r when the Engine keeps snapshots. A failure costs the
+// next apply a read of the table, nothing else: an old snapshot names an
+// older generation and is not used.
+func (e *Engine) saveSnapshot(r *record) {
+	if !e.KeepSnapshot || e.Host.Snapshots == nil {
+		return
+	}
+	var b bytes.Buffer
+	if gob.NewEncoder(&b).Encode(snapshot{Gen: r.gen, Table: r.table, Digest: r.digest, Resolved: r.resolved}) == nil {
+		e.Host.Snapshots.SaveSnapshot(b.Bytes())
+	}
 }
 
 type record struct {
@@ -370,6 +436,9 @@ func (e *Engine) Sync(p *Plan, dry bool) (Result, error) {
 	// Only this Engine has committed since its last commit: the table is
 	// what that commit made, and the change needs no read.
 	prev := e.last
+	if prev == nil && !dry {
+		prev = e.loadSnapshot(st, gen, table) // a one-shot apply after another
+	}
 	known := prev != nil && st.Gen == gen && prev.gen == gen && prev.table == table && st.Table == table &&
 		st.Digest == prev.digest
 	e.last = nil // set again once this sync is through
@@ -415,6 +484,7 @@ func (e *Engine) Sync(p *Plan, dry bool) (Result, error) {
 				return res, err
 			}
 			e.last = &record{gen: gen, table: table, digest: p.Digest, resolved: p.Resolved}
+			e.saveSnapshot(e.last)
 			e.afterSync(p, &res)
 		}
 		return res, nil
@@ -513,6 +583,7 @@ func (e *Engine) Sync(p *Plan, dry bool) (Result, error) {
 		return res, &PartialError{done, err}
 	}
 	e.last = &record{gen: newGen, table: table, digest: p.Digest, resolved: p.Resolved}
+	e.saveSnapshot(e.last)
 	e.afterSync(p, &res)
 	return res, nil
 }

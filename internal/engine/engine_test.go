@@ -1,6 +1,8 @@
 package engine
 
 import (
+	"bytes"
+	"encoding/gob"
 	"errors"
 	"fmt"
 	"slices"
@@ -502,4 +504,82 @@ func TestDry(t *testing.T) {
 		t.Fatalf("dry sync: %+v %v", r, err)
 	}
 	w.wantEvents()
+}
+
+// TestChangeFromSnapshot: a one-shot apply (a new process, no record in
+// memory) computes a change from the record the previous apply saved,
+// without reading the table, but only when that record is provably what
+// the kernel holds: the state's generation is the kernel's and the saved
+// policy hashes to the state's digest. A dry run (diff) always reads.
+func TestChangeFromSnapshot(t *testing.T) {
+	w := newWorld(t)
+	w.e.Host.Snapshots, w.e.KeepSnapshot = w.store, true
+	two := func(owner string) string {
+		return policyText("bind_guard: off") + "  - name: app\n    ports: [8080]\n    owner: { users: [" + owner + "] }\n"
+	}
+	inKernel := func(text string) {
+		t.Helper()
+		_, want := load(t, text)
+		p, _ := w.e.Prepare("p.yaml", nil, want)
+		if got, _ := w.tables.Read(model.DefaultTable); !compiler.Diff(got, p.Ruleset()).InSync() {
+			t.Fatalf("the kernel does not hold the policy's table:\n%s", got)
+		}
+	}
+	w.mustApply(two("alice"))
+	if w.store.Snapshot == nil {
+		t.Fatal("no snapshot saved")
+	}
+	w.e.last = nil // a new process
+	reads := w.tables.Reads
+	r := w.mustApply(two("www-data"))
+	if r.Read || w.tables.Reads != reads || r.Mode != ModeDelta || !slices.Equal(r.Changes.Changed, []string{"app"}) {
+		t.Fatalf("one-owner change from the snapshot: %+v (%d reads, was %d); want a delta of app without a read", r, w.tables.Reads, reads)
+	}
+	inKernel(two("www-data"))
+
+	// A snapshot whose policy does not hash to the state's digest (stale,
+	// damaged, forged) is not used.
+	st, _ := w.store.Load()
+	_, other := load(t, two("alice"))
+	var b bytes.Buffer
+	gob.NewEncoder(&b).Encode(snapshot{Gen: st.Gen, Table: st.Table, Digest: st.Digest, Resolved: other})
+	w.store.Snapshot = b.Bytes()
+	w.e.last = nil
+	if r = w.mustApply(two("alice")); !r.Read {
+		t.Errorf("a snapshot of another policy was trusted: %+v", r)
+	}
+	inKernel(two("alice"))
+	w.store.Snapshot = []byte("garbage")
+	w.e.last = nil
+	if r = w.mustApply(two("www-data")); !r.Read {
+		t.Errorf("a garbled snapshot was trusted: %+v", r)
+	}
+	inKernel(two("www-data"))
+
+	// Another process committed since: the generation differs, it reads.
+	w.tables.Tamper("other", func(*compiler.Ruleset) *compiler.Ruleset { return &compiler.Ruleset{Table: "other"} })
+	w.e.last = nil
+	if r = w.mustApply(two("alice")); !r.Read {
+		t.Errorf("after another process's commit: %+v; want a read", r)
+	}
+	inKernel(two("alice"))
+
+	// A dry run compares with the kernel, never with a record.
+	w.e.last = nil
+	pol, res := load(t, two("www-data"))
+	p, err := w.e.Prepare("p.yaml", pol, res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err = w.e.Sync(p, true); err != nil || !r.Read {
+		t.Errorf("dry run: %+v %v; want a read", r, err)
+	}
+
+	// An Engine that does not keep snapshots (the daemon) writes none.
+	w2 := newWorld(t)
+	w2.e.Host.Snapshots = w2.store
+	w2.mustApply(two("alice"))
+	if w2.store.Snapshot != nil {
+		t.Error("a snapshot was saved without KeepSnapshot")
+	}
 }

@@ -173,7 +173,32 @@ func writeAtomic(path string, data []byte) error {
 	return nil
 }
 
+// snapshotPath is the file beside the state that holds the engine's record
+// of its last commit (see LoadSnapshot).
+func (d Dir) snapshotPath() string { return d.base() + ".snapshot" }
+
+// LoadSnapshot returns what SaveSnapshot last wrote: the engine's record of
+// the policy its last commit put in the table, which a later one-shot apply
+// checks against the state and the kernel's generation before it trusts
+// it. No snapshot is nil and no error.
+func (d Dir) LoadSnapshot() ([]byte, error) {
+	b, err := os.ReadFile(d.snapshotPath())
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	return b, err
+}
+
+// SaveSnapshot replaces the snapshot, atomically.
+func (d Dir) SaveSnapshot(b []byte) error {
+	if err := os.MkdirAll(d.Dir, 0o755); err != nil {
+		return err
+	}
+	return writeAtomic(d.snapshotPath(), b)
+}
+
 func (d Dir) Delete() error {
+	os.Remove(d.snapshotPath()) // it describes a table being removed
 	if _, err := d.Load(); errors.Is(err, ErrCorrupt) {
 		if err := os.Rename(d.Path(), d.Path()+".corrupt"); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("set the corrupt state aside: %w", err)
@@ -196,6 +221,21 @@ type Mem struct {
 	held    bool
 	// Holder is the pid a refused Lock names.
 	Holder int
+	// Snapshot is what SaveSnapshot wrote.
+	Snapshot []byte
+}
+
+func (m *Mem) LoadSnapshot() ([]byte, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.Snapshot, nil
+}
+
+func (m *Mem) SaveSnapshot(b []byte) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.Snapshot = append([]byte(nil), b...)
+	return nil
 }
 
 var (
@@ -227,7 +267,7 @@ func (m *Mem) Save(st State) error {
 func (m *Mem) Delete() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.st, m.Corrupt = nil, false
+	m.st, m.Corrupt, m.Snapshot = nil, false, nil
 	return nil
 }
 

@@ -582,16 +582,18 @@ func (r *report) reading(w func(string, ...any)) {
 	w("preparing %s ms, and the sync with the table absent %s ms, most of it the kernel's own commit ", f1(r.phase("prepare")), f1(r.phase("sync_cold")))
 	w("of the 60k elements (one sendmsg: `nft -f` sends the same and waits as long). An apply with nothing to do takes %s ms: ", f1(median(r.apply["10000/insync"])))
 	w("it compares a digest of its inputs with the state and reads neither the policy nor the table. ")
-	w("A one-owner change parses the whole file and reads the table back (%s ms at 10k).\n", f1(median(r.apply["10000/change"])))
+	w("A one-owner change (%s ms at 10k) parses the whole file but does not read the table back: ", f1(median(r.apply["10000/change"])))
+	w("the previous apply saved its record of the table beside the state, and the change is computed from it ")
+	w("while the generation and digest say the kernel still holds exactly that.\n")
 
 	w("- **Compile.** `compiler.Compile` of 10k takes %s ms (target 50 ms); its text form %s ms.\n",
 		f1(r.goMS("BenchmarkCompile/10000")), f1(r.goMS("BenchmarkString/10000")))
 
 	dl, sd := r.phase("apply_delta"), r.phase("sync_delta")
 	w("- **Delta.** The kernel part of a one-owner change at 10k, `nft.ApplyDelta`, takes %s ms (target 20 ms) ", f1(dl))
-	w("against %s ms for replacing the table. `engine.Sync`, what `portfw apply` runs, takes %s ms for it: ", f1(r.phase("apply_full")), f1(sd))
+	w("against %s ms for replacing the table. `engine.Sync` with no record of the table (after another process committed), takes %s ms for it: ", f1(r.phase("apply_full")), f1(sd))
 	w("it reads the whole table back (%s ms: a netlink dump of every element), diffs it (%s ms) ", f1(r.phase("read")), f1(r.phase("diff")))
-	w("and computes the element delta (%s ms). The daemon skips the read-back between other processes' commits.\n", f1(r.phase("element_delta")))
+	w("and computes the element delta (%s ms). The daemon, and a one-shot apply after portfw's own last commit, skip the read-back.\n", f1(r.phase("element_delta")))
 	if len(r.reloads) > 0 {
 		w("- **Reload.** ")
 		for i, rl := range r.reloads {
