@@ -28,10 +28,7 @@ func watchArgs(t *testing.T, where string, args []string) *flag.FlagSet {
 	var fs *flag.FlagSet
 	for _, c := range commands {
 		if c.name == "watch" {
-			a := newApp(io.Discard, io.Discard)
-			a.getenv = func(string) string { return "" }
-			a.describe = func(f *flag.FlagSet) { fs = f }
-			c.run(a, nil)
+			fs = flagSet(c)
 		}
 	}
 	fs.SetOutput(io.Discard)

@@ -21,16 +21,24 @@ type cmdFlags struct {
 	flags []*flag.Flag
 }
 
-// allFlags runs every command with describe set, which hands over its flag
-// set instead of running it.
+// flagSet is c's flag set, as c defines it: c runs with describe set,
+// which hands the set over instead of running the command. Defaults are the
+// documented ones, not what this shell's environment makes them.
+func flagSet(c command) *flag.FlagSet {
+	a := newApp(io.Discard, io.Discard)
+	a.getenv = func(string) string { return "" }
+	var fs *flag.FlagSet
+	a.describe = func(f *flag.FlagSet) { fs = f }
+	c.run(a, nil)
+	return fs
+}
+
+// allFlags is every command with its flags.
 func allFlags() []cmdFlags {
 	var out []cmdFlags
 	for _, c := range commands {
-		a := newApp(io.Discard, io.Discard)
-		a.getenv = func(string) string { return "" } // defaults as documented, not as this shell has them
 		cf := cmdFlags{command: c}
-		a.describe = func(fs *flag.FlagSet) { fs.VisitAll(func(f *flag.Flag) { cf.flags = append(cf.flags, f) }) }
-		c.run(a, nil)
+		flagSet(c).VisitAll(func(f *flag.Flag) { cf.flags = append(cf.flags, f) })
 		out = append(out, cf)
 	}
 	return out
