@@ -463,10 +463,9 @@ func handleTCP(conn net.Conn, id int, c serveConfig) {
 			}
 		}
 	}
-	if c.reset {
-		// A server that crashes or gives up on a client: the RST leaves
-		// conntrack's entry in CLOSE, which a new SYN on the same ports
-		// reopens.
+	// readThenReply reads the request (or waits readTimeout for one) and
+	// writes the reply.
+	readThenReply := func() {
 		conn.SetReadDeadline(time.Now().Add(c.readTimeout))
 		buf := make([]byte, 64<<10)
 		if n, _ := conn.Read(buf); n > 0 {
@@ -475,6 +474,12 @@ func handleTCP(conn net.Conn, id int, c serveConfig) {
 		if _, err := io.WriteString(conn, c.reply); err != nil {
 			emit(wire.Event{Ev: wire.EvError, Conn: id, Err: fmt.Sprintf("write reply: %v", err)})
 		}
+	}
+	if c.reset {
+		// A server that crashes or gives up on a client: the RST leaves
+		// conntrack's entry in CLOSE, which a new SYN on the same ports
+		// reopens.
+		readThenReply()
 		time.Sleep(100 * time.Millisecond) // the reply first, then the RST
 		conn.(*net.TCPConn).SetLinger(0)
 		return
@@ -483,14 +488,7 @@ func handleTCP(conn net.Conn, id int, c serveConfig) {
 		// Read the request first: closing with unread data would send an
 		// RST and discard the reply, while a clean close queues a FIN
 		// behind it, so the reply's retransmits leave from the orphan.
-		conn.SetReadDeadline(time.Now().Add(c.readTimeout))
-		buf := make([]byte, 64<<10)
-		if n, _ := conn.Read(buf); n > 0 {
-			emit(wire.Event{Ev: wire.EvRead, Conn: id, Data: append([]byte(nil), buf[:n]...)})
-		}
-		if _, err := io.WriteString(conn, c.reply); err != nil {
-			emit(wire.Event{Ev: wire.EvError, Conn: id, Err: fmt.Sprintf("write reply: %v", err)})
-		}
+		readThenReply()
 		return
 	}
 	conn.SetDeadline(time.Now().Add(c.readTimeout))
