@@ -2,11 +2,12 @@ package resolve
 
 import (
 	"fmt"
-	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/portfw/portfw/testenv"
 )
 
 // TestLoaderEqualsLoad: after every edit, the Loader's result (which
@@ -16,16 +17,7 @@ func TestLoaderEqualsLoad(t *testing.T) {
 	dir := t.TempDir()
 	passwd := filepath.Join(dir, "passwd")
 	group := filepath.Join(dir, "group")
-	write := func(path, text string) {
-		t.Helper()
-		tmp := path + ".tmp"
-		if err := os.WriteFile(tmp, []byte(text), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Rename(tmp, path); err != nil {
-			t.Fatal(err)
-		}
-	}
+	write := func(path, text string) { t.Helper(); testenv.ReplaceFile(t, path, text) }
 	write(passwd, "root:x:0:0::/:/bin/sh\nalice:x:1000:1000::/:/bin/sh\nbob:x:1001:1001::/:/bin/sh\n")
 	write(group, "root:x:0:\nvoip:x:2000:\n")
 	path := filepath.Join(dir, "policy.yaml")

@@ -129,3 +129,17 @@ func RequireTools(t testing.TB, names ...string) {
 		}
 	}
 }
+
+// ReplaceFile writes text next to path and renames it over path, as
+// editors and config-management tools do (a watcher sees a rename, never
+// a half-written file).
+func ReplaceFile(t testing.TB, path, text string) {
+	t.Helper()
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}

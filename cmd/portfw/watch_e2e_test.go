@@ -86,16 +86,7 @@ func (d *watchProc) waitLog(substr string, n int) {
 }
 
 // replace writes a file next to path and renames it over, as editors do.
-func replace(t *testing.T, path, text string) {
-	t.Helper()
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(text), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		t.Fatal(err)
-	}
-}
+func replace(t *testing.T, path, text string) { t.Helper(); testenv.ReplaceFile(t, path, text) }
 
 func tableHas(t *testing.T, ns *testenv.NS, substr string) bool {
 	t.Helper()
