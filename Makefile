@@ -11,8 +11,9 @@ FUZZTIME  ?= 15s
 # oracle of what the kernel holds, ip/nsenter build the namespaces,
 # useradd makes the test users, strace counts the netlink bytes an in-sync
 # apply reads, groff and man render and find the man pages, zsh checks its completion,
-# systemd-analyze verifies the unit. (bench/run.sh installs sockperf itself.)
-DEB_PKGS  := nftables iproute2 util-linux passwd strace groff-base man-db zsh systemd
+# systemd-analyze verifies the unit, dbus-daemon runs the private bus of the
+# systemd stand-in (testenv/fakesystemd). (bench/run.sh installs sockperf itself.)
+DEB_PKGS  := nftables iproute2 util-linux passwd strace groff-base man-db zsh systemd dbus-daemon
 
 .DEFAULT_GOAL := help
 
@@ -82,7 +83,7 @@ test-packages: deps deb image ## install and remove the .deb, run the image agai
 	./scripts/image.sh test
 
 deps: ## install the Debian packages the tests and demo need (root)
-	@missing=""; for c in nft ip nsenter useradd strace groff man zsh systemd-analyze; do command -v $$c >/dev/null || missing=1; done; \
+	@missing=""; for c in nft ip nsenter useradd strace groff man zsh systemd-analyze dbus-daemon; do command -v $$c >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing $(DEB_PKGS)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEB_PKGS) >/dev/null; \

@@ -1,8 +1,10 @@
 package model
 
 import (
+	"cmp"
 	"net/netip"
 	"slices"
+	"strings"
 	"unsafe"
 )
 
@@ -82,16 +84,94 @@ func (r *Reservation) Covers(proto Protocol, port uint16) bool {
 
 // Owners is who owns a reservation's ports. A socket or a bind is an
 // owner's when any part matches: it is root's and Root is set, or its uid
-// is in UIDs, or its gid in GIDs.
+// is in UIDs, or its gid in GIDs, or it was made by a process in one of
+// Cgroups or below it.
 //
 // Canonical Owners (as resolve makes them): UIDs and GIDs are sorted with
-// overlapping ranges merged (touching ones stay apart, see ExactIDs); at
-// least one part is non-empty. Root comes from settings.allow_root, so
-// every consumer sees root's ownership in one place.
+// overlapping ranges merged (touching ones stay apart, see ExactIDs);
+// Cgroups are sorted by CompareCgroups and unique; at least one part is
+// non-empty. Root comes from settings.allow_root, so every consumer sees
+// root's ownership in one place.
 type Owners struct {
-	Root bool
-	UIDs []IDRange
-	GIDs []IDRange
+	Root    bool
+	UIDs    []IDRange
+	GIDs    []IDRange
+	Cgroups []Cgroup
+}
+
+// MaxCgroupLevel is the deepest cgroup an owner may name: the rules and the
+// bind guard hold one lookup per level, so the levels are bounded.
+const MaxCgroupLevel = 8
+
+// Cgroup is a cgroup v2 directory whose sockets own: those made by a
+// process in it or in a cgroup below it. An owner that names a systemd unit
+// or a cgroup that does not exist now (a unit not running) is kept as a
+// waiting Cgroup, ID 0: it owns nothing until the cgroup appears.
+type Cgroup struct {
+	// Source is what the policy names: a unit ("nginx.service", or the
+	// unit a pattern matched) or a cgroup path.
+	Source string
+	// Unit is true when Source is a systemd unit.
+	Unit bool
+	// Path is the cgroup's path from the root of the cgroup v2 hierarchy,
+	// "/system.slice/nginx.service"; "" while a unit is waiting.
+	Path string
+	// Level is the cgroup's depth below the root (1 for "/system.slice"),
+	// what nftables' `socket cgroupv2 level N` and the guard's ancestor
+	// lookup compare at. 0 while a unit is waiting.
+	Level uint8
+	// ID is the kernel's cgroup id (the directory's inode number); 0 while
+	// waiting.
+	ID uint64
+}
+
+// Waiting reports whether the cgroup does not exist now.
+func (c Cgroup) Waiting() bool { return c.ID == 0 }
+
+// CompareCgroups orders cgroups: waiting ones first, then by level and id,
+// then by what names them.
+func CompareCgroups(a, b Cgroup) int {
+	return cmp.Or(cmp.Compare(a.Level, b.Level), cmp.Compare(a.ID, b.ID),
+		strings.Compare(a.Path, b.Path), strings.Compare(a.Source, b.Source), compareBool(a.Unit, b.Unit))
+}
+
+func compareBool(a, b bool) int {
+	switch {
+	case a == b:
+		return 0
+	case a:
+		return 1
+	}
+	return -1
+}
+
+// Live are the cgroups that exist now: those that own sockets.
+func (o Owners) Live() []Cgroup {
+	var out []Cgroup
+	for _, c := range o.Cgroups {
+		if !c.Waiting() {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// Waiting names the units and cgroups that own but do not exist now.
+func (o Owners) Waiting() []string {
+	var out []string
+	for _, c := range o.Cgroups {
+		if c.Waiting() {
+			out = append(out, c.Source)
+		}
+	}
+	return out
+}
+
+// CgroupOnly reports whether only cgroups own (root aside): then the
+// kernel's socket lookup on input, which sees a socket's cgroup but not its
+// uid, decides exactly who receives.
+func (o Owners) CgroupOnly() bool {
+	return len(o.Cgroups) > 0 && len(o.UIDs) == 0 && len(o.GIDs) == 0
 }
 
 // HasUID reports whether a socket or task with this uid is an owner.
@@ -109,13 +189,13 @@ func (o Owners) NonRoot() bool {
 			return true
 		}
 	}
-	return len(o.GIDs) > 0
+	return len(o.GIDs) > 0 || len(o.Cgroups) > 0
 }
 
 // Equal reports whether two owner sets own the same sockets.
 func (o Owners) Equal(p Owners) bool {
 	a, b := o.allUIDs(), p.allUIDs()
-	return slices.Equal(a, b) && slices.Equal(MergeIDs(o.GIDs), MergeIDs(p.GIDs))
+	return slices.Equal(a, b) && slices.Equal(MergeIDs(o.GIDs), MergeIDs(p.GIDs)) && Equal(o.Cgroups, p.Cgroups)
 }
 
 // allUIDs is UIDs with root folded in, merged.

@@ -196,6 +196,12 @@ func (r *ReservationSpec) shift(lines int) {
 	for i := range r.Groups {
 		r.Groups[i].Pos.Line += lines
 	}
+	for i := range r.Units {
+		r.Units[i].Pos.Line += lines
+	}
+	for i := range r.Cgroups {
+		r.Cgroups[i].Pos.Line += lines
+	}
 }
 
 // clone copies the reservation's lists, so the Reparser's copy and the
@@ -205,6 +211,8 @@ func (r ReservationSpec) clone() ReservationSpec {
 	r.Ports = slices.Clone(r.Ports)
 	r.Users = slices.Clone(r.Users)
 	r.Groups = slices.Clone(r.Groups)
+	r.Units = slices.Clone(r.Units)
+	r.Cgroups = slices.Clone(r.Cgroups)
 	r.Addresses = slices.Clone(r.Addresses)
 	return r
 }

@@ -23,6 +23,17 @@ type Policy struct {
 	Reservations []ReservationSpec
 }
 
+// NamesCgroups reports whether some reservation is owned by units or
+// cgroups.
+func (p *Policy) NamesCgroups() bool {
+	for i := range p.Reservations {
+		if len(p.Reservations[i].Units)+len(p.Reservations[i].Cgroups) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // Files are the policy's files: the main one, then its drop-ins.
 func (p *Policy) Files() []string { return append([]string{p.File}, p.DropIns...) }
 
@@ -35,6 +46,11 @@ type ReservationSpec struct {
 	Ports       []model.PortRange
 	Users       []OwnerRef
 	Groups      []OwnerRef
+	// Units are systemd unit names or patterns ("app@*.service"), Cgroups
+	// cgroup v2 paths from the hierarchy's root ("/system.slice/x.service"),
+	// both validated; OwnerRef.Name holds the text.
+	Units   []OwnerRef
+	Cgroups []OwnerRef
 	// Addresses are masked prefixes, IPv4-mapped IPv6 turned into IPv4;
 	// empty means every address.
 	Addresses []netip.Prefix
@@ -65,7 +81,7 @@ var (
 	logKeys         = []string{"rate"}
 	marksKeys       = []string{"owned", "squatted"}
 	reservationKeys = []string{"name", "description", "ports", "protocols", "owner", "addresses"}
-	ownerKeys       = []string{"users", "groups"}
+	ownerKeys       = []string{"users", "groups", "units", "cgroups"}
 )
 
 // Parse parses and validates a policy. It does not look at the host, so
@@ -361,9 +377,9 @@ func (p *parser) reservation(n *yaml.Node, field string) (r ReservationSpec, nam
 		r.Protocols = p.protocols(v, field+".protocols")
 	}
 	if v := vals["owner"]; v == nil {
-		p.errorf(n, field+".owner", "missing; every reservation needs an owner with users and/or groups")
+		p.errorf(n, field+".owner", "missing; every reservation needs an owner with users, groups, units or cgroups")
 	} else {
-		r.Users, r.Groups = p.owner(v, field+".owner")
+		p.owner(&r, v, field+".owner")
 	}
 	if v := vals["addresses"]; v != nil {
 		r.Addresses = p.addresses(v, field+".addresses")
@@ -422,21 +438,50 @@ func (p *parser) protocols(n *yaml.Node, field string) []model.Protocol {
 	return out
 }
 
-func (p *parser) owner(n *yaml.Node, field string) (users, groups []OwnerRef) {
+func (p *parser) owner(r *ReservationSpec, n *yaml.Node, field string) {
+	const empty = "empty; list at least one user, group, unit or cgroup"
 	if isNull(n) {
-		p.errorf(n, field, "empty; list at least one user or group")
-		return nil, nil
+		p.errorf(n, field, empty)
+		return
 	}
-	vals, ok := p.mapping(n, field, "a mapping with users and/or groups", ownerKeys)
+	vals, ok := p.mapping(n, field, "a mapping with users, groups, units and/or cgroups", ownerKeys)
 	if !ok {
-		return nil, nil
+		return
 	}
-	users, uok := p.ids(vals["users"], field+".users", "user", "uid")
-	groups, gok := p.ids(vals["groups"], field+".groups", "group", "gid")
-	if uok && gok && len(users) == 0 && len(groups) == 0 {
-		p.errorf(n, field, "empty; list at least one user or group")
+	var uok, gok, nok, cok bool
+	r.Users, uok = p.ids(vals["users"], field+".users", "user", "uid")
+	r.Groups, gok = p.ids(vals["groups"], field+".groups", "group", "gid")
+	r.Units, nok = p.names(vals["units"], field+".units", `a list of systemd units such as [nginx.service, "app@*.service"]`, checkUnit)
+	r.Cgroups, cok = p.names(vals["cgroups"], field+".cgroups", `a list of cgroup paths such as ["/system.slice/app.service"]`, checkCgroup)
+	if uok && gok && nok && cok && len(r.Users)+len(r.Groups)+len(r.Units)+len(r.Cgroups) == 0 {
+		p.errorf(n, field, empty)
 	}
-	return users, groups
+}
+
+// names parses a list of strings, each checked by check (which returns
+// why it is invalid, or ""). ok is false when an entry was wrong.
+func (p *parser) names(n *yaml.Node, field, want string, check func(string) string) (out []OwnerRef, ok bool) {
+	if n == nil || isNull(n) {
+		return nil, true
+	}
+	items, ok := p.sequence(n, field, want)
+	if !ok {
+		return nil, false
+	}
+	for i, item := range items {
+		s, good := p.scalar(item, index(field, i), "a string", "!!str")
+		if !good {
+			ok = false
+			continue
+		}
+		if why := check(s); why != "" {
+			p.errorf(item, index(field, i), "%s", why)
+			ok = false
+			continue
+		}
+		out = append(out, OwnerRef{Name: s, Pos: p.pos(deref(item))})
+	}
+	return out, ok
 }
 
 // ids parses a list of names, ids and id ranges. ok is false when an

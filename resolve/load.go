@@ -250,7 +250,12 @@ func (l *Loader) Load(files []string) (*model.Resolved, *policy.Policy, error) {
 
 // sameSpec reports whether b is a as the Reparser hands back an unchanged,
 // unmoved reservation: the very same lists, at the same place.
+// Owners that are units or cgroups are never the same: their cgroups come
+// and go while the text stays.
 func sameSpec(a, b policy.ReservationSpec) bool {
+	if len(b.Units)+len(b.Cgroups) > 0 {
+		return false
+	}
 	return a.Name == b.Name && a.Description == b.Description && a.Pos == b.Pos && a.Index == b.Index &&
 		same(a.Protocols, b.Protocols) && same(a.Ports, b.Ports) && same(a.Users, b.Users) &&
 		same(a.Groups, b.Groups) && same(a.Addresses, b.Addresses)

@@ -36,6 +36,7 @@ var ErrUnknown = errors.New("unknown")
 // unknown. It is for tests.
 type Static struct {
 	Users, Groups map[string]uint32
+	Cgroups       Cgroups // nil: the policy may not name units or cgroups
 }
 
 var _ Resolver = Static{}
@@ -74,6 +75,14 @@ type reuser func(i int, spec policy.ReservationSpec) (res model.Reservation, ok,
 // before instead of resolving its spec again. order[i] is where the
 // policy's i-th reservation is in the result.
 func resolve(p *policy.Policy, r Resolver, reuse reuser) (*model.Resolved, []int32, error) {
+	var cgroups Cgroups
+	cgroupsErr := errors.New("the user database cannot tell")
+	if cs, ok := r.(cgroupSource); ok && p.NamesCgroups() {
+		cgroups, cgroupsErr = cs.CgroupOwners()
+		if f, ok := cgroups.(fresher); ok {
+			cgroups = f.Fresh()
+		}
+	}
 	if s, ok := r.(interface{ Snapshot() Resolver }); ok {
 		r = s.Snapshot()
 	}
@@ -107,9 +116,10 @@ func resolve(p *policy.Policy, r Resolver, reuse reuser) (*model.Resolved, []int
 			Ports:       model.ExactPorts(rs.Ports),
 			Addresses:   mergePrefixes(rs.Addresses),
 			Owners: model.Owners{
-				Root: p.Settings.AllowRoot,
-				UIDs: model.ExactIDs(users.resolve(rs.Users, field+".owner.users", &errs)),
-				GIDs: model.ExactIDs(groups.resolve(rs.Groups, field+".owner.groups", &errs)),
+				Root:    p.Settings.AllowRoot,
+				UIDs:    model.ExactIDs(users.resolve(rs.Users, field+".owner.users", &errs)),
+				GIDs:    model.ExactIDs(groups.resolve(rs.Groups, field+".owner.groups", &errs)),
+				Cgroups: resolveCgroups(&rs, cgroups, cgroupsErr, field+".owner", &errs),
 			},
 			Pos: rs.Pos,
 		}
@@ -135,7 +145,14 @@ func resolve(p *policy.Policy, r Resolver, reuse reuser) (*model.Resolved, []int
 		sorted[k] = res[i]
 		order[i] = int32(k)
 	}
-	return &model.Resolved{Settings: p.Settings, Reservations: sorted}, order, nil
+	out := &model.Resolved{Settings: p.Settings, Reservations: sorted}
+	for i := range sorted {
+		if w := sorted[i].Owners.Waiting(); len(w) > 0 {
+			out.Warnings = append(out.Warnings, fmt.Sprintf("%s: waiting for %s (no cgroup now): its ports are held for nobody until it starts; `portfw watch` follows units and cgroups as they come and go, a one-shot apply does not",
+				sorted[i].Name, strings.Join(w, ", ")))
+		}
+	}
+	return out, order, nil
 }
 
 type lookup struct {

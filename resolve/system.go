@@ -39,6 +39,10 @@ type System struct {
 	nssUsers      map[string]uint32
 	nssGroups     map[string]uint32
 	noNSS         bool // set for custom files: NSS would read the wrong ones
+
+	// Cgroups resolves owners that are units and cgroups; nil refuses
+	// them.
+	Cgroups *HostCgroups
 }
 
 // NewSystem returns a resolver for the given database files ("" for the

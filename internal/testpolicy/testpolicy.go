@@ -18,6 +18,19 @@ import (
 var Users = resolve.Static{
 	Users:  map[string]uint32{"www-data": 33, "alice": 1000, "_sipd": 5060, "_dnsd": 5353},
 	Groups: map[string]uint32{"voip": 2000},
+	Cgroups: resolve.StaticCgroups{
+		IDs: map[string]uint64{
+			"/system.slice/nginx.service":         4101,
+			"/system.slice/app@1.service":         4201,
+			"/system.slice/app@2.service":         4202,
+			"/machine.slice/vm1.scope/payload":    4301,
+			"/user.slice/user-1000.slice/x.scope": 4401,
+		},
+		Units: map[string][]resolve.UnitCgroup{
+			"nginx.service": {{Unit: "nginx.service", Path: "/system.slice/nginx.service"}},
+			"app@*.service": {{Unit: "app@1.service", Path: "/system.slice/app@1.service"}, {Unit: "app@2.service", Path: "/system.slice/app@2.service"}},
+		},
+	},
 }
 
 // CompileFile parses, resolves and compiles the policy at path.
