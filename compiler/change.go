@@ -117,7 +117,8 @@ func declaration(name string) *Set {
 // elements (names aside): the same protocols, ports, addresses and owners.
 func sameReservation(a, b *model.Reservation) bool {
 	return a.Name == b.Name && model.SameGeometry(a, b) && a.Owners.Root == b.Owners.Root &&
-		model.Equal(a.Owners.UIDs, b.Owners.UIDs) && model.Equal(a.Owners.GIDs, b.Owners.GIDs)
+		model.Equal(a.Owners.UIDs, b.Owners.UIDs) && model.Equal(a.Owners.GIDs, b.Owners.GIDs) &&
+		model.Equal(a.Owners.Cgroups, b.Owners.Cgroups)
 }
 
 // sameRules reports whether the two policies compile to the same rules and
@@ -158,6 +159,10 @@ func kinds(r *model.Resolved) usage {
 // making them: a pass over 10k reservations instead of their 60k elements.
 func setsOf(res *model.Reservation, rootRule bool, sets *[numSets]bool) {
 	if len(res.Protocols) == 0 || len(res.Ports) == 0 {
+		return
+	}
+	if len(res.Owners.Cgroups) > 0 { // few; their sets are many
+		eachElement(res, rootRule, func(set int, _ Element) { sets[set] = true })
 		return
 	}
 	uids := len(res.Owners.UIDs) > 0 || (res.Owners.Root && !rootRule)

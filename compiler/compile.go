@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"net/netip"
 	"slices"
+	"strconv"
 
 	"github.com/portfw/portfw/model"
 )
@@ -39,6 +40,9 @@ var (
 	pp4G = []Field{FieldIPv4, FieldProto, FieldPort, FieldGID}
 	pp6U = []Field{FieldIPv6, FieldProto, FieldPort, FieldUID}
 	pp6G = []Field{FieldIPv6, FieldProto, FieldPort, FieldGID}
+	ppC  = []Field{FieldProto, FieldPort, FieldCgroup}
+	pp4C = []Field{FieldIPv4, FieldProto, FieldPort, FieldCgroup}
+	pp6C = []Field{FieldIPv6, FieldProto, FieldPort, FieldCgroup}
 )
 
 const (
@@ -62,15 +66,38 @@ const (
 	setDropInR
 	setDropIn4
 	setDropIn6
-	numSets
+	// The reservations only cgroups own (model.Owners.CgroupOnly): on
+	// input a socket outside them is dropped, since the socket lookup is
+	// exact there.
+	setCgOnly
+	setCgOnlyR
+	setCg4Only
+	setCg6Only
+	// The owner sets of cgroups, cgKinds per level 1..model.MaxCgroupLevel
+	// from setOwnCg on (see cgSet): the key's cgroup is the socket's
+	// ancestor at that level, so an owner's child cgroups match too.
+	setOwnCg
+	numSets = setOwnCg + cgKinds*model.MaxCgroupLevel
 )
+
+// The kinds of cgroup owner set of one level, as offsets from its first.
+const (
+	cgExact = iota // every address, one port
+	cgRange        // every address, a port range
+	cg4            // IPv4 address-scoped
+	cg6            // IPv6 address-scoped
+	cgKinds
+)
+
+// cgSet is the index of the owner set of kind at level.
+func cgSet(level uint8, kind int) int { return setOwnCg + (int(level)-1)*cgKinds + kind }
 
 // dropIn is how far an output drop set's index is from input's: each
 // direction counts its own drops, so status and metrics can tell a
 // squatter's replies (out) from what clients sent it (in).
 const dropIn = setDropIn - setDrop
 
-var specs = [numSets]setSpec{
+var specs = withCgroupSets([numSets]setSpec{
 	setRes:     {"res_port", pp, false, false},
 	setResR:    {"res_port_r", pp, true, false},
 	setRes4:    {"res4", pp4, true, false},
@@ -91,12 +118,35 @@ var specs = [numSets]setSpec{
 	setDropInR: {"drop_in_r", pp, true, true},
 	setDropIn4: {"drop4_in", pp4, true, true},
 	setDropIn6: {"drop6_in", pp6, true, true},
+	setCgOnly:  {"cg_only", pp, false, false},
+	setCgOnlyR: {"cg_only_r", pp, true, false},
+	setCg4Only: {"cg4_only", pp4, true, false},
+	setCg6Only: {"cg6_only", pp6, true, false},
+})
+
+// cgLevels is the level of each owner set of cgroups, by name.
+var cgLevels = map[string]uint8{}
+
+// withCgroupSets adds the owner sets of cgroups to specs (in the variable's
+// initialiser, so that other package variables made from specs see them).
+func withCgroupSets(specs [numSets]setSpec) [numSets]setSpec {
+	for l := uint8(1); l <= model.MaxCgroupLevel; l++ {
+		n := strconv.Itoa(int(l))
+		specs[cgSet(l, cgExact)] = setSpec{"own_cg" + n, ppC, false, false}
+		specs[cgSet(l, cgRange)] = setSpec{"own_cg" + n + "_r", ppC, true, false}
+		specs[cgSet(l, cg4)] = setSpec{"own4_cg" + n, pp4C, true, false}
+		specs[cgSet(l, cg6)] = setSpec{"own6_cg" + n, pp6C, true, false}
+		for k := range cgKinds {
+			cgLevels[specs[cgSet(l, k)].name] = l
+		}
+	}
+	return specs
 }
 
 // DropDirection says which direction's drops a set counts: "in" or
 // "out", and "" for a set that is not a drop set.
 func DropDirection(set string) string {
-	for i := setDrop; i < numSets; i++ {
+	for i := setDrop; i <= setDropIn6; i++ {
 		if specs[i].name == set {
 			if i >= setDropIn {
 				return "in"
@@ -110,13 +160,15 @@ func DropDirection(set string) string {
 // Chain names. The base chains only classify (is the local port
 // reserved?); the check chains decide; the drop chains log, count, drop.
 const (
-	ChainOutput   = "output"
-	ChainInput    = "input"
-	ChainOutCheck = "out_check"
-	ChainInCheck  = "in_check"
-	ChainInSyn    = "in_syn"
-	ChainOutDrop  = "out_drop"
-	ChainInDrop   = "in_drop"
+	ChainOutput    = "output"
+	ChainInput     = "input"
+	ChainOutCheck  = "out_check"
+	ChainInCheck   = "in_check"
+	ChainInSyn     = "in_syn"
+	ChainOutSynAck = "out_synack"
+	ChainInAck     = "in_ack"
+	ChainOutDrop   = "out_drop"
+	ChainInDrop    = "in_drop"
 )
 
 // LogPrefixOut and LogPrefixIn start every kernel log line portfw writes.
@@ -168,6 +220,9 @@ func Compile(r *model.Resolved) *Ruleset {
 	}
 	if c.tcp {
 		rs.Chains = append(rs.Chains, synChain())
+		if slices.ContainsFunc(cgOnlySets, func(i int) bool { return sets[i] != nil }) {
+			rs.Chains = append(rs.Chains, synAckChain(), ackChain())
+		}
 	}
 	rs.Chains = append(rs.Chains,
 		c.dropChain(ChainOutDrop, LogPrefixOut, out),
@@ -185,6 +240,8 @@ func eachElement(res *model.Reservation, rootRule bool, add func(set int, e Elem
 	if res.Owners.Root && !rootRule && !model.ContainsID(uids, 0) {
 		uids = model.ExactIDs(append([]model.IDRange{model.ID(0)}, uids...))
 	}
+	cgroups := res.Owners.Live()
+	cgOnly := res.Owners.CgroupOnly()
 	for _, proto := range res.Protocols {
 		for _, ports := range res.Ports {
 			portRange := ports.Lo != ports.Hi
@@ -205,6 +262,14 @@ func eachElement(res *model.Reservation, rootRule bool, add func(set int, e Elem
 					e.ID = id
 					add(pick(portRange || id.Lo != id.Hi, setOwnGID, setOwnGIDR), e)
 				}
+				e.ID = model.IDRange{}
+				if cgOnly {
+					add(pick(portRange, setCgOnly, setCgOnlyR), e)
+				}
+				for _, cg := range cgroups {
+					e.Cgroup, e.CgroupPath = cg.ID, cg.Path
+					add(cgSet(cg.Level, pick(portRange, cgExact, cgRange)), e)
+				}
 				continue
 			}
 			for _, addr := range res.Addresses {
@@ -223,6 +288,18 @@ func eachElement(res *model.Reservation, rootRule bool, add func(set int, e Elem
 				for _, id := range res.Owners.GIDs {
 					e.ID = id
 					add(ownG, e)
+				}
+				e.ID = model.IDRange{}
+				kind, only := cg4, setCg4Only
+				if addr.Addr().Is6() {
+					kind, only = cg6, setCg6Only
+				}
+				if cgOnly {
+					add(only, e)
+				}
+				for _, cg := range cgroups {
+					e.Cgroup, e.CgroupPath = cg.ID, cg.Path
+					add(cgSet(cg.Level, kind), e)
 				}
 			}
 		}
@@ -251,6 +328,7 @@ func compareElements(a, b Element) int {
 		cmp.Compare(a.Proto, b.Proto),
 		cmp.Compare(a.Ports.Lo, b.Ports.Lo),
 		cmp.Compare(a.ID.Lo, b.ID.Lo),
+		cmp.Compare(a.Cgroup, b.Cgroup),
 	)
 }
 
@@ -289,6 +367,8 @@ func (d direction) keys(s *Set) []Key {
 			ks[i] = Key{Kind: KeySkUID}
 		case FieldGID:
 			ks[i] = Key{Kind: KeySkGID}
+		case FieldCgroup:
+			ks[i] = Key{Kind: KeyCgroup, Level: cgLevels[s.Name]}
 		}
 	}
 	return ks
@@ -323,6 +403,21 @@ func (c *compiling) owners(d direction) []Rule {
 		rs = append(rs, Rule{SkUIDIs{0}})
 	}
 	for _, i := range ownerSets {
+		if s := c.sets[i]; s != nil {
+			rs = append(rs, Rule{Lookup{d.keys(s), s}})
+		}
+	}
+	return rs
+}
+
+// cgroupOwners are the matches that recognise a socket of an owner
+// cgroup (or one below it), one per level and kind of set in use. On
+// input the socket is the one the kernel's lookup finds for the packet, so
+// they match for unconnected UDP sockets and for a TCP SYN's listener too,
+// unlike meta skuid; they never match request sockets or TIME_WAIT.
+func (c *compiling) cgroupOwners(d direction) []Rule {
+	var rs []Rule
+	for i := setOwnCg; i < numSets; i++ {
 		if s := c.sets[i]; s != nil {
 			rs = append(rs, Rule{Lookup{d.keys(s), s}})
 		}
@@ -372,8 +467,15 @@ func (c *compiling) ownedFastPath() []Rule {
 func (c *compiling) outCheck(d direction) *Chain {
 	st := c.st
 	ch := &Chain{Name: ChainOutCheck, Rules: c.ownedFastPath()}
-	for _, r := range c.owners(d) {
+	for _, r := range append(c.owners(d), c.cgroupOwners(d)...) {
 		ch.Rules = append(ch.Rules, append(r, CtMarkSet{Set: st.MarkOwned, Clear: st.MarkSquatted}, Verdict{Kind: Accept}))
+	}
+	if c.tcp {
+		for _, i := range cgOnlySets {
+			if s := c.sets[i]; s != nil {
+				ch.Rules = append(ch.Rules, Rule{Match{Field: MatchTCPFlags, Mask: TCPFin | TCPSyn | TCPRst | TCPAck, Value: TCPSyn | TCPAck}, Lookup{d.keys(s), s}, Verdict{Kind: Jump, Chain: ChainOutSynAck}})
+			}
+		}
 	}
 	ch.Rules = append(ch.Rules, Rule{Attributed{}, CtMarkSet{Set: st.MarkSquatted, Clear: st.MarkOwned}, Verdict{Kind: Goto, Chain: ChainOutDrop}})
 	if c.tcp {
@@ -391,8 +493,12 @@ func (c *compiling) outCheck(d direction) *Chain {
 //  2. TCP: a SYN that carries data (TCP Fast Open) is dropped: the kernel
 //     would queue the data on a squatter's listener before its SYN-ACK
 //     could be dropped. The client sends the SYN again without data.
-//  3. attributed to an owner: accept; to anyone else: mark SQUATTED, drop
-//     (a squatter's connected UDP socket steals a flow from the owner's).
+//  3. attributed to an owner: accept; to a cgroup owner (the socket the
+//     kernel's lookup finds is in an owner cgroup): mark OWNED, accept;
+//     on a reservation only cgroups own, any other full socket found is a
+//     squatter's: mark SQUATTED, drop (exact for UDP and for a SYN's
+//     listener); attributed to anyone else: mark SQUATTED, drop (a
+//     squatter's connected UDP socket steals a flow from the owner's).
 //  4. datagram flows an owner answered (OWNED) pass; flows a squatter
 //     answered (SQUATTED) are dropped; new flows pass, and a squatter's
 //     reply is dropped on output.
@@ -405,10 +511,67 @@ func (c *compiling) inCheck(d direction) *Chain {
 	for _, r := range c.owners(d) {
 		ch.Rules = append(ch.Rules, append(r, Verdict{Kind: Accept}))
 	}
+	// A cgroup owner's socket found for a TCP SYN is its listener: marking
+	// the connection OWNED here lets the SYN-ACK out, which comes from a
+	// request socket that no cgroup rule can match.
+	for _, r := range c.cgroupOwners(d) {
+		ch.Rules = append(ch.Rules, append(r, CtMarkSet{Set: st.MarkOwned, Clear: st.MarkSquatted}, Verdict{Kind: Accept}))
+	}
+	for _, i := range cgOnlySets {
+		if s := c.sets[i]; s != nil {
+			ch.Rules = append(ch.Rules, Rule{Lookup{d.keys(s), s}, SocketFull{}, CtMarkSet{Set: st.MarkSquatted, Clear: st.MarkOwned}, Verdict{Kind: Goto, Chain: ChainInDrop}})
+		}
+	}
+	if c.tcp {
+		for _, i := range cgOnlySets {
+			if s := c.sets[i]; s != nil {
+				ch.Rules = append(ch.Rules, Rule{Match{Field: MatchTCPFlags, Mask: TCPFin | TCPSyn | TCPRst | TCPAck, Value: TCPAck}, Lookup{d.keys(s), s}, Verdict{Kind: Jump, Chain: ChainInAck}})
+			}
+		}
+	}
 	ch.Rules = append(ch.Rules,
 		Rule{Attributed{}, CtMarkSet{Set: st.MarkSquatted, Clear: st.MarkOwned}, Verdict{Kind: Goto, Chain: ChainInDrop}},
 		Rule{CtMarkHas{st.MarkOwned}, Verdict{Kind: Accept}},
 		Rule{CtMarkHas{st.MarkSquatted}, Verdict{Kind: Goto, Chain: ChainInDrop}})
+	return ch
+}
+
+var cgOnlySets = []int{setCgOnly, setCgOnlyR, setCg4Only, setCg6Only}
+
+// synAckChain lets out a SYN-ACK of a request socket on a port only
+// cgroups own, which no cgroup rule can match (it is not a full socket).
+// Its SYN was not marked OWNED on input because the kernel's lookup found
+// a TIME_WAIT socket (a client reconnecting from the same port while the
+// owner's side of the last connection waits), which matches nothing
+// either. It is safe: on such a port every full socket a packet reaches
+// on input is an owner's or the packet is dropped, so a squatter's
+// listener that got such a SYN gets a handshake and never a byte of
+// data. A full socket's SYN-ACK goes back to the checks.
+func synAckChain() *Chain {
+	return &Chain{Name: ChainOutSynAck, Rules: []Rule{
+		{SocketFull{}, Verdict{Kind: Return}},
+		{Verdict{Kind: Accept}},
+	}}
+}
+
+// ackChain lets in the handshake's ACK to a request socket on a port only
+// cgroups own, when it carries no data: the connection of a SYN that found
+// a TIME_WAIT socket (see synAckChain) is not OWNED, and meta skuid
+// attributes the ACK to the listener, whose uid owns nothing. The new
+// connection's first data finds its full socket, which the cgroup rules
+// judge, so a squatter's listener that got such a SYN reads nothing. An
+// ACK that carries data, or reaches a full socket, goes back to the
+// checks. (IPv4 options or IPv6 extension headers make the lengths
+// differ, so such an ACK goes back too.)
+func ackChain() *Chain {
+	ch := &Chain{Name: ChainInAck, Rules: []Rule{{SocketFull{}, Verdict{Kind: Return}}}}
+	accept := Verdict{Kind: Accept}
+	for doff := uint32(5); doff <= 15; doff++ {
+		ch.Rules = append(ch.Rules, Rule{Match{Field: MatchTCPDoff, Value: doff}, Match{Field: MatchIPLength, Value: 20 + 4*doff}, accept})
+	}
+	for doff := uint32(5); doff <= 15; doff++ {
+		ch.Rules = append(ch.Rules, Rule{Match{Field: MatchTCPDoff, Value: doff}, Match{Field: MatchIP6Length, Value: 4 * doff}, accept})
+	}
 	return ch
 }
 
@@ -457,4 +620,4 @@ func (c *compiling) dropChain(name, prefix string, d direction) *Chain {
 // kernel's table to be what it would compile now when both match; so any
 // change to Compile's output for the same policy must come with a new
 // Version. TestVersion fails when the goldens change and Version does not.
-const Version = 3
+const Version = 5

@@ -36,7 +36,7 @@ func Compare(old, new *Ruleset) (Changes, Delta, bool) {
 	oldNames, newNames, touched := map[string]bool{}, map[string]bool{}, map[string]bool{}
 	// Elements compare without their counters; the comment stays part of
 	// the key, so a renamed reservation's elements are replaced.
-	key := func(e Element) Element { e.Packets, e.Bytes = 0, 0; return e }
+	key := func(e Element) Element { e.CgroupPath, e.Packets, e.Bytes = "", 0, 0; return e }
 	for i, ns := range new.Sets {
 		os := old.Sets[i]
 		d.Sets[ns.Name] = ns

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -62,11 +63,36 @@ func TestGoldenAcceptedByNft(t *testing.T) {
 	ns := testenv.NewNS(t)
 	for _, dir := range goldenDirs(t) {
 		t.Run(filepath.Base(dir), func(t *testing.T) {
-			if _, stderr, err := ns.Exec("nft", "-c", "-f", filepath.Join(dir, "want.nft")); err != nil {
+			file := filepath.Join(dir, "want.nft")
+			args := []string{"nft", "-c", "-f", file}
+			if paths := cgroupPaths(t, file); len(paths) > 0 {
+				// nft resolves a cgroup path by stat under /sys/fs/cgroup:
+				// the golden's made-up cgroups are directories of a tmpfs
+				// mounted there in a mount namespace of nft's own.
+				script := "mount -t tmpfs tmpfs /sys/fs/cgroup"
+				for _, p := range paths {
+					script += " && mkdir -p '/sys/fs/cgroup/" + p + "'"
+				}
+				args = []string{"unshare", "--mount", "sh", "-c", script + " && nft -c -f " + file}
+			}
+			if _, stderr, err := ns.Exec(args...); err != nil {
 				t.Fatalf("nft -c -f %s/want.nft: %v\n%s", dir, err, stderr)
 			}
 		})
 	}
+}
+
+// cgroupPaths are the quoted cgroup paths of a golden's elements.
+func cgroupPaths(t *testing.T, file string) []string {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, m := range regexp.MustCompile(`\. "([^"]+)" comment`).FindAllStringSubmatch(string(data), -1) {
+		out = append(out, m[1])
+	}
+	return out
 }
 
 // bigPolicy writes a policy of n single-port reservations, each owned by its

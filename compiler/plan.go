@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/portfw/portfw/model"
@@ -32,10 +33,25 @@ type Detail struct {
 	AddressesAdded, AddressesRemoved []netip.Prefix
 	UIDsAdded, UIDsRemoved           []model.IDRange
 	GIDsAdded, GIDsRemoved           []model.IDRange
+	CgroupsAdded, CgroupsRemoved     []CgroupRef
 	// ElementsAdded and ElementsRemoved count the elements that differ
 	// when nothing above does: a table edited by hand (one of a
 	// reservation's drop elements deleted, say).
 	ElementsAdded, ElementsRemoved int
+}
+
+// CgroupRef is an owner cgroup: its id, and its path when the policy
+// side of the change names it ("" for one only the kernel's table holds).
+type CgroupRef struct {
+	ID   uint64
+	Path string
+}
+
+func (c CgroupRef) String() string {
+	if c.Path != "" {
+		return "cgroup " + c.Path
+	}
+	return "cgroup id " + strconv.FormatUint(c.ID, 10)
 }
 
 // Action is what happens to a reservation.
@@ -82,9 +98,16 @@ func (c Changes) Plan() Plan {
 	} else {
 		olds, news = modelElements(src.oldM, c), modelElements(src.newM, c)
 	}
+	paths := cgroupPaths(src)
 	add := func(names []string, a Action) {
 		for _, n := range names {
-			p.Reservations = append(p.Reservations, detail(n, a, olds[n], news[n]))
+			d := detail(n, a, olds[n], news[n])
+			for _, cs := range [][]CgroupRef{d.CgroupsAdded, d.CgroupsRemoved} {
+				for i := range cs {
+					cs[i].Path = paths[cs[i].ID]
+				}
+			}
+			p.Reservations = append(p.Reservations, d)
 		}
 	}
 	add(c.Added, ActionAdd)
@@ -98,6 +121,37 @@ func (c Changes) Plan() Plan {
 		p.Rules = append(p.Rules, ruleChanges(src.oldRS, src.newRS)...)
 	}
 	return p
+}
+
+// cgroupPaths names the cgroup ids the policy side knows.
+func cgroupPaths(src *planSource) map[uint64]string {
+	m := map[uint64]string{}
+	for _, r := range []*model.Resolved{src.oldM, src.newM} {
+		if r == nil {
+			continue
+		}
+		for _, res := range r.Reservations {
+			for _, c := range res.Owners.Live() {
+				m[c.ID] = c.Path
+			}
+		}
+	}
+	for _, rs := range []*Ruleset{src.oldRS, src.newRS} {
+		if rs == nil {
+			continue
+		}
+		for _, s := range rs.Sets {
+			if !s.Has(FieldCgroup) {
+				continue
+			}
+			for _, e := range s.Elements {
+				if e.CgroupPath != "" {
+					m[e.Cgroup] = e.CgroupPath
+				}
+			}
+		}
+	}
+	return m
 }
 
 // setElement is an element and the set it is in.
@@ -167,6 +221,7 @@ type footprint struct {
 	ports      map[model.Protocol]model.Ports
 	addrs      []netip.Prefix
 	uids, gids []model.IDRange
+	cgroups    []uint64
 }
 
 // setKinds says what each set's elements say: a reserved (protocol, port,
@@ -182,6 +237,9 @@ var setKinds = func() map[string]int {
 		case setOwnGID, setOwnGIDR, setOwn4GID, setOwn6GID:
 			m[sp.name] = kindGID
 		}
+		if i >= setOwnCg {
+			m[sp.name] = kindCgroup
+		}
 	}
 	return m
 }()
@@ -191,6 +249,7 @@ const (
 	kindReserved
 	kindUID
 	kindGID
+	kindCgroup
 )
 
 func footprintOf(es []setElement) footprint {
@@ -206,8 +265,12 @@ func footprintOf(es []setElement) footprint {
 			f.uids = append(f.uids, se.e.ID)
 		case kindGID:
 			f.gids = append(f.gids, se.e.ID)
+		case kindCgroup:
+			f.cgroups = append(f.cgroups, se.e.Cgroup)
 		}
 	}
+	slices.Sort(f.cgroups)
+	f.cgroups = slices.Compact(f.cgroups)
 	for p, ps := range f.ports {
 		f.ports[p] = model.NewPorts(ps...)
 	}
@@ -237,6 +300,7 @@ func detail(name string, a Action, olds, news []setElement) Detail {
 	d.AddressesAdded, d.AddressesRemoved = minusPrefixes(n.addrs, o.addrs), minusPrefixes(o.addrs, n.addrs)
 	d.UIDsAdded, d.UIDsRemoved = model.MinusIDs(n.uids, o.uids), model.MinusIDs(o.uids, n.uids)
 	d.GIDsAdded, d.GIDsRemoved = model.MinusIDs(n.gids, o.gids), model.MinusIDs(o.gids, n.gids)
+	d.CgroupsAdded, d.CgroupsRemoved = minusCgroups(n.cgroups, o.cgroups), minusCgroups(o.cgroups, n.cgroups)
 	if a == ActionChange && d.empty() {
 		had := map[setElement]bool{}
 		for _, se := range olds {
@@ -256,7 +320,18 @@ func detail(name string, a Action, olds, news []setElement) Detail {
 
 func (d Detail) empty() bool {
 	return len(d.PortsAdded)+len(d.PortsRemoved)+len(d.AddressesAdded)+len(d.AddressesRemoved)+
-		len(d.UIDsAdded)+len(d.UIDsRemoved)+len(d.GIDsAdded)+len(d.GIDsRemoved) == 0
+		len(d.UIDsAdded)+len(d.UIDsRemoved)+len(d.GIDsAdded)+len(d.GIDsRemoved)+
+		len(d.CgroupsAdded)+len(d.CgroupsRemoved) == 0
+}
+
+func minusCgroups(a, b []uint64) []CgroupRef {
+	var out []CgroupRef
+	for _, id := range a {
+		if !slices.Contains(b, id) {
+			out = append(out, CgroupRef{ID: id})
+		}
+	}
+	return out
 }
 
 func minusPrefixes(a, b []netip.Prefix) []netip.Prefix {
@@ -415,6 +490,12 @@ func (d Detail) String() string {
 		if len(o.ids) > 0 {
 			owners = append(owners, sign(o.sign)+o.kind+" "+idsText(o.ids))
 		}
+	}
+	for _, c := range d.CgroupsAdded {
+		owners = append(owners, sign("+")+c.String())
+	}
+	for _, c := range d.CgroupsRemoved {
+		owners = append(owners, sign("-")+c.String())
 	}
 	if len(owners) > 0 {
 		parts = append(parts, "owners "+strings.Join(owners, " "))

@@ -21,15 +21,16 @@ type Ruleset struct {
 type Field uint8
 
 const (
-	FieldIPv4  Field = iota // local IPv4 address (prefix in interval sets)
-	FieldIPv6               // local IPv6 address
-	FieldProto              // meta l4proto
-	FieldPort               // local port
-	FieldUID                // meta skuid
-	FieldGID                // meta skgid
+	FieldIPv4   Field = iota // local IPv4 address (prefix in interval sets)
+	FieldIPv6                // local IPv6 address
+	FieldProto               // meta l4proto
+	FieldPort                // local port
+	FieldUID                 // meta skuid
+	FieldGID                 // meta skgid
+	FieldCgroup              // socket cgroupv2: a cgroup id, 8 bytes
 )
 
-var fieldTypes = [...]string{"ipv4_addr", "ipv6_addr", "inet_proto", "inet_service", "uid", "gid"}
+var fieldTypes = [...]string{"ipv4_addr", "ipv6_addr", "inet_proto", "inet_service", "uid", "gid", "cgroupsv2"}
 
 // NftType is the nft datatype name of the field.
 func (f Field) NftType() string { return fieldTypes[f] }
@@ -61,6 +62,11 @@ type Element struct {
 	Proto model.Protocol
 	Ports model.PortRange
 	ID    model.IDRange
+	// Cgroup is a cgroup id, for sets keyed by FieldCgroup; CgroupPath is
+	// its path from the hierarchy's root when known (compiled elements),
+	// for the text form only: the kernel holds the id alone.
+	Cgroup     uint64
+	CgroupPath string
 	// Comment names the reservation the element belongs to. It is kept in
 	// the kernel, so the table explains itself (`nft list table`) and
 	// status and diff work per reservation without the policy file.
@@ -74,7 +80,7 @@ type Element struct {
 // Key identifies an element within its set: the element without its
 // comment and counters. It is comparable, for maps of elements.
 func (e Element) Key() Element {
-	e.Comment, e.Packets, e.Bytes = "", 0, 0
+	e.Comment, e.CgroupPath, e.Packets, e.Bytes = "", "", 0, 0
 	return e
 }
 
@@ -111,10 +117,11 @@ const (
 	KeyIPDaddr                 // ip daddr
 	KeyIP6Saddr                // ip6 saddr
 	KeyIP6Daddr                // ip6 daddr
+	KeyCgroup                  // socket cgroupv2 level N: the socket's ancestor cgroup at Level
 )
 
 var keyTexts = [...]string{"meta l4proto", "th sport", "th dport", "meta skuid", "meta skgid",
-	"ip saddr", "ip daddr", "ip6 saddr", "ip6 daddr"}
+	"ip saddr", "ip daddr", "ip6 saddr", "ip6 daddr", "socket cgroupv2 level "}
 
 // Key is one component of a lookup key. Level is a parameter for the kinds
 // that take one (an ancestor level of the socket's cgroup); zero otherwise.
@@ -123,7 +130,12 @@ type Key struct {
 	Level uint8
 }
 
-func (k Key) String() string { return keyTexts[k.Kind] }
+func (k Key) String() string {
+	if k.Kind == KeyCgroup {
+		return keyTexts[k.Kind] + strconv.Itoa(int(k.Level))
+	}
+	return keyTexts[k.Kind]
+}
 
 // Field is the datatype the key loads, which the set's key must have.
 func (k Key) Field() Field {
@@ -138,6 +150,8 @@ func (k Key) Field() Field {
 		return FieldGID
 	case KeyIPSaddr, KeyIPDaddr:
 		return FieldIPv4
+	case KeyCgroup:
+		return FieldCgroup
 	}
 	return FieldIPv6
 }
@@ -164,6 +178,12 @@ type SkUIDIs struct{ UID uint32 }
 // It is written `meta skuid != 4294967295`: the kernel reports unmapped
 // uids as the overflow uid, never as -1, so every attributed packet matches.
 type Attributed struct{}
+
+// SocketFull matches packets whose socket (on input the one the kernel's
+// lookup finds for the packet, which is exact) is a full socket: not a
+// request socket, not TIME_WAIT. It is written `socket wildcard <= 1`:
+// the kernel reads that key of full sockets only.
+type SocketFull struct{}
 
 // Match compares a header field of the packet with Value: the field (masked
 // with Mask, when not zero) equals Value, or with Not set differs from it.
@@ -210,8 +230,9 @@ type VerdictKind uint8
 const (
 	Accept VerdictKind = iota
 	Drop
-	Goto // continue in Chain, never to return
-	Jump // continue in Chain, then here if it decides nothing
+	Goto   // continue in Chain, never to return
+	Jump   // continue in Chain, then here if it decides nothing
+	Return // back to the rule after the jump
 )
 
 // Verdict ends the rule.
@@ -271,6 +292,8 @@ func (s SkUIDIs) text(b *strings.Builder) {
 }
 
 func (Attributed) text(b *strings.Builder) { b.WriteString("meta skuid != 4294967295") }
+
+func (SocketFull) text(b *strings.Builder) { b.WriteString("socket wildcard <= 1") }
 
 var tcpFlagNames = []struct {
 	bit  uint32
@@ -336,6 +359,8 @@ func (v Verdict) text(b *strings.Builder) {
 		b.WriteString("goto " + v.Chain)
 	case Jump:
 		b.WriteString("jump " + v.Chain)
+	case Return:
+		b.WriteString("return")
 	}
 }
 
@@ -427,6 +452,15 @@ func (s *Set) writeElement(b *strings.Builder, e Element) {
 			b.WriteString(e.Ports.String())
 		case FieldUID, FieldGID:
 			b.WriteString(e.ID.String())
+		case FieldCgroup:
+			// nft takes a path from /sys/fs/cgroup (where cgroup v2 is
+			// mounted on most hosts) and prints the id when it cannot
+			// find the path.
+			if e.CgroupPath != "" {
+				b.WriteString(strconv.Quote(strings.TrimPrefix(e.CgroupPath, "/")))
+			} else {
+				b.WriteString(strconv.FormatUint(e.Cgroup, 10))
+			}
 		}
 	}
 	if e.Comment != "" {

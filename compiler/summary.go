@@ -15,8 +15,12 @@ type Summary struct {
 	Name string
 	// Ports are grouped by address (every address first) and, per
 	// address, protocols with the same ports share a group.
-	Ports                        []PortGroup
-	UIDs, GIDs                   []model.IDRange
+	Ports      []PortGroup
+	UIDs, GIDs []model.IDRange
+	// Cgroups are the ids of the owner cgroups, sorted; Exact is true for
+	// a reservation only cgroups own (input checked by socket lookup).
+	Cgroups                      []uint64
+	Exact                        bool
 	DroppedPackets, DroppedBytes uint64 // both directions
 	// DroppedIn counts what reached a squatter's port from outside (and
 	// SYNs with data), DroppedOut what a squatter sent.
@@ -73,6 +77,10 @@ func Summarize(rs *Ruleset) []Summary {
 			kind = 2
 		case s.Has(FieldGID):
 			kind = 3
+		case s.Has(FieldCgroup):
+			kind = 4
+		case slices.Contains([]string{specs[setCgOnly].name, specs[setCgOnlyR].name, specs[setCg4Only].name, specs[setCg6Only].name}, s.Name):
+			kind = 5
 		}
 		var a *acc
 		for _, e := range s.Elements {
@@ -99,6 +107,10 @@ func Summarize(rs *Ruleset) []Summary {
 				a.sum.UIDs = append(a.sum.UIDs, e.ID)
 			case 3:
 				a.sum.GIDs = append(a.sum.GIDs, e.ID)
+			case 4:
+				a.sum.Cgroups = append(a.sum.Cgroups, e.Cgroup)
+			case 5:
+				a.sum.Exact = true
 			default:
 				a.ports = append(a.ports, portItem{e.Addr, e.Proto, e.Ports})
 			}
@@ -114,6 +126,8 @@ func Summarize(rs *Ruleset) []Summary {
 		s.UIDs = slices.Compact(s.UIDs)
 		slices.SortFunc(s.GIDs, byLo)
 		s.GIDs = slices.Compact(s.GIDs)
+		slices.Sort(s.Cgroups)
+		s.Cgroups = slices.Compact(s.Cgroups)
 		slices.SortFunc(a.ports, func(x, y portItem) int {
 			return cmp.Or(comparePrefix(x.addr, y.addr), cmp.Compare(x.proto, y.proto), cmp.Compare(x.ports.Lo, y.ports.Lo))
 		})

@@ -118,6 +118,7 @@ var fieldByType = map[string]compiler.Field{
 	"ipv4_addr": compiler.FieldIPv4, "ipv6_addr": compiler.FieldIPv6,
 	"inet_proto": compiler.FieldProto, "inet_service": compiler.FieldPort,
 	"uid": compiler.FieldUID, "gid": compiler.FieldGID,
+	"cgroupsv2": compiler.FieldCgroup,
 }
 
 func (c *Conn) readSet(ks *nftables.Set) (*compiler.Set, error) {
@@ -167,6 +168,15 @@ func decodeKey(s *compiler.Set, key, end []byte) (compiler.Element, error) {
 			e.Proto = model.Protocol(lo[0])
 		case compiler.FieldPort:
 			e.Ports = model.PortRange{Lo: binary.BigEndian.Uint16(lo), Hi: binary.BigEndian.Uint16(hi)}
+		case compiler.FieldCgroup:
+			var order binary.ByteOrder = binary.NativeEndian
+			if s.Interval {
+				order = binary.BigEndian
+			}
+			if order.Uint64(lo) != order.Uint64(hi) {
+				return e, bad()
+			}
+			e.Cgroup = order.Uint64(lo)
 		default:
 			var order binary.ByteOrder = binary.NativeEndian
 			if s.Interval {
@@ -233,6 +243,8 @@ func decodeOne(xs []expr.Any, sets map[string]*compiler.Set) (compiler.Expr, int
 			return compiler.Verdict{Kind: compiler.Goto, Chain: x.Chain}, 1
 		case expr.VerdictJump:
 			return compiler.Verdict{Kind: compiler.Jump, Chain: x.Chain}, 1
+		case expr.VerdictReturn:
+			return compiler.Verdict{Kind: compiler.Return}, 1
 		}
 	case *expr.Limit:
 		log, ok := at(1).(*expr.Log)
@@ -280,6 +292,10 @@ func decodeOne(xs []expr.Any, sets map[string]*compiler.Set) (compiler.Expr, int
 			return m, n
 		}
 		return decodeLookup(xs, sets)
+	case *expr.Socket:
+		if cmp, ok := at(1).(*expr.Cmp); ok && x.Key == expr.SocketKeyWildcard && cmp.Op == expr.CmpOpLte && bytes.Equal(cmp.Data, []byte{1}) {
+			return compiler.SocketFull{}, 2
+		}
 	}
 	return nil, 0
 }
@@ -386,6 +402,11 @@ func decodeLookup(xs []expr.Any, sets map[string]*compiler.Set) (compiler.Expr, 
 				return nil, 0
 			}
 			keys = append(keys, compiler.Key{Kind: k})
+		case *expr.Socket:
+			if x.Key != expr.SocketKeyCgroupv2 || x.Level > 255 {
+				return nil, 0
+			}
+			keys = append(keys, compiler.Key{Kind: compiler.KeyCgroup, Level: uint8(x.Level)})
 		case *expr.Byteorder:
 		case *expr.Lookup:
 			s := sets[x.SetName]

@@ -19,18 +19,22 @@ import (
 // a table applied here exactly as one loaded from the text form.
 
 var fieldType = map[compiler.Field]nftables.SetDatatype{
-	compiler.FieldIPv4:  nftables.TypeIPAddr,
-	compiler.FieldIPv6:  nftables.TypeIP6Addr,
-	compiler.FieldProto: nftables.TypeInetProto,
-	compiler.FieldPort:  nftables.TypeInetService,
-	compiler.FieldUID:   nftables.TypeUID,
-	compiler.FieldGID:   nftables.TypeGID,
+	compiler.FieldIPv4:   nftables.TypeIPAddr,
+	compiler.FieldIPv6:   nftables.TypeIP6Addr,
+	compiler.FieldProto:  nftables.TypeInetProto,
+	compiler.FieldPort:   nftables.TypeInetService,
+	compiler.FieldUID:    nftables.TypeUID,
+	compiler.FieldGID:    nftables.TypeGID,
+	compiler.FieldCgroup: nftables.TypeCGroupV2,
 }
 
 // words is the number of 32-bit registers a field takes in a concatenation.
 func words(f compiler.Field) uint32 {
-	if f == compiler.FieldIPv6 {
+	switch f {
+	case compiler.FieldIPv6:
 		return 4
+	case compiler.FieldCgroup:
+		return 2
 	}
 	return 1
 }
@@ -40,7 +44,7 @@ func words(f compiler.Field) uint32 {
 // are converted (hton) before an interval lookup and stored big-endian in
 // interval set elements.
 func hostEndian(f compiler.Field) bool {
-	return f == compiler.FieldProto || f == compiler.FieldUID || f == compiler.FieldGID
+	return f == compiler.FieldProto || f == compiler.FieldUID || f == compiler.FieldGID || f == compiler.FieldCgroup
 }
 
 func setKeyType(s *compiler.Set) (nftables.SetDatatype, error) {
@@ -98,6 +102,11 @@ func fieldBytes(f compiler.Field, e compiler.Element, interval bool) (lo, hi []b
 		return []byte{p, 0, 0, 0}, []byte{p, 0, 0, 0}
 	case compiler.FieldPort:
 		return pad4(binary.BigEndian.AppendUint16(nil, e.Ports.Lo)), pad4(binary.BigEndian.AppendUint16(nil, e.Ports.Hi))
+	case compiler.FieldCgroup:
+		if interval {
+			return binary.BigEndian.AppendUint64(nil, e.Cgroup), binary.BigEndian.AppendUint64(nil, e.Cgroup)
+		}
+		return binary.NativeEndian.AppendUint64(nil, e.Cgroup), binary.NativeEndian.AppendUint64(nil, e.Cgroup)
 	default: // uid, gid
 		if interval {
 			return binary.BigEndian.AppendUint32(nil, e.ID.Lo), binary.BigEndian.AppendUint32(nil, e.ID.Hi)
@@ -133,6 +142,8 @@ func keyLoad(k compiler.Key, reg uint32) []expr.Any {
 		return []expr.Any{&expr.Meta{Key: expr.MetaKeySKUID, Register: reg}}
 	case compiler.KeySkGID:
 		return []expr.Any{&expr.Meta{Key: expr.MetaKeySKGID, Register: reg}}
+	case compiler.KeyCgroup:
+		return []expr.Any{&expr.Socket{Key: expr.SocketKeyCgroupv2, Level: uint32(k.Level), Register: reg}}
 	case compiler.KeySport, compiler.KeyDport:
 		off := uint32(0)
 		if k.Kind == compiler.KeyDport {
@@ -192,7 +203,10 @@ func encodeRule(e []compiler.Expr, sets map[string]*nftables.Set) ([]expr.Any, e
 				if x.Set.Interval && hostEndian(f) {
 					// nft converts host-endian fields before an interval lookup.
 					size, n := uint32(4), uint32(4)
-					if f == compiler.FieldProto {
+					switch f {
+					case compiler.FieldCgroup:
+						size, n = 8, 8
+					case compiler.FieldProto:
 						size, n = 2, 1
 					}
 					out = append(out, &expr.Byteorder{SourceRegister: reg, DestRegister: reg, Op: expr.ByteorderHton, Len: n, Size: size})
@@ -213,6 +227,10 @@ func encodeRule(e []compiler.Expr, sets map[string]*nftables.Set) ([]expr.Any, e
 			out = append(out,
 				&expr.Meta{Key: expr.MetaKeySKUID, Register: 1},
 				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: native32(x.UID)})
+		case compiler.SocketFull:
+			out = append(out,
+				&expr.Socket{Key: expr.SocketKeyWildcard, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpLte, Register: 1, Data: []byte{1}})
 		case compiler.Attributed:
 			out = append(out,
 				&expr.Meta{Key: expr.MetaKeySKUID, Register: 1},
@@ -247,6 +265,8 @@ func encodeRule(e []compiler.Expr, sets map[string]*nftables.Set) ([]expr.Any, e
 				out = append(out, &expr.Verdict{Kind: expr.VerdictGoto, Chain: x.Chain})
 			case compiler.Jump:
 				out = append(out, &expr.Verdict{Kind: expr.VerdictJump, Chain: x.Chain})
+			case compiler.Return:
+				out = append(out, &expr.Verdict{Kind: expr.VerdictReturn})
 			default:
 				return nil, fmt.Errorf("unknown verdict %d", x.Kind)
 			}
