@@ -34,8 +34,8 @@ type named struct {
 	holder
 }
 
-// maxNum bounds owner set numbers (ownerRef keeps two bits for flags).
-const maxNum = 1<<30 - 1
+// maxNum bounds owner set numbers (ownerRef keeps refShift bits for flags).
+const maxNum = 1<<(32-refShift) - 1
 
 // NewBuilder builds the state of maps written from spec (for policy r) with
 // owner set i numbered num(i+1).
@@ -257,5 +257,6 @@ func portEntries(k portKey, po portOwners, num func(*ownerSet) uint32) (kv, []kv
 // sameGuard reports whether two reservations make the same guard entries.
 func sameGuard(a, b *model.Reservation) bool {
 	return model.SameGeometry(a, b) && a.Owners.Root == b.Owners.Root &&
-		model.Equal(a.Owners.UIDs, b.Owners.UIDs) && model.Equal(a.Owners.GIDs, b.Owners.GIDs)
+		model.Equal(a.Owners.UIDs, b.Owners.UIDs) && model.Equal(a.Owners.GIDs, b.Owners.GIDs) &&
+		model.Equal(a.Owners.Cgroups, b.Owners.Cgroups)
 }

@@ -27,7 +27,19 @@ func randomResolved(r *rand.Rand, n int) *model.Resolved {
 			rv.Protocols = []model.Protocol{model.TCP}
 			rv.Addresses = []netip.Prefix{netip.MustParsePrefix(prefixes[i])}
 		}
-		switch r.IntN(4) {
+		switch r.IntN(6) {
+		case 4: // cgroups: some exist, some wait (a unit not running)
+			for _, id := range r.Perm(4)[:1+r.IntN(3)] {
+				c := model.Cgroup{Source: fmt.Sprintf("u%d.service", id), Unit: true}
+				if id < 3 {
+					c.Path, c.Level, c.ID = fmt.Sprintf("/system.slice/u%d.service", id), 2, uint64(7000+id)
+				}
+				rv.Owners.Cgroups = append(rv.Owners.Cgroups, c)
+			}
+			slices.SortFunc(rv.Owners.Cgroups, model.CompareCgroups)
+		case 5: // a uid and a cgroup
+			rv.Owners.UIDs = []model.IDRange{model.ID(uint32(1000 + r.IntN(3)))}
+			rv.Owners.Cgroups = []model.Cgroup{{Source: "/app", Path: "/app", Level: 1, ID: uint64(7100 + r.IntN(2))}}
 		case 0:
 			rv.Owners.UIDs = []model.IDRange{model.ID(uint32(1000 + r.IntN(6)))}
 		case 1:
@@ -128,9 +140,9 @@ func (s sim) canonical() []string {
 		if ref == 0 {
 			return "-"
 		}
-		ms := members[ref>>2]
+		ms := members[ref>>refShift]
 		slices.Sort(ms)
-		return fmt.Sprintf("{%s}/%d", strings.Join(ms, ","), ref&3)
+		return fmt.Sprintf("{%s}/%d", strings.Join(ms, ","), ref&(1<<refShift-1))
 	}
 	var out []string
 	for k, v := range s[mapPorts] {
@@ -146,11 +158,11 @@ func (s sim) canonical() []string {
 	for _, v := range s[mapPorts] {
 		b := []byte(v)
 		for i := range 3 {
-			referenced[binary.NativeEndian.Uint32(b[4*i:])>>2] = true
+			referenced[binary.NativeEndian.Uint32(b[4*i:])>>refShift] = true
 		}
 	}
 	for _, v := range s[mapScopes] {
-		referenced[binary.NativeEndian.Uint32([]byte(v))>>2] = true
+		referenced[binary.NativeEndian.Uint32([]byte(v))>>refShift] = true
 	}
 	for num := range members {
 		if !referenced[num] {

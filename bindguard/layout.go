@@ -8,7 +8,7 @@ import (
 	"github.com/portfw/portfw/model"
 )
 
-// The maps, as the program reads them (layout 2). Five maps serve every
+// The maps, as the program reads them (layout 3). Five maps serve every
 // network namespace on the host:
 //
 //	nets    hash  cookie u64 -> {gen u32, flags u32, netns inode u64}
@@ -17,6 +17,7 @@ import (
 //	scopes  hash of maps  -> inner lpm trie
 //	          {prefixlen u32, proto u8, 0 u8, port be16, addr [16]byte} -> ownerRef
 //	owners  hash of maps  -> inner hash {kind u8, 0 [3]u8, owner u32, id u64} -> u32 (unused)
+//	          kind 1: id is a uid, 2: a gid, 3: a cgroup id
 //	ranges  hash of maps  -> inner lpm trie {prefixlen u32, kind u8, 0 [3]u8, owner be32, id be32} -> u32
 //
 // A namespace's policy is four inner maps, one generation. An update builds
@@ -27,17 +28,22 @@ import (
 // still finds its maps. A missing inner map makes the program refuse (fail
 // closed), never allow.
 //
-// An ownerRef is OwnerID<<2 | 1 if the set has a uid range | 2 if it has a
-// gid range, so the program looks ranges up only for sets that have them.
-// Exact ids go into the owners hash; ranges are split into prefixes for the
-// ranges trie, whose lookup cost is bounded by the key's 64 bits, not by the
-// number of entries. IPv4 addresses are stored IPv4-mapped (::ffff:a.b.c.d),
-// which is also how an IPv6 socket binds an IPv4 address.
+// An ownerRef is OwnerID<<3 | 1 if the set has a uid range | 2 if it has a
+// gid range | 4 if it has cgroups, so the program looks ranges up only for
+// sets that have them, and calls bpf_get_current_ancestor_cgroup_id (once
+// per level, up to model.MaxCgroupLevel) only for sets that own cgroups.
+// Exact ids and cgroup ids go into the owners hash; ranges are split into
+// prefixes for the ranges trie, whose lookup cost is bounded by the key's 64
+// bits, not by the number of entries. IPv4 addresses are stored IPv4-mapped
+// (::ffff:a.b.c.d), which is also how an IPv6 socket binds an IPv4 address.
+//
+// Layout 3 added the cgroup kind and flag, and moved OwnerID up one bit:
+// layout 2's programs read a layout 3 reference as another set.
 const (
 	// layoutVersion changes whenever the maps or their meaning change
 	// incompatibly. It is part of the program's name, so a portfw of another
 	// layout never mistakes this one's programs for its own.
-	layoutVersion = 2
+	layoutVersion = 3
 
 	netsKeySize    = 8
 	netsValueSize  = 16
@@ -48,11 +54,15 @@ const (
 	ownersKeySize  = 16
 	rangesKeySize  = 4 + 12
 
-	kindUID = 1
-	kindGID = 2
+	kindUID    = 1
+	kindGID    = 2
+	kindCgroup = 3
 
 	refUIDRanges = 1
 	refGIDRanges = 2
+	refCgroups   = 4
+	// refShift is where the owner set's number starts in an ownerRef.
+	refShift = 3
 
 	// The prefix lengths of full keys: everything before the address or id
 	// must match exactly.
@@ -83,12 +93,15 @@ func ownerRef(s Spec, id OwnerID, num func(OwnerID) uint32) uint32 {
 
 // refOf is the reference to owner set o numbered num.
 func refOf(o Owners, num uint32) uint32 {
-	ref := num << 2
+	ref := num << refShift
 	if hasRange(o.UIDs) {
 		ref |= refUIDRanges
 	}
 	if hasRange(o.GIDs) {
 		ref |= refGIDRanges
+	}
+	if len(o.Cgroups) > 0 {
+		ref |= refCgroups
 	}
 	return ref
 }
@@ -188,6 +201,12 @@ func ownerEntries(o Owners, id uint32) []ownerEntry {
 				out = append(out, ownerEntry{kv{k, u32(1)}, true})
 			}
 		}
+	}
+	for _, cg := range o.Cgroups {
+		k := []byte{kindCgroup, 0, 0, 0}
+		k = binary.NativeEndian.AppendUint32(k, id)
+		k = binary.NativeEndian.AppendUint64(k, cg)
+		out = append(out, ownerEntry{kv{k, u32(1)}, false})
 	}
 	return out
 }

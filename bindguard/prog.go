@@ -5,6 +5,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+
+	"github.com/portfw/portfw/model"
 )
 
 // Return values of a cgroup bind hook: bit 0 allows the bind (0 makes
@@ -37,7 +39,7 @@ const (
 	stOuterKey  = -24 // cookie u64, gen u32 (-16), 0 u32 (-12)
 	stPortsKey  = -28 // proto, 0, be16 port
 	stScopesKey = -52 // prefixlen u32, proto (-48), 0, be16 port (-46), addr[16] (-44..-29)
-	stOwnersKey = -72 // kind, 0 [3], owner u32 (-68), id u64 (-64)
+	stOwnersKey = -72 // kind, 0 [3], owner u32 (-68), id u64 (-64): uid, gid or cgroup id
 	stRangesKey = -88 // prefixlen u32, kind (-84), 0 [3], owner be32 (-80), id be32 (-76)
 )
 
@@ -180,8 +182,8 @@ func program(family int) asm.Instructions {
 		asm.JEq.Imm(asm.R0, 0, "check"), // outside every scope: the default
 		asm.LoadMem(owner, asm.R0, 0, asm.Word),
 
-		// Is the caller an owner? Exact uid, exact gid, then the ranges
-		// if the set has any.
+		// Is the caller an owner? Exact uid, exact gid, the cgroups if
+		// the set has any, then the ranges if it has any.
 		asm.JEq.Imm(owner, 0, "allow").WithSymbol("check"),
 		asm.FnGetCurrentUidGid.Call(), // gid << 32 | uid, of the binding task
 		asm.Mov.Reg(aux, asm.R0),
@@ -193,7 +195,7 @@ func program(family int) asm.Instructions {
 		asm.StoreImm(asm.RFP, stOwnersKey+1, 0, asm.Byte),
 		asm.StoreImm(asm.RFP, stOwnersKey+2, 0, asm.Half),
 		asm.Mov.Reg(asm.R1, owner),
-		asm.RSh.Imm(asm.R1, 2),
+		asm.RSh.Imm(asm.R1, refShift),
 		asm.StoreMem(asm.RFP, stOwnersKey+4, asm.R1, asm.Word),
 		asm.Mov.Reg32(asm.R1, aux), // the uid: the low half, zero-extended
 		asm.StoreMem(asm.RFP, stOwnersKey+8, asm.R1, asm.DWord),
@@ -207,9 +209,10 @@ func program(family int) asm.Instructions {
 		asm.StoreMem(asm.RFP, stOwnersKey+8, asm.R1, asm.DWord),
 	)
 	in = append(in, lookupIn(inner, stOwnersKey)...)
+	in = append(in, asm.JNE.Imm(asm.R0, 0, "owner"))
+	in = append(in, cgroupCheck(inner, owner, lookupIn)...)
 	in = append(in,
-		asm.JNE.Imm(asm.R0, 0, "owner"),
-		asm.Mov.Reg(asm.R1, owner),
+		asm.Mov.Reg(asm.R1, owner).WithSymbol("ranges"),
 		asm.And.Imm(asm.R1, refUIDRanges|refGIDRanges),
 		asm.JEq.Imm(asm.R1, 0, "deny"),
 	)
@@ -220,7 +223,7 @@ func program(family int) asm.Instructions {
 		asm.StoreImm(asm.RFP, stRangesKey+5, 0, asm.Byte),
 		asm.StoreImm(asm.RFP, stRangesKey+6, 0, asm.Half),
 		asm.Mov.Reg(asm.R1, owner),
-		asm.RSh.Imm(asm.R1, 2),
+		asm.RSh.Imm(asm.R1, refShift),
 		asm.HostTo(asm.BE, asm.R1, asm.Word),
 		asm.StoreMem(asm.RFP, stRangesKey+8, asm.R1, asm.Word),
 
@@ -256,6 +259,36 @@ func program(family int) asm.Instructions {
 		asm.Mov.Imm(asm.R0, retAllow).WithSymbol("allow"),
 		asm.Return(),
 	)
+	return in
+}
+
+// cgroupCheck looks the binding task's cgroup and its ancestors up in the
+// owners map (inner, with the owner set's number already in the key at
+// stOwnersKey) when the set owns cgroups, and jumps to "owner" on a hit; it
+// goes on to "ranges" otherwise. bpf_get_current_ancestor_cgroup_id(level)
+// is the id of the task's ancestor at that level of the cgroup v2 hierarchy
+// (the task's own cgroup at its own level), 0 below the task's depth: the
+// first 0 ends the walk. Levels 1 to model.MaxCgroupLevel, unrolled so the
+// verifier sees a bounded program; the root (level 0) owns nothing, so a
+// task in the root cgroup, and one in a parent or a sibling of an owner
+// cgroup, never finds an owner's id.
+func cgroupCheck(inner, owner asm.Register, lookupIn func(asm.Register, int16) asm.Instructions) asm.Instructions {
+	in := asm.Instructions{
+		asm.Mov.Reg(asm.R1, owner),
+		asm.And.Imm(asm.R1, refCgroups),
+		asm.JEq.Imm(asm.R1, 0, "ranges"),
+		asm.StoreImm(asm.RFP, stOwnersKey, kindCgroup, asm.Byte),
+	}
+	for level := 1; level <= model.MaxCgroupLevel; level++ {
+		in = append(in,
+			asm.Mov.Imm(asm.R1, int32(level)),
+			asm.FnGetCurrentAncestorCgroupId.Call(),
+			asm.JEq.Imm(asm.R0, 0, "ranges"),
+			asm.StoreMem(asm.RFP, stOwnersKey+8, asm.R0, asm.DWord),
+		)
+		in = append(in, lookupIn(inner, stOwnersKey)...)
+		in = append(in, asm.JNE.Imm(asm.R0, 0, "owner"))
+	}
 	return in
 }
 

@@ -26,6 +26,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/portfw/portfw/model"
@@ -43,10 +44,18 @@ const SpecVersion = layoutVersion*1000 + 1
 type OwnerID uint32
 
 // Owners is a set of owners: a bind passes when the caller's uid is in UIDs
-// or its gid in GIDs. Both are sorted and merged; both empty means nobody.
+// or its gid in GIDs, or when the binding task is in one of Cgroups or in a
+// cgroup below one. UIDs and GIDs are sorted and merged; Cgroups are kernel
+// cgroup ids (cgroup v2 directory inodes), sorted and unique: only cgroups
+// that exist, since a waiting one owns nothing. All empty means nobody.
+//
+// The ids alone are enough: an id names one cgroup, so finding it among
+// the binding task's ancestors (which the program looks up level by level)
+// says the task is in it or below it, whatever its level.
 type Owners struct {
-	UIDs []model.IDRange `json:"uids,omitempty"`
-	GIDs []model.IDRange `json:"gids,omitempty"`
+	UIDs    []model.IDRange `json:"uids,omitempty"`
+	GIDs    []model.IDRange `json:"gids,omitempty"`
+	Cgroups []uint64        `json:"cgroups,omitempty"`
 }
 
 // Port is one reserved (protocol, port).
@@ -188,7 +197,7 @@ func eachHolder(res *model.Reservation, in interner, f func(portKey, holder)) {
 			continue
 		}
 		if o == nil {
-			o = in.of(Owners{UIDs: res.Owners.UIDSet(), GIDs: model.MergeIDs(res.Owners.GIDs)})
+			o = in.of(ownersOf(res.Owners))
 		}
 		for _, pr := range res.Ports {
 			for p := int(pr.Lo); p <= int(pr.Hi); p++ {
@@ -203,6 +212,19 @@ func eachHolder(res *model.Reservation, in interner, f func(portKey, holder)) {
 			}
 		}
 	}
+}
+
+// ownersOf is the guard's owner set of a reservation's owners: root folded
+// into the uids, the gids merged, the ids of the cgroups that exist. (The
+// program looks at levels 1 to model.MaxCgroupLevel: a cgroup outside them,
+// which resolve refuses, would own nothing, never everything.)
+func ownersOf(o model.Owners) Owners {
+	var cgroups []uint64
+	for _, c := range o.Live() {
+		cgroups = append(cgroups, c.ID)
+	}
+	slices.Sort(cgroups)
+	return Owners{UIDs: o.UIDSet(), GIDs: model.MergeIDs(o.GIDs), Cgroups: slices.Compact(cgroups)}
 }
 
 // portOwners is what the guard holds for one (protocol, port).
@@ -286,26 +308,48 @@ func intersectSet(a, b *ownerSet, in interner) *ownerSet {
 	return in.of(intersect(a.o, b.o))
 }
 
-// ownersKey is an owner set's identity: its ranges in binary.
+// ownersKey is an owner set's identity: the length of each list, then its
+// ranges and cgroup ids in binary.
 func ownersKey(o Owners) string {
-	b := make([]byte, 0, 8*(len(o.UIDs)+len(o.GIDs))+4)
-	for _, r := range o.UIDs {
+	b := make([]byte, 0, 12+8*(len(o.UIDs)+len(o.GIDs)+len(o.Cgroups)))
+	for _, n := range []int{len(o.UIDs), len(o.GIDs), len(o.Cgroups)} {
+		b = binary.LittleEndian.AppendUint32(b, uint32(n))
+	}
+	for _, r := range slices.Concat(o.UIDs, o.GIDs) {
 		b = binary.LittleEndian.AppendUint32(b, r.Lo)
 		b = binary.LittleEndian.AppendUint32(b, r.Hi)
 	}
-	b = append(b, 0xff, 0xff, 0xff, 0xff) // uids end; no range has Lo 0xffffffff > Hi
-	for _, r := range o.GIDs {
-		b = binary.LittleEndian.AppendUint32(b, r.Lo)
-		b = binary.LittleEndian.AppendUint32(b, r.Hi)
+	for _, id := range o.Cgroups {
+		b = binary.LittleEndian.AppendUint64(b, id)
 	}
 	return string(b)
 }
 
-// intersect is who owns both a and b, read conservatively: a uid in both
-// or a gid in both. (A caller whose uid owns one and whose gid owns the
-// other also owns both; it is refused, which errs on the safe side.)
+// intersect is who owns both a and b, read conservatively: a uid in both,
+// a gid in both or a cgroup in both. (A caller whose uid owns one and whose
+// gid or cgroup owns the other also owns both, and so does a task in a
+// cgroup of a that lies below a cgroup of b; they are refused, which errs on
+// the safe side.)
 func intersect(a, b Owners) Owners {
-	return Owners{UIDs: intersectIDs(a.UIDs, b.UIDs), GIDs: intersectIDs(a.GIDs, b.GIDs)}
+	return Owners{UIDs: intersectIDs(a.UIDs, b.UIDs), GIDs: intersectIDs(a.GIDs, b.GIDs), Cgroups: intersectSorted(a.Cgroups, b.Cgroups)}
+}
+
+// intersectSorted is the ids in both sorted lists.
+func intersectSorted(a, b []uint64) []uint64 {
+	var out []uint64
+	for i, j := 0, 0; i < len(a) && j < len(b); {
+		switch {
+		case a[i] < b[j]:
+			i++
+		case a[i] > b[j]:
+			j++
+		default:
+			out = append(out, a[i])
+			i++
+			j++
+		}
+	}
+	return out
 }
 
 func intersectIDs(a, b []model.IDRange) []model.IDRange {
@@ -325,7 +369,7 @@ func intersectIDs(a, b []model.IDRange) []model.IDRange {
 }
 
 func compareOwners(a, b Owners) int {
-	return cmp.Or(compareIDs(a.UIDs, b.UIDs), compareIDs(a.GIDs, b.GIDs))
+	return cmp.Or(compareIDs(a.UIDs, b.UIDs), compareIDs(a.GIDs, b.GIDs), slices.Compare(a.Cgroups, b.Cgroups))
 }
 
 func compareIDs(a, b []model.IDRange) int {
@@ -337,13 +381,22 @@ func compareIDs(a, b []model.IDRange) int {
 // String is the Spec's one text form, for tests and `portfw status`:
 //
 //	owners 1: uid 0,33 gid -
+//	owners 2: uid - gid - cgroup 4242,4711
 //	tcp/80 default 1 wild4 1 wild6 1
 //	tcp/443 default - wild4 2 wild6 2 scoped
 //	tcp/443 192.0.2.10/32 owners 2
 func (s Spec) String() string {
 	var b strings.Builder
 	for i, o := range s.Owners {
-		fmt.Fprintf(&b, "owners %d: uid %s gid %s\n", i+1, idList(o.UIDs), idList(o.GIDs))
+		fmt.Fprintf(&b, "owners %d: uid %s gid %s", i+1, idList(o.UIDs), idList(o.GIDs))
+		if len(o.Cgroups) > 0 {
+			ids := make([]string, len(o.Cgroups))
+			for j, id := range o.Cgroups {
+				ids[j] = strconv.FormatUint(id, 10)
+			}
+			b.WriteString(" cgroup " + strings.Join(ids, ","))
+		}
+		b.WriteByte('\n')
 	}
 	for _, p := range s.Ports {
 		fmt.Fprintf(&b, "%s/%d default %s wild4 %s wild6 %s", p.Proto, p.Port, p.Default, p.Wild4, p.Wild6)

@@ -84,7 +84,7 @@ func readCurrent(in *installed, cookie uint64, gen uint32) (*current, error) {
 	// and scopes that name it tell its number.
 	refs := func(v []byte, n int) {
 		for i := range n {
-			num := binary.NativeEndian.Uint32(v[4*i:]) >> 2
+			num := binary.NativeEndian.Uint32(v[4*i:]) >> refShift
 			if num == 0 {
 				continue
 			}

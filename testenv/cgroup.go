@@ -147,3 +147,19 @@ func removeStaleCgroups() {
 		}
 	}
 }
+
+// LockRealRoot serialises the tests that attach the bind guard to the real
+// root of the cgroup v2 hierarchy (in any test binary of this tree, which
+// go test runs side by side), since they count the programs there.
+func LockRealRoot(t testing.TB) {
+	t.Helper()
+	f, err := os.OpenFile("/run/portfw-tests-real-root.lock", os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+}
