@@ -4,9 +4,10 @@
 // It is split like the rest of portfw: Classify is pure (a resolved policy
 // and a list of sockets in, a Report out) and applies exactly the owner
 // rules the compiled ruleset applies; Sockets is the only part that reads
-// the host (sock_diag over netlink, and /proc for the processes holding each
-// socket). Tracker turns successive reports into "new squatter" events for
-// the watch daemon.
+// the host (sock_diag over netlink, /proc for the processes holding each
+// socket, and the cgroup v2 tree, through ReadCgroups, for the path and
+// systemd unit of the cgroup each socket was made in). Tracker turns
+// successive reports into "new squatter" events for the watch daemon.
 package audit
 
 import (
@@ -45,6 +46,20 @@ type Socket struct {
 	// several), sorted by pid; empty when none was found (another user's
 	// process without root, or a socket owned by the kernel).
 	Processes []Process
+	// Cgroup is the id of the cgroup v2 the socket was made in (the
+	// creating process's when it made it, INET_DIAG_CGROUP_ID), what the
+	// rules' `socket cgroupv2` matches; 0 when the kernel does not say.
+	Cgroup uint64
+	// CgroupPath is that cgroup's path from the root of the hierarchy,
+	// "/system.slice/nginx.service"; "" when it is unknown (removed since).
+	CgroupPath string
+	// Unit is the systemd unit of CgroupPath (see UnitOf); "" when none.
+	Unit string
+	// CgroupAncestry are the ids of the socket's cgroup and of every
+	// cgroup above it, topmost first (Cgroups.Ancestry): an owner cgroup
+	// owns the socket when it is one of them. Empty when the cgroup is
+	// unknown.
+	CgroupAncestry []uint64
 }
 
 // Process is a process holding a socket.
@@ -71,6 +86,11 @@ type Finding struct {
 	Processes   []Process      `json:"processes"`
 	Verdict     Verdict        `json:"verdict"`
 	Inode       uint64         `json:"-"`
+	// CgroupID, CgroupPath and Unit are the socket's (see Socket): 0 and
+	// "" when unknown.
+	CgroupID   uint64 `json:"cgroup_id"`
+	CgroupPath string `json:"cgroup"`
+	Unit       string `json:"unit"`
 }
 
 // Free lists the ports of a reservation, for one protocol, that no socket
@@ -111,7 +131,10 @@ func (r Report) Squatters() int {
 //     a family the reservation covers (it would get that traffic; a ::
 //     socket gets IPv4 traffic too);
 //   - it is an owner when its uid is an owner's (root's when the model
-//     says root owns it), or its gid is an owner gid. The kernel looks every
+//     says root owns it), or its gid is an owner gid, or it was made in a
+//     live owner cgroup or below one (the owner's id is the socket's
+//     Cgroup or in its CgroupAncestry: annotate sockets with Cgroups
+//     first; Sockets does). The kernel looks every
 //     owner set up for a packet, so a packet to a scoped address of a port
 //     that is also reserved on every address (a guard port) passes for the
 //     owners of both.
@@ -147,6 +170,7 @@ func Classify(r *model.Resolved, socks []Socket) Report {
 			rep.Findings = append(rep.Findings, Finding{
 				Reservation: res.Name, Protocol: s.Protocol, Address: s.Addr, Port: s.Port,
 				UID: s.UID, User: s.User, Processes: procs, Verdict: v, Inode: s.Inode,
+				CgroupID: s.Cgroup, CgroupPath: s.CgroupPath, Unit: s.Unit,
 			})
 			if bound[res.Name] == nil {
 				bound[res.Name] = map[model.Protocol][]uint16{}
@@ -222,7 +246,10 @@ func receivesFor(addr netip.Addr, prefixes []netip.Prefix) bool {
 }
 
 // isOwner applies the table's owner rules: the socket's uid (root's
-// included, as the model says), or the gid of a process holding it.
+// included, as the model says), or the gid of a process holding it, or its
+// cgroup: a live owner cgroup is the socket's or one above it, which is
+// what `socket cgroupv2 level N` compares. Waiting owners (id 0) own
+// nothing.
 func isOwner(s Socket, owners []*model.Reservation) bool {
 	for _, res := range owners {
 		if res.Owners.HasUID(s.UID) {
@@ -230,6 +257,11 @@ func isOwner(s Socket, owners []*model.Reservation) bool {
 		}
 		for _, p := range s.Processes {
 			if res.Owners.HasGID(p.FSGID) {
+				return true
+			}
+		}
+		for _, c := range res.Owners.Cgroups {
+			if !c.Waiting() && (c.ID == s.Cgroup || slices.Contains(s.CgroupAncestry, c.ID)) {
 				return true
 			}
 		}
@@ -261,14 +293,17 @@ func freePorts(ranges []model.PortRange, taken []uint16) []model.PortRange {
 	return out
 }
 
-// String is "tcp 0.0.0.0:8080 uid 33 (www-data)", for logs.
+// String is "tcp 0.0.0.0:8080 uid 33 (www-data), cgroup
+// /system.slice/nginx.service (unit nginx.service), reservation web, held
+// by 812 nginx", for logs. The cgroup part is left out when the kernel
+// reported no cgroup.
 func (f Finding) String() string {
 	user := ""
 	if f.User != "" {
 		user = " (" + f.User + ")"
 	}
 	s := f.Protocol.String() + " " + netip.AddrPortFrom(f.Address, f.Port).String() +
-		" uid " + strconv.FormatUint(uint64(f.UID), 10) + user + ", reservation " + f.Reservation
+		" uid " + strconv.FormatUint(uint64(f.UID), 10) + user + f.cgroupText() + ", reservation " + f.Reservation
 	for i, p := range f.Processes {
 		if i == 0 {
 			s += ", held by "
@@ -278,4 +313,18 @@ func (f Finding) String() string {
 		s += strconv.Itoa(p.PID) + " " + p.Command
 	}
 	return s
+}
+
+// cgroupText is ", cgroup PATH (unit UNIT)", or ", cgroup id N (removed)"
+// for a cgroup that no longer exists, or "" when there is none.
+func (f Finding) cgroupText() string {
+	switch {
+	case f.CgroupPath != "" && f.Unit != "":
+		return ", cgroup " + f.CgroupPath + " (unit " + f.Unit + ")"
+	case f.CgroupPath != "":
+		return ", cgroup " + f.CgroupPath
+	case f.CgroupID != 0:
+		return ", cgroup id " + strconv.FormatUint(f.CgroupID, 10) + " (removed)"
+	}
+	return ""
 }

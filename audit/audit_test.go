@@ -2,6 +2,7 @@ package audit
 
 import (
 	"net/netip"
+	"strconv"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -209,5 +210,186 @@ func TestFinding(t *testing.T) {
 		Processes: []Process{{PID: 42, Command: "squat"}}, Verdict: Squatter}
 	if got, want := f.String(), "tcp [::]:8443 uid 999 (pfw-squat), reservation web, held by 42 squat"; got != want {
 		t.Errorf("String() = %q, want %q", got, want)
+	}
+}
+
+// testTree is a cgroup tree as ReadCgroups would find it.
+var testTree = NewCgroups(map[uint64]string{
+	1:  "/",
+	10: "/system.slice",
+	11: "/system.slice/nginx.service",
+	12: "/system.slice/nginx.service/workers",
+	13: "/system.slice/other.service",
+	20: "/user.slice",
+})
+
+var (
+	nginxCG  = model.Cgroup{Source: "nginx.service", Unit: true, Path: "/system.slice/nginx.service", Level: 2, ID: 11}
+	sliceCG  = model.Cgroup{Source: "/system.slice", Path: "/system.slice", Level: 1, ID: 10}
+	rootCG   = model.Cgroup{Source: "/", Path: "/", Level: 0, ID: 1}
+	waitCG   = model.Cgroup{Source: "db.service", Unit: true} // not running
+	cgPolicy = &model.Resolved{
+		Settings: model.Settings{Table: "portfw", AllowRoot: true},
+		Reservations: []model.Reservation{
+			{Name: "nginx", Protocols: tcp, Ports: ports(port(9000)), Owners: model.Owners{Root: true, Cgroups: []model.Cgroup{nginxCG}}},
+			{Name: "slice", Protocols: tcp, Ports: ports(port(9001)), Owners: model.Owners{Root: true, Cgroups: []model.Cgroup{sliceCG}}},
+			{Name: "waiting", Protocols: tcp, Ports: ports(port(9002)), Owners: model.Owners{Root: true, Cgroups: []model.Cgroup{waitCG}}},
+			{Name: "mixed", Protocols: tcp, Ports: ports(port(9003)), Owners: model.Owners{Root: true, UIDs: ids(500, 500),
+				Cgroups: []model.Cgroup{waitCG, nginxCG}}},
+			{Name: "everyone", Protocols: tcp, Ports: ports(port(9004)), Owners: model.Owners{Cgroups: []model.Cgroup{rootCG}}},
+		},
+	}
+)
+
+// cgSock is a socket made in the cgroup with this id.
+func cgSock(p uint16, uid uint32, cgroup uint64) Socket {
+	s := sock(model.TCP, "0.0.0.0", p, uid)
+	s.Cgroup, s.Inode = cgroup, uint64(p)*1000+cgroup
+	return s
+}
+
+// cgRow is a finding cut down to what the cgroup cases compare.
+type cgRow struct {
+	Reservation string
+	UID         uint32
+	Cgroup      uint64
+	Verdict     Verdict
+}
+
+func TestClassifyCgroups(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		socks []Socket
+		want  []cgRow
+	}{
+		{"owner cgroup", []Socket{cgSock(9000, 999, 11)}, []cgRow{{"nginx", 999, 11, Owner}}},
+		{"child cgroup", []Socket{cgSock(9000, 999, 12)}, []cgRow{{"nginx", 999, 12, Owner}}},
+		{"parent slice is not below the owner", []Socket{cgSock(9000, 999, 10)}, []cgRow{{"nginx", 999, 10, Squatter}}},
+		{"sibling", []Socket{cgSock(9000, 999, 13)}, []cgRow{{"nginx", 999, 13, Squatter}}},
+		{"slice owner owns its units and itself", []Socket{cgSock(9001, 999, 13), cgSock(9001, 999, 12), cgSock(9001, 999, 10), cgSock(9001, 999, 20)},
+			[]cgRow{{"slice", 999, 20, Squatter}, {"slice", 999, 10, Owner}, {"slice", 999, 12, Owner}, {"slice", 999, 13, Owner}}},
+		{"root cgroup", []Socket{cgSock(9000, 999, 1)}, []cgRow{{"nginx", 999, 1, Squatter}}},
+		{"root cgroup owner owns every known cgroup", []Socket{cgSock(9004, 999, 1), cgSock(9004, 999, 12)},
+			[]cgRow{{"everyone", 999, 1, Owner}, {"everyone", 999, 12, Owner}}},
+		{"unknown id (removed since)", []Socket{cgSock(9000, 999, 99), cgSock(9001, 999, 99)},
+			[]cgRow{{"nginx", 999, 99, Squatter}, {"slice", 999, 99, Squatter}}},
+		{"no cgroup reported", []Socket{cgSock(9000, 999, 0)}, []cgRow{{"nginx", 999, 0, Squatter}}},
+		// A waiting owner has id 0: it must not match a socket whose
+		// kernel reported no cgroup (0) either.
+		{"waiting owner owns nothing", []Socket{cgSock(9002, 999, 0), cgSock(9002, 999, 11)},
+			[]cgRow{{"waiting", 999, 0, Squatter}, {"waiting", 999, 11, Squatter}}},
+		{"waiting owner still lets root pass", []Socket{cgSock(9002, 0, 20)}, []cgRow{{"waiting", 0, 20, Owner}}},
+		{"mixed uid and cgroup owners", []Socket{cgSock(9003, 500, 20), cgSock(9003, 999, 12), cgSock(9003, 999, 20), cgSock(9003, 999, 0)},
+			[]cgRow{{"mixed", 999, 0, Squatter}, {"mixed", 999, 20, Squatter}, {"mixed", 500, 20, Owner}, {"mixed", 999, 12, Owner}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			testTree.Annotate(tc.socks)
+			got := []cgRow{}
+			for _, f := range Classify(cgPolicy, tc.socks).Findings {
+				got = append(got, cgRow{f.Reservation, f.UID, f.CgroupID, f.Verdict})
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("findings (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// The kernel matches an owner's id exactly even when the socket's cgroup
+// is gone from the tree (a socket keeps its cgroup alive); so does
+// Classify, without ancestry.
+func TestClassifyCgroupExactIDWithoutTree(t *testing.T) {
+	got := Classify(cgPolicy, []Socket{cgSock(9000, 999, 11), cgSock(9000, 999, 12)})
+	want := []cgRow{{"nginx", 999, 12, Squatter}, {"nginx", 999, 11, Owner}}
+	var rows []cgRow
+	for _, f := range got.Findings {
+		rows = append(rows, cgRow{f.Reservation, f.UID, f.CgroupID, f.Verdict})
+	}
+	if diff := cmp.Diff(want, rows); diff != "" {
+		t.Errorf("findings (-want +got):\n%s", diff)
+	}
+}
+
+func TestClassifyCarriesCgroup(t *testing.T) {
+	socks := []Socket{cgSock(9000, 999, 12), cgSock(9001, 999, 99), cgSock(9002, 999, 1)}
+	testTree.Annotate(socks)
+	var got [][3]string
+	for _, f := range Classify(cgPolicy, socks).Findings {
+		got = append(got, [3]string{strconv.FormatUint(f.CgroupID, 10), f.CgroupPath, f.Unit})
+	}
+	want := [][3]string{ // squatters (slice, waiting) first, then nginx's owner
+		{"99", "", ""}, // unknown: removed since
+		{"1", "/", ""},
+		{"12", "/system.slice/nginx.service/workers", "nginx.service"},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("cgroups of the findings (-want +got):\n%s", diff)
+	}
+}
+
+func TestCgroupsAncestry(t *testing.T) {
+	for id, want := range map[uint64][]uint64{
+		1:  {1},
+		10: {1, 10},
+		12: {1, 10, 11, 12},
+		20: {1, 20},
+		99: nil,
+		0:  nil,
+	} {
+		if diff := cmp.Diff(want, testTree.Ancestry(id)); diff != "" {
+			t.Errorf("Ancestry(%d) (-want +got):\n%s", id, diff)
+		}
+	}
+	// A subtree (a cgroup namespace's) has no "/" entry above its top.
+	sub := NewCgroups(map[uint64]string{5: "/a", 6: "/a/b"})
+	if diff := cmp.Diff([]uint64{5, 6}, sub.Ancestry(6)); diff != "" {
+		t.Errorf("subtree Ancestry (-want +got):\n%s", diff)
+	}
+}
+
+func TestUnitOf(t *testing.T) {
+	for path, want := range map[string]string{
+		"/":                                   "",
+		"":                                    "",
+		"/system.slice":                       "system.slice",
+		"/system.slice/nginx.service":         "nginx.service",
+		"/system.slice/nginx.service/workers": "nginx.service",
+		"/system.slice/docker-0123abcd.scope": "docker-0123abcd.scope",
+		"/system.slice/sshd.socket":           "sshd.socket",
+		"/system.slice/var-lib.mount":         "var-lib.mount",
+		"/system.slice/dev-sda2.swap":         "dev-sda2.swap",
+		"/init.scope":                         "init.scope",
+		"/user.slice/user-1000.slice":         "user-1000.slice",
+		// The innermost unit that is not a slice.
+		"/user.slice/user-1000.slice/user@1000.service/app.slice/app-firefox-1234.scope": "app-firefox-1234.scope",
+		"/user.slice/user-1000.slice/user@1000.service/app.slice":                        "user@1000.service",
+		"/machine.slice/systemd-nspawn@c1.service/payload/system.slice/foo.service":      "foo.service",
+		"/pfw-test-1.2-abcd":        "",
+		"/pfw-test-1.2-abcd/child":  "",
+		"/weird/.service":           "", // a bare suffix names no unit
+		"/kubepods.slice/pod1/ctr1": "kubepods.slice",
+	} {
+		if got := UnitOf(path); got != want {
+			t.Errorf("UnitOf(%q) = %q, want %q", path, got, want)
+		}
+	}
+}
+
+func TestFindingCgroup(t *testing.T) {
+	f := Finding{Reservation: "sip", Protocol: model.UDP, Address: netip.MustParseAddr("0.0.0.0"), Port: 5060, UID: 1000,
+		Processes: []Process{{PID: 123, Command: "squat"}}, Verdict: Squatter,
+		CgroupID: 7, CgroupPath: "/x.slice/y.service", Unit: "y.service"}
+	for _, tc := range []struct {
+		path, unit string
+		want       string
+	}{
+		{"/x.slice/y.service", "y.service", "udp 0.0.0.0:5060 uid 1000, cgroup /x.slice/y.service (unit y.service), reservation sip, held by 123 squat"},
+		{"/pfw-test", "", "udp 0.0.0.0:5060 uid 1000, cgroup /pfw-test, reservation sip, held by 123 squat"},
+		{"", "", "udp 0.0.0.0:5060 uid 1000, cgroup id 7 (removed), reservation sip, held by 123 squat"},
+	} {
+		f.CgroupPath, f.Unit = tc.path, tc.unit
+		if got := f.String(); got != tc.want {
+			t.Errorf("String() = %q, want %q", got, tc.want)
+		}
 	}
 }

@@ -32,9 +32,13 @@ func Scan(r *model.Resolved) (Report, error) {
 // that receive on a local port (sock_diag is per namespace): for every
 // protocol of the model's table, IPv4 and IPv6, listeners of stream
 // protocols and every bound socket of the others, with the processes
-// holding them. Processes are found in /proc, which shows every process of
-// the PID namespace whatever its network namespace; without root those of
-// other users are missing.
+// holding them and their cgroups. Processes are found in /proc, which shows
+// every process of the PID namespace whatever its network namespace;
+// without root those of other users are missing. Cgroups (which are not
+// per network namespace) are named from one walk of the cgroup v2 tree
+// after the dump, so every cgroup that still exists is found; a tree that
+// cannot be read is an error, since cgroup owners would look like
+// squatters.
 func Sockets() ([]Socket, error) {
 	c, err := netlink.Dial(unix.NETLINK_SOCK_DIAG, nil)
 	if err != nil {
@@ -89,9 +93,18 @@ func socketsFrom(c *netlink.Conn) ([]Socket, error) {
 	}
 	holders := processesHolding(want)
 	names := userNames()
+	anyCgroup := false
 	for i := range out {
 		out[i].Processes = holders[out[i].Inode]
 		out[i].User = names[out[i].UID]
+		anyCgroup = anyCgroup || out[i].Cgroup != 0
+	}
+	if anyCgroup {
+		cg, err := ReadCgroups()
+		if err != nil {
+			return nil, err
+		}
+		cg.Annotate(out)
 	}
 	return out, nil
 }
@@ -133,9 +146,15 @@ func dump(c *netlink.Conn, family uint8, pi model.ProtocolInfo) ([]netlink.Messa
 // errInterrupted: the socket table changed during the dump.
 var errInterrupted = errors.New("dump interrupted")
 
+// inetDiagCgroupID is INET_DIAG_CGROUP_ID (include/uapi/linux/inet_diag.h):
+// the u64 id of the socket's cgroup v2, sent for every full socket by
+// kernels with CONFIG_SOCK_CGROUP_DATA (4.19 and later).
+const inetDiagCgroupID = 21
+
 // parseDiag reads a struct inet_diag_msg: family, state, timer, retrans,
 // the socket id (sport, dport, src[4], dst[4] big-endian, interface,
-// cookie), expires, rqueue, wqueue, uid, inode.
+// cookie), expires, rqueue, wqueue, uid, inode; then the attributes, of
+// which it takes the cgroup id.
 func parseDiag(b []byte, family uint8, proto model.Protocol) (Socket, bool) {
 	if len(b) < 72 || b[0] != family {
 		return Socket{}, false
@@ -150,11 +169,21 @@ func parseDiag(b []byte, family uint8, proto model.Protocol) (Socket, bool) {
 	} else {
 		addr = netip.AddrFrom16([16]byte(b[8:24]))
 	}
-	return Socket{
+	s := Socket{
 		Protocol: proto, Addr: addr, Port: port,
 		UID:   binary.NativeEndian.Uint32(b[64:68]),
 		Inode: uint64(binary.NativeEndian.Uint32(b[68:72])),
-	}, true
+	}
+	// Attributes are optional: a reply without a readable cgroup id is
+	// still a socket.
+	if ad, err := netlink.NewAttributeDecoder(b[72:]); err == nil {
+		for ad.Next() {
+			if ad.Type() == inetDiagCgroupID && len(ad.Bytes()) == 8 {
+				s.Cgroup = ad.Uint64()
+			}
+		}
+	}
+	return s, true
 }
 
 // userNames maps the uids of /etc/passwd to names, for output. (Sockets of

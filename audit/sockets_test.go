@@ -1,8 +1,10 @@
 package audit
 
 import (
+	"encoding/binary"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -159,5 +161,121 @@ func TestSocketsInNamespace(t *testing.T) {
 				t.Errorf("socket %+v of the test namespace listed in the host namespace", s)
 			}
 		}
+	}
+}
+
+// parseDiag takes the cgroup id from the INET_DIAG_CGROUP_ID attribute
+// that follows the struct inet_diag_msg.
+func TestParseDiagCgroupID(t *testing.T) {
+	msg := make([]byte, 72)
+	msg[0] = unix.AF_INET
+	binary.BigEndian.PutUint16(msg[4:], 8080)
+	copy(msg[8:], []byte{127, 0, 0, 1})
+	binary.NativeEndian.PutUint32(msg[64:], 1000)
+	binary.NativeEndian.PutUint32(msg[68:], 4242)
+	attr := func(typ uint16, payload []byte) []byte {
+		b := make([]byte, 4, 4+len(payload)+3)
+		binary.NativeEndian.PutUint16(b, uint16(4+len(payload)))
+		binary.NativeEndian.PutUint16(b[2:], typ)
+		b = append(b, payload...)
+		for len(b)%4 != 0 {
+			b = append(b, 0)
+		}
+		return b
+	}
+	id := binary.NativeEndian.AppendUint64(nil, 0x1234_5678_9abc)
+	withAttrs := append(append(append([]byte{}, msg...), attr(1, []byte{1, 2, 3, 4, 5})...), attr(inetDiagCgroupID, id)...)
+
+	for _, tc := range []struct {
+		name string
+		b    []byte
+		want uint64
+	}{
+		{"with the attribute", withAttrs, 0x1234_5678_9abc},
+		{"without attributes", msg, 0},
+		{"truncated attributes", append(append([]byte{}, msg...), 0xff, 0), 0},
+	} {
+		s, ok := parseDiag(tc.b, unix.AF_INET, model.TCP)
+		if !ok || s.Port != 8080 || s.UID != 1000 || s.Inode != 4242 || s.Cgroup != tc.want {
+			t.Errorf("%s: parseDiag = %+v, %v; want port 8080 uid 1000 inode 4242 cgroup %#x", tc.name, s, ok, tc.want)
+		}
+	}
+}
+
+// TestSocketsCgroups serves from cgroups of the test's own in a fresh
+// namespace: sock_diag names each listener's cgroup by the inode of its
+// directory, the walk of the tree gives its path, and a cgroup owner owns
+// the sockets made in it and below it, whatever their uid.
+func TestSocketsCgroups(t *testing.T) {
+	testenv.RequireNetNS(t)
+	squat := testenv.User(t, "pfw-squat")
+	ns := testenv.NewNS(t)
+	owner := testenv.NewCgroup(t, nil)
+	child := testenv.NewCgroup(t, owner)
+	other := testenv.NewCgroup(t, nil)
+
+	ns.Serve(t, testenv.ServeConfig{Addr: netip.MustParseAddrPort("0.0.0.0:8080"), As: squat, Cgroup: owner})
+	ns.Serve(t, testenv.ServeConfig{Proto: testenv.UDP, Addr: netip.MustParseAddrPort("[::]:8080"), As: squat, Cgroup: child})
+	ns.Serve(t, testenv.ServeConfig{Addr: netip.MustParseAddrPort("[::]:8443"), As: squat, Cgroup: other})
+
+	ino := func(c *testenv.Cgroup) uint64 {
+		var st syscall.Stat_t
+		if err := syscall.Stat(c.Dir, &st); err != nil {
+			t.Fatal(err)
+		}
+		return st.Ino
+	}
+	level := uint8(len(strings.Split(strings.Trim(owner.Path, "/"), "/")))
+	res := &model.Resolved{
+		Settings: model.Settings{Table: "portfw", AllowRoot: true},
+		Reservations: []model.Reservation{{Name: "web", Protocols: both, Ports: ports(port(8080), port(8443)),
+			Owners: model.Owners{Root: true, Cgroups: []model.Cgroup{{Source: owner.Path, Path: owner.Path, Level: level, ID: ino(owner)}}}}},
+	}
+	socks, err := socketsFrom(diagConnIn(t, ns.Path))
+	if err != nil {
+		t.Fatalf("sockets: %v", err)
+	}
+	type key struct {
+		proto model.Protocol
+		port  uint16
+	}
+	want := map[key]struct {
+		cg *testenv.Cgroup
+		v  Verdict
+	}{
+		{model.TCP, 8080}: {owner, Owner},
+		{model.UDP, 8080}: {child, Owner},
+		{model.TCP, 8443}: {other, Squatter},
+	}
+	rep := Classify(res, socks)
+	if len(rep.Findings) != len(want) {
+		t.Fatalf("want %d findings, got %+v", len(want), rep.Findings)
+	}
+	for _, f := range rep.Findings {
+		w, ok := want[key{f.Protocol, f.Port}]
+		if !ok {
+			t.Errorf("unexpected finding %v", f)
+			continue
+		}
+		if f.CgroupID != ino(w.cg) || f.CgroupPath != w.cg.Path || f.Unit != "" || f.Verdict != w.v {
+			t.Errorf("%s %d: cgroup %d %q unit %q, %s; want cgroup %d (the inode of %s) %q, %s",
+				f.Protocol, f.Port, f.CgroupID, f.CgroupPath, f.Unit, f.Verdict, ino(w.cg), w.cg.Dir, w.cg.Path, w.v)
+		}
+		if !strings.Contains(f.String(), ", cgroup "+w.cg.Path+", ") {
+			t.Errorf("String() = %q, want it to name cgroup %s", f.String(), w.cg.Path)
+		}
+	}
+	// The walk agrees with the directories: the child's ancestry is the
+	// root, the owner, the child.
+	cg, err := ReadCgroups()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rootSt syscall.Stat_t
+	if err := syscall.Stat(filepath.Dir(owner.Dir), &rootSt); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := cg.Ancestry(ino(child)), []uint64{rootSt.Ino, ino(owner), ino(child)}; !slices.Equal(got, want) {
+		t.Errorf("Ancestry(child) = %v, want %v", got, want)
 	}
 }

@@ -96,10 +96,10 @@ func (a *app) printAudit(path string, rep audit.Report, squatters int) {
 	if len(rep.Findings) > 0 {
 		fmt.Fprintln(a.stdout)
 		tw := tabwriter.NewWriter(a.stdout, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "VERDICT\tRESERVATION\tPROTO\tADDRESS\tPORT\tUID\tUSER\tPROCESSES")
+		fmt.Fprintln(tw, "VERDICT\tRESERVATION\tPROTO\tADDRESS\tPORT\tUID\tUSER\tUNIT\tPROCESSES")
 		for _, f := range rep.Findings {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", verdictText(f.Verdict), f.Reservation, f.Protocol,
-				f.Address, f.Port, f.UID, orDash(f.User), processesText(f.Processes))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n", verdictText(f.Verdict), f.Reservation, f.Protocol,
+				f.Address, f.Port, f.UID, orDash(f.User), unitText(f), processesText(f.Processes))
 		}
 		tw.Flush()
 	}
@@ -125,6 +125,16 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// unitText is the systemd unit of a finding's socket, or its cgroup path
+// when no unit manages it ("/" for the root), "-" when the kernel reported
+// no cgroup or it was removed since (--json has its id).
+func unitText(f audit.Finding) string {
+	if f.Unit != "" {
+		return f.Unit
+	}
+	return orDash(f.CgroupPath)
 }
 
 func processesText(ps []audit.Process) string {

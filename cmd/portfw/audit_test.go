@@ -50,16 +50,17 @@ func runAuditWith(t *testing.T, socks []audit.Socket, scanErr error, args ...str
 func TestAuditExitCodesAndOutput(t *testing.T) {
 	path := writePolicy(t, fmt.Sprintf(auditPolicy, 1000))
 	owner := audit.Socket{Protocol: model.TCP, Addr: netip.MustParseAddr("0.0.0.0"), Port: 8080, UID: 1000, User: "www",
-		Processes: []audit.Process{{PID: 10, Command: "httpd"}, {PID: 11, Command: "httpd"}}}
+		Processes: []audit.Process{{PID: 10, Command: "httpd"}, {PID: 11, Command: "httpd"}},
+		Cgroup:    4711, CgroupPath: "/system.slice/httpd.service", Unit: "httpd.service"}
 	squatter := audit.Socket{Protocol: model.UDP, Addr: netip.MustParseAddr("::"), Port: 5060, UID: 999, User: "mallory",
-		Processes: []audit.Process{{PID: 42, Command: "squat"}}}
+		Processes: []audit.Process{{PID: 42, Command: "squat"}}, Cgroup: 815, CgroupPath: "/squat"}
 
 	t.Run("clean", func(t *testing.T) {
 		out, _, code := runAuditWith(t, []audit.Socket{owner}, nil, "-f", path)
 		if code != exitOK {
 			t.Errorf("exit %d, want 0\n%s", code, out)
 		}
-		for _, want := range []string{"no squatters", "owner web tcp 0.0.0.0 8080 1000 www 10 httpd, 11 httpd",
+		for _, want := range []string{"no squatters", "UID USER UNIT PROCESSES", "owner web tcp 0.0.0.0 8080 1000 www httpd.service 10 httpd, 11 httpd",
 			"free (nobody bound):", "sip 5060/tcp+udp", "web 8443/tcp"} {
 			if !strings.Contains(squeeze(out), want) {
 				t.Errorf("output lacks %q:\n%s", want, out)
@@ -76,6 +77,18 @@ func TestAuditExitCodesAndOutput(t *testing.T) {
 			!strings.HasPrefix(lines[2], "VERDICT") || !strings.HasPrefix(lines[3], "SQUATTER  sip ") || !strings.HasPrefix(lines[4], "owner") {
 			t.Errorf("want a headline, then the squatter first in the table:\n%s", out)
 		}
+		// A cgroup no unit manages shows as its path.
+		if !strings.Contains(squeeze(lines[3]), " mallory /squat 42 squat") {
+			t.Errorf("the squatter's row does not name its cgroup /squat:\n%s", out)
+		}
+	})
+	t.Run("unknown cgroup", func(t *testing.T) {
+		gone := squatter
+		gone.CgroupPath = "" // removed since the socket was made
+		out, _, _ := runAuditWith(t, []audit.Socket{gone}, nil, "-f", path)
+		if !strings.Contains(squeeze(out), " mallory - 42 squat") {
+			t.Errorf("a socket of an unknown cgroup should show - as its unit:\n%s", out)
+		}
 	})
 	t.Run("json", func(t *testing.T) {
 		out, _, code := runAuditWith(t, []audit.Socket{owner, squatter}, nil, "-f", path, "--json")
@@ -90,10 +103,11 @@ func TestAuditExitCodesAndOutput(t *testing.T) {
 			"policy": path,
 			"sockets": []any{
 				map[string]any{"reservation": "sip", "protocol": "udp", "address": "::", "port": 5060.0, "uid": 999.0, "user": "mallory",
-					"processes": []any{map[string]any{"pid": 42.0, "command": "squat"}}, "verdict": "squatter"},
+					"processes": []any{map[string]any{"pid": 42.0, "command": "squat"}}, "verdict": "squatter",
+					"cgroup_id": 815.0, "cgroup": "/squat", "unit": ""},
 				map[string]any{"reservation": "web", "protocol": "tcp", "address": "0.0.0.0", "port": 8080.0, "uid": 1000.0, "user": "www",
 					"processes": []any{map[string]any{"pid": 10.0, "command": "httpd"}, map[string]any{"pid": 11.0, "command": "httpd"}},
-					"verdict":   "owner"},
+					"verdict":   "owner", "cgroup_id": 4711.0, "cgroup": "/system.slice/httpd.service", "unit": "httpd.service"},
 			},
 			"free": []any{
 				map[string]any{"reservation": "sip", "protocol": "tcp", "ports": []any{"5060"}},
