@@ -80,6 +80,9 @@ func runApply(a *app, args []string) int {
 	if s, ok := a.resolver().(*resolve.System); ok && s.UsedNSS() {
 		p.Inputs = "" // names from NSS may change unseen: never skip the parse
 	}
+	if l.policy.NamesCgroups() {
+		p.Inputs = "" // nor may units and cgroups, which come and go
+	}
 	if !*asJSON {
 		a.printWarnings(p.Warnings())
 	}

@@ -63,6 +63,8 @@ reservations:
 // host's cgroup2 mount), so every process on the host is covered; the last
 // remove detaches it.
 func TestGuardOnTheRealRoot(t *testing.T) {
+	testenv.RequireNetNS(t)
+	testenv.LockRealRoot(t)
 	requireGuardE2E(t)
 	w := setup(t, "")
 	root := cgroupRootMount()

@@ -51,7 +51,7 @@ func (a *app) realHost(o hostOptions) (*engine.Engine, error) {
 	}
 	return &engine.Engine{
 		Host: engine.Host{
-			Tables: k, Sysctls: sysctl.Proc{}, State: dir, Lock: dir, Guard: guard, Sockets: audit.Sockets, Snapshots: dir,
+			Tables: k, Sysctls: sysctl.Proc{}, State: dir, Lock: dir, Guard: guard, Sockets: audit.Sockets, Cgroups: audit.ReadCgroups, Snapshots: dir,
 		},
 		LockWait: o.lockWait,
 	}, nil

@@ -56,6 +56,8 @@ func init() {
 			"0 no squatter; 1 a squatter holds a reserved port; 2 error", false},
 		{"remove", "[-f FILE] [--table NAME]", "delete portfw's table and guard, restore the sysctls it changed", runRemove, "", false},
 		{"watch", "[-f FILE] [--log-format text|json] [--metrics-address HOST:PORT] [--remove-on-exit]", "run as a daemon: apply, reload on change, repair drift", runWatch, "", false},
+		{"wait-owner", "[--cgroup PATH] [--timeout D]", "wait until a cgroup (default: this process's) owns reservations here: ExecStartPre= of a unit owner", runWaitOwner,
+			"0 the cgroup owns reservations in the table; 1 it owns none before the timeout, or an error; 2 bad usage", false},
 		{"version", "[--json]", "print the version, the Go version and whether the bind guard is built in", runVersion, "", false},
 		{"completion", "bash|zsh", "print the shell completion script", runCompletion, "", false},
 		{"man", "portfw|policy", "print the portfw(8) or portfw-policy(5) man page (roff)", runMan, "", true},
@@ -88,7 +90,9 @@ func main() {
 // resolver is the user database, shared by the daemon's reloads.
 func (a *app) resolver() resolve.Resolver {
 	if a.users == nil {
-		a.users = resolve.NewSystem(a.getenv("PORTFW_PASSWD_FILE"), a.getenv("PORTFW_GROUP_FILE"))
+		s := resolve.NewSystem(a.getenv("PORTFW_PASSWD_FILE"), a.getenv("PORTFW_GROUP_FILE"))
+		s.Cgroups = &resolve.HostCgroups{From: a.getenv("PORTFW_UNITS_FROM")}
+		a.users = s
 	}
 	return a.users
 }

@@ -109,8 +109,24 @@ type protoPortsJSON struct {
 }
 
 type ownersJSON struct {
-	UIDs []any `json:"uids"`
-	GIDs []any `json:"gids"`
+	UIDs    []any           `json:"uids"`
+	GIDs    []any           `json:"gids"`
+	Cgroups []cgroupRefJSON `json:"cgroups,omitempty"`
+}
+
+// cgroupRefJSON is an owner cgroup of a plan: its id, and its path when the
+// policy names it.
+type cgroupRefJSON struct {
+	ID   uint64 `json:"id"`
+	Path string `json:"path,omitempty"`
+}
+
+func cgroupRefsJSON(cs []compiler.CgroupRef) []cgroupRefJSON {
+	var out []cgroupRefJSON
+	for _, c := range cs {
+		out = append(out, cgroupRefJSON{c.ID, c.Path})
+	}
+	return out
 }
 
 // rangeJSON is a range of ports or ids of more than one.
@@ -159,8 +175,8 @@ func newChangesJSON(p *engine.Plan, c compiler.Changes, applied bool) changesJSO
 		out.Plan = append(out.Plan, planJSON{Name: d.Name, Action: d.Action,
 			PortsAdded: protoPortsOf(d.PortsAdded), PortsRemoved: protoPortsOf(d.PortsRemoved),
 			AddressesAdded: prefixTexts(d.AddressesAdded), AddressesRemoved: prefixTexts(d.AddressesRemoved),
-			OwnersAdded:   ownersJSON{rangesJSON(d.UIDsAdded), rangesJSON(d.GIDsAdded)},
-			OwnersRemoved: ownersJSON{rangesJSON(d.UIDsRemoved), rangesJSON(d.GIDsRemoved)},
+			OwnersAdded:   ownersJSON{rangesJSON(d.UIDsAdded), rangesJSON(d.GIDsAdded), cgroupRefsJSON(d.CgroupsAdded)},
+			OwnersRemoved: ownersJSON{rangesJSON(d.UIDsRemoved), rangesJSON(d.GIDsRemoved), cgroupRefsJSON(d.CgroupsRemoved)},
 			ElementsAdded: d.ElementsAdded, ElementsRemoved: d.ElementsRemoved})
 	}
 	for _, s := range plan.Unlabelled {

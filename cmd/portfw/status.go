@@ -3,6 +3,7 @@ package main
 import (
 	"flag"
 	"fmt"
+	"github.com/portfw/portfw/audit"
 	"os"
 	"strings"
 
@@ -35,12 +36,16 @@ type statusJSON struct {
 
 // reservationJSON is a reservation as the kernel's table holds it.
 type reservationJSON struct {
-	Name           string   `json:"name"`
-	Ports          []string `json:"ports"`          // "80,443/tcp", "5060,5070-5079/tcp+udp", "80/tcp@192.0.2.10"
-	UIDs           []string `json:"uids,omitempty"` // "33", "1200-1299"
-	GIDs           []string `json:"gids,omitempty"`
-	DroppedPackets uint64   `json:"dropped_packets"` // both directions
-	DroppedBytes   uint64   `json:"dropped_bytes"`
+	Name  string   `json:"name"`
+	Ports []string `json:"ports"`          // "80,443/tcp", "5060,5070-5079/tcp+udp", "80/tcp@192.0.2.10"
+	UIDs  []string `json:"uids,omitempty"` // "33", "1200-1299"
+	GIDs  []string `json:"gids,omitempty"`
+	// Cgroups are the owner cgroups the table holds (units and cgroups),
+	// Waiting those the last sync found not running.
+	Cgroups        []cgroupJSON `json:"cgroups,omitempty"`
+	Waiting        []string     `json:"waiting,omitempty"`
+	DroppedPackets uint64       `json:"dropped_packets"` // both directions
+	DroppedBytes   uint64       `json:"dropped_bytes"`
 	// In: to a squatter's port (and SYNs with data); out: from it.
 	DroppedInPackets  uint64 `json:"dropped_in_packets"`
 	DroppedInBytes    uint64 `json:"dropped_in_bytes"`
@@ -61,6 +66,28 @@ func newReservationJSON(s compiler.Summary) reservationJSON {
 		r.GIDs = append(r.GIDs, id.String())
 	}
 	return r
+}
+
+type noCgroups struct{}
+
+func (noCgroups) Path(uint64) (string, bool) { return "", false }
+
+// cgroupJSON is an owner cgroup: its id as the table holds it, and its path
+// and unit as the hierarchy names it now ("" when it was removed since).
+type cgroupJSON struct {
+	ID   uint64 `json:"id"`
+	Path string `json:"path"`
+	Unit string `json:"unit,omitempty"`
+}
+
+func (c cgroupJSON) String() string {
+	switch {
+	case c.Unit != "":
+		return c.Unit
+	case c.Path != "":
+		return "cgroup " + c.Path
+	}
+	return fmt.Sprintf("cgroup id %d (removed)", c.ID)
 }
 
 // tableChangesJSON is what applying the policy would change in the table.
@@ -157,8 +184,26 @@ func runStatus(a *app, args []string) int {
 	}
 	st := statusJSON{Version: outputVersion, Table: name, Installed: s.Table != nil, Reservations: []reservationJSON{}}
 	if s.Table != nil {
+		var tree interface{ Path(uint64) (string, bool) } = noCgroups{}
+		var waiting map[string][]string
+		if s.State.Summary != nil {
+			waiting = s.State.Summary.Waiting
+		}
 		for _, sum := range compiler.Summarize(s.Table) {
 			r := newReservationJSON(sum)
+			if _, none := tree.(noCgroups); none && len(sum.Cgroups) > 0 && e.Host.Cgroups != nil {
+				if t, err := e.Host.Cgroups(); err == nil {
+					tree = t // without it, ids alone
+				}
+			}
+			for _, id := range sum.Cgroups {
+				c := cgroupJSON{ID: id}
+				if path, ok := tree.Path(id); ok {
+					c.Path, c.Unit = path, audit.UnitOf(path)
+				}
+				r.Cgroups = append(r.Cgroups, c)
+			}
+			r.Waiting = waiting[r.Name]
 			switch r.Name {
 			case model.GuardName:
 				st.Guard = &r
@@ -275,11 +320,17 @@ func (a *app) printStatus(st statusJSON) {
 	if len(st.Reservations) == 0 {
 		return
 	}
-	fmt.Fprintf(w, "\n%-16s %-28s %-20s %s\n", "RESERVATION", "PORTS", "OWNERS", "DROPPED")
+	fmt.Fprintf(w, "\n%-16s %-28s %-32s %s\n", "RESERVATION", "PORTS", "OWNERS", "DROPPED")
 	for _, r := range st.Reservations {
 		owners := append(prefixAll("uid ", r.UIDs), prefixAll("gid ", r.GIDs)...)
-		fmt.Fprintf(w, "%-16s %-28s %-20s %d packets, %d bytes (in %d, out %d)\n", r.Name, clip(strings.Join(r.Ports, ","), 28),
-			clip(strings.Join(owners, ","), 20), r.DroppedPackets, r.DroppedBytes, r.DroppedInPackets, r.DroppedOutPackets)
+		for _, c := range r.Cgroups {
+			owners = append(owners, c.String())
+		}
+		if len(r.Waiting) > 0 {
+			owners = append(owners, "waiting for "+strings.Join(r.Waiting, ","))
+		}
+		fmt.Fprintf(w, "%-16s %-28s %-32s %d packets, %d bytes (in %d, out %d)\n", r.Name, clip(strings.Join(r.Ports, ","), 28),
+			clip(strings.Join(owners, ","), 32), r.DroppedPackets, r.DroppedBytes, r.DroppedInPackets, r.DroppedOutPackets)
 	}
 }
 

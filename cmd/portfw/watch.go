@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -87,9 +88,18 @@ func runWatch(a *app, args []string) int {
 	loader := resolve.NewLoader(a.resolver())
 	var watchFiles []string
 	forget := loader.Forget
+	var cgroupDir func() string
 	if s, ok := a.resolver().(*resolve.System); ok {
 		watchFiles = s.Files()
 		forget = func() { s.Forget(); loader.Forget() }
+		if s.Cgroups != nil {
+			cgroupDir = func() string {
+				if fd := s.Cgroups.RootFD(); fd >= 0 {
+					return "/proc/self/fd/" + strconv.Itoa(fd)
+				}
+				return ""
+			}
+		}
 	}
 	var observer watch.Observer
 	if *metricsAddr != "" {
@@ -118,6 +128,7 @@ func runWatch(a *app, args []string) int {
 		Notify:   func(s string) { daemon.SdNotify(false, s) },
 		Debounce: *debounce, Recheck: *recheck, AuditInterval: audit,
 		RemoveOnExit: *removeOnExit, WatchFiles: watchFiles, Observer: observer, Watchdog: watchdog,
+		CgroupDir: cgroupDir,
 	})
 	if err != nil {
 		log.Error("start", "err", err)

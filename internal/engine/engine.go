@@ -67,6 +67,9 @@ type Host struct {
 	// that bound a reserved port before the guard could refuse them. Nil
 	// reports none.
 	Sockets func() ([]audit.Socket, error)
+	// Cgroups reads the cgroup tree, for naming the owner cgroups the
+	// table holds by id (status). Nil names none.
+	Cgroups func() (audit.Cgroups, error)
 	// Snapshots keeps the record of the last commit between processes
 	// (state.Dir beside the state file). Nil keeps none.
 	Snapshots Snapshots
@@ -263,6 +266,12 @@ func digests(r *model.Resolved) (table, guard string) {
 				b = binary.LittleEndian.AppendUint32(b, id.Lo)
 				b = binary.LittleEndian.AppendUint32(b, id.Hi)
 			}
+		}
+		// Cgroups by what the kernel holds: level and id.
+		b = binary.LittleEndian.AppendUint32(b, uint32(len(res.Owners.Cgroups)))
+		for _, c := range res.Owners.Cgroups {
+			b = append(b, c.Level)
+			b = binary.LittleEndian.AppendUint64(b, c.ID)
 		}
 	}
 	flush()
@@ -599,12 +608,20 @@ func (e *Engine) recordInputs(p *Plan, st state.State) error {
 	return e.Host.State.Save(st)
 }
 
+// summary is what the state records of a sync: for the next apply of the
+// same inputs (when there are any), and for status.
 func (p *Plan) summary() *state.Summary {
-	if p.Inputs == "" {
-		return nil
+	var waiting map[string][]string
+	for _, r := range p.Resolved.Reservations {
+		if w := r.Owners.Waiting(); len(w) > 0 {
+			if waiting == nil {
+				waiting = map[string][]string{}
+			}
+			waiting[r.Name] = w
+		}
 	}
 	return &state.Summary{Table: p.Table, Reservations: len(p.Resolved.Reservations), GuardMode: p.Guard.Mode, GuardOn: p.Guard.On,
-		GuardNote: p.Guard.Note, Threshold: p.Sysctls.Threshold, RootOnly: p.Sysctls.Guard, Notes: p.Notes(), Warnings: p.Warnings()}
+		GuardNote: p.Guard.Note, Threshold: p.Sysctls.Threshold, RootOnly: p.Sysctls.Guard, Notes: p.Notes(), Warnings: p.Warnings(), Waiting: waiting}
 }
 
 // hostDigest identifies the sysctl values a plan was made with.

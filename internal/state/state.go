@@ -74,6 +74,9 @@ type Summary struct {
 	RootOnly []model.Reservation `json:"root_only,omitempty"`
 	Notes    []string            `json:"notes,omitempty"`
 	Warnings []string            `json:"warnings,omitempty"`
+	// Waiting names, by reservation, the units and cgroups that owned
+	// nothing at the sync because they did not exist.
+	Waiting map[string][]string `json:"waiting,omitempty"`
 }
 
 // ErrCorrupt is wrapped by Load when the state file cannot be read as a

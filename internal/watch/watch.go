@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -74,6 +75,13 @@ type Config struct {
 	// Observer, when set, hears of reloads, repairs, audits and the
 	// daemon's state (the metrics).
 	Observer Observer
+	// CgroupDir, when set, returns a directory path through which the
+	// root of the cgroup v2 hierarchy is reached ("/proc/self/fd/N"), or
+	// "" when there is none: the daemon watches the directories in which
+	// the cgroups of owners that are units and cgroups appear and vanish,
+	// and reloads when one does, so a restarted unit's new cgroup id is in
+	// the table within the debounce and one element delta.
+	CgroupDir func() string
 	// Watchdog, when not zero, is how often to tell systemd the loop is
 	// alive ("WATCHDOG=1"): half of WatchdogSec=.
 	Watchdog time.Duration
@@ -184,11 +192,30 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 	d.reload("start")
 
+	// The cgroups of owners: a unit's restart removes its cgroup and makes
+	// a new one, with a new id, in the same parent directory.
+	var cgEvents <-chan fsnotify.Event
+	var cgroups *dirWatcher
+	if d.cfg.CgroupDir != nil && d.cfg.FileEvents == nil {
+		w, err := fsnotify.NewWatcher()
+		if err != nil {
+			return fmt.Errorf("watch cgroups: %w", err)
+		}
+		defer w.Close()
+		cgroups = &dirWatcher{w: w, log: d.cfg.Log, inodes: map[string]uint64{}}
+		dirs := d.cgroupDirs()
+		_ = cgroups.sync(dirs, false)
+		if len(dirs) > 0 {
+			d.cfg.Log.Info("following the cgroups of owners that are units and cgroups", "directories", len(dirs))
+		}
+		cgEvents = w.Events
+	}
+
 	// One timer per kind of pending work, each debounced: a burst of file
 	// events (an editor's rename dance, a ConfigMap's symlink swap) is one
 	// reload, and a burst of kernel notifications one check.
 	clk := d.cfg.Clock
-	reloadT, checkT := clk.NewTimer(), clk.NewTimer()
+	reloadT, checkT, cgroupT := clk.NewTimer(), clk.NewTimer(), clk.NewTimer()
 	recheck := clk.NewTicker(d.cfg.Recheck)
 	defer recheck.Stop()
 	var auditC <-chan time.Time
@@ -221,6 +248,26 @@ func (d *Daemon) Run(ctx context.Context) error {
 					d.editAt = clk.Now()
 				}
 				reloadT.Reset(d.cfg.Debounce)
+			}
+		case ev := <-cgEvents:
+			// Directories made and removed; not the files cgroupfs
+			// changes inside them (cgroup.events and the like).
+			if ev.Op&(fsnotify.Create|fsnotify.Remove|fsnotify.Rename) != 0 && !strings.Contains(filepath.Base(ev.Name), "cgroup.") {
+				if d.editAt.IsZero() {
+					d.editAt = clk.Now()
+				}
+				// A unit's new cgroup waits for its id, so no debounce
+				// to speak of: a restart's rmdir and mkdir come apart
+				// anyway, with the old processes' exit between them.
+				cgroupT.Reset(time.Millisecond)
+			}
+		case <-cgroupT.C():
+			d.reload("cgroup changed")
+			d.editAt = time.Time{}
+			if cgroups != nil && cgroups.sync(d.cgroupDirs(), false) != nil {
+				// A slice made meanwhile: what appeared in it before the
+				// watch began is read now.
+				cgroupT.Reset(d.cfg.Debounce)
 			}
 		case err := <-watchErrs:
 			// An overflowed inotify queue loses events: reload to be sure.
@@ -293,6 +340,66 @@ func (d *Daemon) watchDirs() []string {
 				out = append(out, abs)
 			}
 		}
+	}
+	return out
+}
+
+// cgroupDirs are the cgroup directories to watch for the owners of the
+// good policy: every existing ancestor of each cgroup path an owner names
+// (a slice made later is seen in its parent), and for units, the parent
+// of each one's cgroup, and the root and its slices while one is waiting
+// (a unit may start in any slice).
+func (d *Daemon) cgroupDirs() []string {
+	if d.good == nil || !slices.ContainsFunc(d.good.Reservations, func(r model.Reservation) bool { return len(r.Owners.Cgroups) > 0 }) {
+		return nil
+	}
+	root := d.cfg.CgroupDir()
+	if root == "" {
+		return nil
+	}
+	seen := map[string]bool{}
+	var out []string
+	add := func(rel string) {
+		dir := root + rel
+		if !seen[dir] {
+			seen[dir] = true
+			if fi, err := os.Stat(dir); err == nil && fi.IsDir() {
+				out = append(out, dir)
+			}
+		}
+	}
+	waitingUnit := false
+	for _, res := range d.good.Reservations {
+		for _, c := range res.Owners.Cgroups {
+			if c.Unit && c.Waiting() {
+				waitingUnit = true
+				continue
+			}
+			p := c.Path
+			if p == "" {
+				continue
+			}
+			for dir := filepath.Dir(p); ; dir = filepath.Dir(dir) {
+				add(strings.TrimSuffix(dir, "/"))
+				if dir == "/" {
+					break
+				}
+			}
+		}
+	}
+	if waitingUnit {
+		add("")
+		var walk func(rel string, depth int)
+		walk = func(rel string, depth int) {
+			entries, _ := os.ReadDir(root + rel)
+			for _, e := range entries {
+				if e.IsDir() && strings.HasSuffix(e.Name(), ".slice") && depth < model.MaxCgroupLevel {
+					add(rel + "/" + e.Name())
+					walk(rel+"/"+e.Name(), depth+1)
+				}
+			}
+		}
+		walk("", 1)
 	}
 	return out
 }
