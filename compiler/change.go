@@ -163,6 +163,9 @@ func setsOf(res *model.Reservation, rootRule bool, sets *[numSets]bool) {
 	}
 	if len(res.Owners.Cgroups) > 0 { // few; their sets are many
 		eachElement(res, rootRule, func(set int, _ Element) { sets[set] = true })
+		for _, i := range cgroupSets(res) {
+			sets[i] = true
+		}
 		return
 	}
 	uids := len(res.Owners.UIDs) > 0 || (res.Owners.Root && !rootRule)

@@ -193,10 +193,19 @@ func Compile(r *model.Resolved) *Ruleset {
 			used[p] = true
 		}
 	}
+	// The owner sets of cgroups are declared for every level an owner has
+	// or had, even while waiting (empty): a unit's restart is then an
+	// element delta, not a new ruleset.
+	var declared [numSets]bool
+	for _, res := range r.All() {
+		for _, i := range cgroupSets(res) {
+			declared[i] = true
+		}
+	}
 	var sets [numSets]*Set
 	rs := &Ruleset{Table: r.Settings.Table}
 	for i, e := range elems {
-		if len(e) == 0 {
+		if len(e) == 0 && !declared[i] {
 			continue
 		}
 		SortElements(e)
@@ -304,6 +313,28 @@ func eachElement(res *model.Reservation, rootRule bool, add func(set int, e Elem
 			}
 		}
 	}
+}
+
+// cgroupSets are the owner sets of cgroups res uses: for each level its
+// cgroups have (waiting ones included, when their level is known), the
+// kinds its ports and addresses need.
+func cgroupSets(res *model.Reservation) []int {
+	var out []int
+	for _, c := range res.Owners.Cgroups {
+		if c.Level == 0 || c.Level > model.MaxCgroupLevel {
+			continue
+		}
+		if len(res.Addresses) == 0 {
+			for _, p := range res.Ports {
+				out = append(out, cgSet(c.Level, pick(p.Lo != p.Hi, cgExact, cgRange)))
+			}
+			continue
+		}
+		for _, a := range res.Addresses {
+			out = append(out, cgSet(c.Level, pick(a.Addr().Is6(), cg4, cg6)))
+		}
+	}
+	return out
 }
 
 func pick(ranged bool, exact, interval int) int {
@@ -620,4 +651,4 @@ func (c *compiling) dropChain(name, prefix string, d direction) *Chain {
 // kernel's table to be what it would compile now when both match; so any
 // change to Compile's output for the same policy must come with a new
 // Version. TestVersion fails when the goldens change and Version does not.
-const Version = 5
+const Version = 6

@@ -399,6 +399,10 @@ func writeSet(b *strings.Builder, s *Set) {
 	if s.Counter {
 		b.WriteString("\t\tcounter\n")
 	}
+	if len(s.Elements) == 0 { // an owner set of cgroups whose owners wait
+		b.WriteString("\t}\n")
+		return
+	}
 	b.WriteString("\t\telements = {\n")
 	// Compiled sets are sorted; sets read from the kernel come in its
 	// order, and print in the canonical one.

@@ -20,7 +20,7 @@ func basePolicy(n int) []string {
 		case 2:
 			items[i] = fmt.Sprintf("  # reservation %d\n  - { name: r%d, ports: [%d], owner: { groups: [%d] } }\n\n", i, i, 10000+i, 3000+i)
 		case 3:
-			items[i] = fmt.Sprintf("  - name: r%d\n    ports:\n      - %d\n    addresses: [192.0.2.%d, \"2001:db8::%x/128\"]\n    owner: { users: [%d] }  # trailing\n", i, 10000+i, i%250, i, 4000+i)
+			items[i] = fmt.Sprintf("  - name: r%d\n    ports:\n      - %d\n    addresses: [192.0.2.%d, \"2001:db8::%x/128\"]\n    owner: { users: [%d], units: [\"app%d@*.service\"], cgroups: [/x.slice/r%d] }  # trailing\n", i, 10000+i, i%250, i, 4000+i, i, i)
 		}
 	}
 	return items

@@ -3,6 +3,7 @@ package resolve
 import (
 	"errors"
 	"fmt"
+	"path"
 	"slices"
 	"strings"
 
@@ -75,9 +76,12 @@ func cgroupLevel(path string) uint8 { return uint8(strings.Count(path, "/")) }
 
 // resolveCgroups turns a reservation's units and cgroups into owner
 // cgroups: each that exists now with its id and level, each that does not
-// as waiting. A pattern that matches no running unit waits under the
-// pattern.
-func resolveCgroups(rs *policy.ReservationSpec, src Cgroups, srcErr error, field string, errs *policy.Errors) []model.Cgroup {
+// as waiting (ID 0). A waiting cgroup path keeps its level; a waiting unit
+// keeps the path and level it had in last, the reservation's owners as
+// resolved before (a restart, seen by the daemon), so the rules and sets
+// stay the same and the restart is an element delta. A pattern that
+// matches no running unit waits under the pattern.
+func resolveCgroups(rs *policy.ReservationSpec, src Cgroups, srcErr error, field string, last []model.Cgroup, errs *policy.Errors) []model.Cgroup {
 	if len(rs.Units)+len(rs.Cgroups) == 0 {
 		return nil
 	}
@@ -110,12 +114,17 @@ func resolveCgroups(rs *policy.ReservationSpec, src Cgroups, srcErr error, field
 			errs.Add(ref.Pos, f, fmt.Sprintf("%s runs in %s, %d levels deep; portfw matches cgroups at most %d levels below the root", source, path, c.Level, model.MaxCgroupLevel))
 			return
 		}
-		if c.ID == 0 {
-			// Waiting: the level and path are kept for a cgroups entry so
-			// status can say what is awaited, but only the id matters.
-			c.ID, c.Level = 0, 0
-		}
 		out = append(out, c)
+	}
+	// waiting is a unit that is not running, with what it had last.
+	waiting := func(name string) model.Cgroup {
+		c := model.Cgroup{Source: name, Unit: true}
+		for _, l := range last {
+			if l.Unit && l.Source == name && l.Level > 0 {
+				c.Path, c.Level = l.Path, l.Level
+			}
+		}
+		return c
 	}
 	for j, ref := range rs.Units {
 		f := fmt.Sprintf("%s.units[%d]", field, j)
@@ -125,7 +134,19 @@ func resolveCgroups(rs *policy.ReservationSpec, src Cgroups, srcErr error, field
 			continue
 		}
 		if len(units) == 0 {
-			out = append(out, model.Cgroup{Source: ref.Name, Unit: true})
+			if IsPattern(ref.Name) {
+				// Instances that ran keep their levels while none runs.
+				for _, l := range last {
+					if l.Unit && l.Level > 0 && matchUnit(ref.Name, l.Source) {
+						out = append(out, waiting(l.Source))
+					}
+				}
+				if !slices.ContainsFunc(out, func(c model.Cgroup) bool { return c.Unit && matchUnit(ref.Name, c.Source) }) {
+					out = append(out, model.Cgroup{Source: ref.Name, Unit: true})
+				}
+				continue
+			}
+			out = append(out, waiting(ref.Name))
 			continue
 		}
 		for _, u := range units {
@@ -141,4 +162,12 @@ func resolveCgroups(rs *policy.ReservationSpec, src Cgroups, srcErr error, field
 	}
 	slices.SortFunc(out, model.CompareCgroups)
 	return slices.Compact(out)
+}
+
+// IsPattern reports whether a unit entry is a glob.
+func IsPattern(s string) bool { return policy.IsUnitPattern(s) }
+
+func matchUnit(pattern, name string) bool {
+	ok, _ := path.Match(pattern, name)
+	return ok
 }

@@ -231,7 +231,7 @@ func (l *Loader) Load(files []string) (*model.Resolved, *policy.Policy, error) {
 		}
 		last := l.pol.Reservations[j]
 		if !sameSpec(last, spec) {
-			return model.Reservation{}, false, slices.Equal(last.Protocols, spec.Protocols) &&
+			return l.res.Reservations[l.order[j]], false, slices.Equal(last.Protocols, spec.Protocols) &&
 				slices.Equal(last.Ports, spec.Ports) && slices.Equal(last.Addresses, spec.Addresses)
 		}
 		l.reused++

@@ -68,7 +68,8 @@ func Resolve(p *policy.Policy, r Resolver) (*model.Resolved, error) {
 // reuser offers the i-th reservation of a policy as resolved before: ok
 // when its spec is unchanged; else sameGeometry when the last version had
 // it with the same protocols, ports and addresses (an owner edit), which
-// cannot have made it overlap another.
+// cannot have made it overlap another. When not ok, res is still the last
+// version when there was one (its cgroups' levels outlive a restart).
 type reuser func(i int, spec policy.ReservationSpec) (res model.Reservation, ok, sameGeometry bool)
 
 // resolve is Resolve taking, where reuse says so, a reservation resolved
@@ -94,6 +95,7 @@ func resolve(p *policy.Policy, r Resolver, reuse reuser) (*model.Resolved, []int
 	index := make([]int, len(p.Reservations)) // where each is in its file
 	for i, rs := range p.Reservations {
 		index[i] = rs.Index
+		var last []model.Cgroup
 		if reuse != nil {
 			old, ok, sameGeometry := reuse(i, rs)
 			if ok {
@@ -101,6 +103,7 @@ func resolve(p *policy.Policy, r Resolver, reuse reuser) (*model.Resolved, []int
 				continue
 			}
 			checkOverlaps = checkOverlaps || !sameGeometry
+			last = old.Owners.Cgroups
 		}
 		field := "reservations[" + strconv.Itoa(rs.Index) + "]"
 		protos := rs.Protocols
@@ -119,7 +122,7 @@ func resolve(p *policy.Policy, r Resolver, reuse reuser) (*model.Resolved, []int
 				Root:    p.Settings.AllowRoot,
 				UIDs:    model.ExactIDs(users.resolve(rs.Users, field+".owner.users", &errs)),
 				GIDs:    model.ExactIDs(groups.resolve(rs.Groups, field+".owner.groups", &errs)),
-				Cgroups: resolveCgroups(&rs, cgroups, cgroupsErr, field+".owner", &errs),
+				Cgroups: resolveCgroups(&rs, cgroups, cgroupsErr, field+".owner", last, &errs),
 			},
 			Pos: rs.Pos,
 		}

@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"reflect"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/portfw/portfw/audit"
@@ -220,6 +221,16 @@ func (p *Plan) Warnings() []string {
 	}
 	w = append(w, p.Resolved.Warnings...)
 	return append(w, p.Sysctls.Warnings...)
+}
+
+// usesCgroups reports whether some owner is a unit or a cgroup.
+func usesCgroups(r *model.Resolved) bool {
+	for i := range r.Reservations {
+		if len(r.Reservations[i].Owners.Cgroups) > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // digests identify what a resolved policy compiles to, as the table and as
@@ -553,6 +564,9 @@ func (e *Engine) Sync(p *Plan, dry bool) (Result, error) {
 			break
 		}
 		if !errors.Is(err, nft.ErrChanged) || attempt == commitRetries {
+			if usesCgroups(p.Resolved) && (errors.Is(err, syscall.EOPNOTSUPP) || errors.Is(err, syscall.ENOENT)) {
+				err = fmt.Errorf("%w (owners that are units or cgroups need nftables' socket cgroupv2 match: Linux 5.13 or later with nft_socket)", err)
+			}
 			return res, fmt.Errorf("apply table inet %s: %w; the kernel keeps its previous table", table, err)
 		}
 		// Another process committed between the read and the commit.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/portfw/portfw/audit"
@@ -164,7 +165,8 @@ func (r *recGuard) Remove() (bool, error) {
 	return had, err
 }
 
-var users = resolve.Static{Users: map[string]uint32{"www-data": 33, "alice": 1000}}
+var users = resolve.Static{Users: map[string]uint32{"www-data": 33, "alice": 1000},
+	Cgroups: resolve.StaticCgroups{IDs: map[string]uint64{"/system.slice/web.service": 4242}}}
 
 func load(t *testing.T, text string) (*policy.Policy, *model.Resolved) {
 	t.Helper()
@@ -581,5 +583,25 @@ func TestChangeFromSnapshot(t *testing.T) {
 	w2.mustApply(two("alice"))
 	if w2.store.Snapshot != nil {
 		t.Error("a snapshot was saved without KeepSnapshot")
+	}
+}
+
+// TestNoSocketCgroupv2: a kernel without nftables' socket cgroupv2 match
+// refuses the commit; the error says what owners that are cgroups need and
+// the previous table stays.
+func TestNoSocketCgroupv2(t *testing.T) {
+	w := newWorld(t)
+	w.guard.Unsupported = bindguard.ErrNotSupported
+	w.mustApply(policyText(""))
+	before, _ := w.tables.Read(model.DefaultTable)
+	w.tables.FailNext = fmt.Errorf("netlink receive: %w", syscall.EOPNOTSUPP)
+	_, err := w.apply("version: 1\nreservations:\n  - name: web\n    ports: [80]\n    owner: { cgroups: [/system.slice/web.service] }\n")
+	if err == nil || !strings.Contains(err.Error(), "need nftables' socket cgroupv2 match: Linux 5.13 or later") ||
+		!strings.Contains(err.Error(), "the kernel keeps its previous table") {
+		t.Fatalf("apply on a kernel without socket cgroupv2: %v", err)
+	}
+	after, _ := w.tables.Read(model.DefaultTable)
+	if before.String() != after.String() {
+		t.Error("the failed apply changed the table")
 	}
 }
