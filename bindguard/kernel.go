@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"reflect"
+	"regexp"
 	"slices"
 	"sync"
 
@@ -218,6 +219,9 @@ func (in *installed) close() {
 	closeMaps(in.maps)
 }
 
+// otherLayout matches the names portfw's programs have had (progName).
+var otherLayout = regexp.MustCompile(`^portfw[0-9]+_bind[46]$`)
+
 // find looks for portfw's programs on the cgroup. A program is portfw's
 // when its name, tag (the instructions, so another build never passes),
 // maps (names, types, sizes) and creator (uid 0) all say so: never by name
@@ -237,6 +241,12 @@ func (h *Host) find() (*installed, error) {
 				continue // detached meanwhile
 			}
 			info, err := p.Info()
+			if err == nil && info.Name != progName(fam) && otherLayout.MatchString(info.Name) {
+				// Another portfw's, of another map layout: it keeps
+				// enforcing what that version wrote, beside this one's.
+				in.foreign = append(in.foreign, fmt.Sprintf("program %d (%s): a portfw of another map layout (this one is %d); that version's `portfw remove` detaches it",
+					ap.ID, info.Name, layoutVersion))
+			}
 			if err != nil || info.Name != progName(fam) {
 				p.Close()
 				continue

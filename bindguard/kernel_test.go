@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -330,6 +331,30 @@ func TestGuardForeignProgram(t *testing.T) {
 	if ids := programsOn(t, e.cg, 4); len(ids) != 1 {
 		t.Errorf("after remove the cgroup holds bind4 programs %v, want only the foreign one", ids)
 	}
+}
+
+// TestGuardOtherLayout: an older portfw's program (another map layout, so
+// another name) stays attached beside this one's and keeps enforcing what
+// that version wrote: status names it, so an upgrade that left one behind
+// is seen.
+func TestGuardOtherLayout(t *testing.T) {
+	e := newGuardEnv(t)
+	ns := testenv.NewNS(t)
+	old, err := ebpf.NewProgram(&ebpf.ProgramSpec{Name: "portfw2_bind4", Type: ebpf.CGroupSockAddr, AttachType: ebpf.AttachCGroupInet4Bind,
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, retAllow), asm.Return()}, License: "MIT"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	if err := link.RawAttachProgram(link.RawAttachProgramOptions{Target: e.cg.FD, Program: old, Attach: ebpf.AttachCGroupInet4Bind, Flags: unix.BPF_F_ALLOW_MULTI}); err != nil {
+		t.Fatal(err)
+	}
+	guardOp(t, ns.Path, guardRequest{Op: "apply", Policies: []*model.Resolved{e.policy(true)}, Cgroup: e.cg.Path})
+	st := guardOp(t, ns.Path, guardRequest{Op: "status", Cgroup: e.cg.Path}).Info
+	if !st.Active || len(st.Foreign) != 1 || !strings.Contains(st.Foreign[0], "portfw2_bind4): a portfw of another map layout") {
+		t.Errorf("status = %+v, want the guard active and the old layout's program named", st)
+	}
+	guardOp(t, ns.Path, guardRequest{Op: "remove", Cgroup: e.cg.Path})
 }
 
 // TestOpenCgroupErrors: a cgroup path outside the hierarchy or missing is
