@@ -149,6 +149,7 @@ func resolve(p *policy.Policy, r Resolver, reuse reuser) (*model.Resolved, []int
 		order[i] = int32(k)
 	}
 	out := &model.Resolved{Settings: p.Settings, Reservations: sorted}
+	out.Warnings = append(out.Warnings, socketUnitWarnings(p)...)
 	for i := range sorted {
 		if w := sorted[i].Owners.Waiting(); len(w) > 0 {
 			out.Warnings = append(out.Warnings, fmt.Sprintf("%s: waiting for %s (no cgroup now): its ports are held for nobody until it starts; `portfw watch` follows units and cgroups as they come and go, a one-shot apply does not",
@@ -364,4 +365,21 @@ func prefixList(ps []netip.Prefix) string {
 		}
 	}
 	return strings.Join(parts, ",")
+}
+
+// socketUnitWarnings: systemd makes the sockets of a socket unit in PID 1's
+// cgroup (/init.scope), not in the socket unit's or the service's, so
+// naming the socket unit (or only the service) does not make them the
+// owner's; on a port only cgroups own, the service it activates would be
+// served nothing (found by an attacker's review, TestUnitSocketActivation).
+func socketUnitWarnings(p *policy.Policy) []string {
+	var w []string
+	for _, rs := range p.Reservations {
+		for _, u := range rs.Units {
+			if strings.HasSuffix(u.Name, ".socket") && !slices.ContainsFunc(rs.Cgroups, func(c policy.OwnerRef) bool { return c.Name == "/init.scope" }) {
+				w = append(w, fmt.Sprintf("%s: systemd makes the sockets of %s in PID 1's cgroup (/init.scope), not in the socket unit's: add cgroups: [/init.scope] so the sockets it hands to its service are the owner's", rs.Name, u.Name))
+			}
+		}
+	}
+	return w
 }

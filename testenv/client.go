@@ -28,6 +28,13 @@ type DialConfig struct {
 	// Hold keeps a TCP client's write side open (no FIN after the
 	// request): it reads until the server ends the connection.
 	Hold bool
+	// Broadcast sets SO_BROADCAST on a UDP client, to send to a broadcast
+	// address; Device binds the client to an interface (SO_BINDTODEVICE),
+	// which the limited broadcast 255.255.255.255 needs to leave. (A
+	// link-local or multicast IPv6 Addr carries its interface as its zone:
+	// ff02::1%veth0.)
+	Broadcast bool
+	Device    string
 	// Cgroup, if set, is the cgroup the client runs in.
 	Cgroup *Cgroup
 
@@ -106,6 +113,12 @@ func (n *NS) DialN(t testing.TB, cfg DialConfig, count int) []Result {
 	}
 	if cfg.Hold {
 		args = append(args, "-hold")
+	}
+	if cfg.Broadcast {
+		args = append(args, "-broadcast")
+	}
+	if cfg.Device != "" {
+		args = append(args, "-device", cfg.Device)
 	}
 	if cfg.Cgroup != nil {
 		args = append(args, "-cgroup", cfg.Cgroup.Dir)

@@ -66,6 +66,15 @@ type ServeConfig struct {
 	Connect netip.AddrPort
 	// Cgroup, if set, is the cgroup the server runs in.
 	Cgroup *Cgroup
+	// ListenCgroup, if set, is the cgroup the socket is made in (as root,
+	// or ListenAs) before the server joins Cgroup and serves as As: how
+	// systemd's PID 1 makes a socket unit's sockets and hands them over.
+	ListenCgroup *Cgroup
+	// ReusePort sets SO_REUSEPORT before the bind; Steer attaches a
+	// classic BPF reuseport steering program ("const:N": member N of the
+	// group, "random"), which needs no privilege.
+	ReusePort bool
+	Steer     string
 }
 
 // Server is a running server peer. It is stopped by the test's cleanup.
@@ -142,6 +151,15 @@ func (n *NS) Serve(t testing.TB, cfg ServeConfig) *Server {
 	}
 	if cfg.Cgroup != nil {
 		args = append(args, "-cgroup", cfg.Cgroup.Dir)
+	}
+	if cfg.ListenCgroup != nil {
+		args = append(args, "-listen-cgroup", cfg.ListenCgroup.Dir)
+	}
+	if cfg.ReusePort {
+		args = append(args, "-reuseport")
+	}
+	if cfg.Steer != "" {
+		args = append(args, "-steer", cfg.Steer)
 	}
 	s := &Server{
 		Reply: cfg.Reply,

@@ -420,3 +420,130 @@ func TestUnitApplyAgain(t *testing.T) {
 	waitTable(t, w.Server, fmt.Sprint(old), false)
 	waitTable(t, w.Server, fmt.Sprint(cgroupID(t, w.unit.Dir)), true)
 }
+
+// The attacks of an attacker's review of unit owners. The bind guard
+// closes each; the rules alone leave what docs/units.md states, and these
+// tests hold them to exactly that.
+
+// TestUnitReusePortSteering: the owner's servers set SO_REUSEPORT; a
+// process of the same uid in another cgroup joins the group and steers it
+// with a classic BPF program (no privilege needed). With the guard its
+// bind fails. Without it, netfilter's socket lookup runs no UDP steering
+// program and picks a member by hash, so the rule sees the owner's socket
+// while the kernel hands the datagram to the squatter: the residual of
+// docs/units.md ("Without the guard").
+func TestUnitReusePortSteering(t *testing.T) {
+	layers(t, func(t *testing.T, guard bool, settings string) {
+		w := setupUnits(t, viaNsenter, settings)
+		owner := w.Server.Serve(t, testenv.ServeConfig{Proto: testenv.UDP, Addr: any6(5060), As: w.worker, Cgroup: w.unit, ReusePort: true, Reply: "owner"})
+		if guard {
+			for _, proto := range []testenv.Proto{testenv.UDP, testenv.TCP} {
+				port := map[testenv.Proto]uint16{testenv.UDP: 5060, testenv.TCP: 8080}[proto]
+				if got := w.Server.TryBind(t, proto, any6(port), w.worker, w.sibling); got != "EPERM" {
+					t.Errorf("%s bind beside the owner's reuseport group: %s, want EPERM", proto, got)
+				}
+			}
+			testenv.Delivered(t, w.Client.Dial(t, udpFlow(w.v4(5060), 40300, "x")), owner.Reply)
+			return
+		}
+		sq := w.Server.Serve(t, testenv.ServeConfig{Proto: testenv.UDP, Addr: any6(5060), As: w.worker, Cgroup: w.sibling,
+			ReusePort: true, Steer: "const:1", Silent: true})
+		for i := range 16 {
+			for _, a := range []netip.AddrPort{w.v4(5060), w.v6(5060)} {
+				w.Client.Dial(t, udpFlow(a, uint16(40300+i), fmt.Sprint("secret-", i)))
+			}
+		}
+		if got := reads(t, sq); len(got) == 0 {
+			t.Errorf("the steering squatter read nothing: the residual docs/units.md states is gone; update it")
+		}
+		if got := reads(t, owner); len(got) != 0 {
+			t.Errorf("the owner read %q though its group steers everything to the squatter", got)
+		}
+	})
+}
+
+// TestUnitBroadcast: a squatter of another uid binds the port while the
+// unit is down, the unit then binds beside it (SO_REUSEADDR, as most UDP
+// servers). Unicast is the owner's; a broadcast or multicast datagram goes
+// to every socket on the port while netfilter looks one up. With the
+// guard the squatter cannot bind; without it, it reads broadcasts.
+func TestUnitBroadcast(t *testing.T) {
+	layers(t, func(t *testing.T, guard bool, settings string) {
+		w := setupUnits(t, viaNsenter, settings)
+		if guard {
+			if got := w.Server.TryBind(t, testenv.UDP, any6(5060), w.squat, w.sibling); got != "EPERM" {
+				t.Errorf("squatter's bind: %s, want EPERM", got)
+			}
+			return
+		}
+		sq := w.Server.Serve(t, testenv.ServeConfig{Proto: testenv.UDP, Addr: any6(5060), As: w.squat, Cgroup: w.sibling, Silent: true})
+		owner := w.Server.Serve(t, testenv.ServeConfig{Proto: testenv.UDP, Addr: any6(5060), As: w.worker, Cgroup: w.unit})
+		for _, a := range []netip.AddrPort{w.v4(5060), w.v6(5060)} {
+			testenv.Delivered(t, w.Client.Dial(t, udpFlow(a, 40500, "unicast")), owner.Reply)
+		}
+		if got := reads(t, sq); len(got) != 0 {
+			t.Fatalf("the squatter read unicast %q", got)
+		}
+		w.Client.Dial(t, testenv.DialConfig{Proto: testenv.UDP, Addr: netip.MustParseAddrPort("255.255.255.255:5060"), Broadcast: true, Device: testenv.Veth, Request: "broadcast"})
+		w.Client.Dial(t, testenv.DialConfig{Proto: testenv.UDP, Addr: netip.AddrPortFrom(netip.MustParseAddr("ff02::1").WithZone(testenv.Veth), 5060), Request: "multicast"})
+		if got := strings.Join(reads(t, sq), " "); !strings.Contains(got, "broadcast") || !strings.Contains(got, "multicast") {
+			t.Errorf("the squatter read %q: the residual docs/units.md states (it reads broadcasts and multicasts) is gone; update it", got)
+		}
+	})
+}
+
+// TestUnitSocketActivation: systemd's PID 1 makes a socket unit's
+// listener in its own cgroup (/init.scope, a cgroup of the test here) and
+// hands it to the service in the unit's cgroup. Owned by the unit alone,
+// that listener is not the owner's and the service is served nothing (and
+// check says so); with PID 1's cgroup among the owners it is served.
+func TestUnitSocketActivation(t *testing.T) {
+	for _, withInit := range []bool{false, true} {
+		t.Run(fmt.Sprint("init-scope-owns=", withInit), func(t *testing.T) {
+			t.Parallel()
+			w := &unitWorld{world: setupVia(t, viaNsenter, "")}
+			w.root = guardTop(t)
+			w.slice = testenv.NewCgroup(t, w.root)
+			w.unit = testenv.NewCgroup(t, w.slice)
+			initScope := testenv.NewCgroup(t, w.root)
+			owners := fmt.Sprintf(`units: [web.socket], cgroups: ["%s"]`, w.unit.Path)
+			if withInit {
+				owners = fmt.Sprintf(`units: [web.socket], cgroups: ["%s", "%s"]`, w.unit.Path, initScope.Path)
+			}
+			path := writePolicy(t, "version: 1\nreservations:\n  - name: web\n    ports: [8080]\n    protocols: [tcp]\n    owner: { "+owners+" }\n")
+			out := mustPortfwVia(t, viaNsenter, w.Server, "apply", "-f", path)
+			_, errOut, _ := portfwVia(t, viaNsenter, w.Server, "check", "-f", path)
+			warned := strings.Contains(errOut+out, "systemd makes the sockets of web.socket in PID 1's cgroup (/init.scope)")
+			// The test's stand-in for /init.scope is not at that path, so
+			// check's advice still shows; the traffic is what differs.
+			if !warned {
+				t.Errorf("check does not warn about web.socket:\n%s%s", out, errOut)
+			}
+			srv := w.Server.Serve(t, testenv.ServeConfig{Addr: any6(8080), As: w.worker, Cgroup: w.unit, ListenCgroup: initScope, Reply: "activated"})
+			for _, a := range []netip.AddrPort{w.v4(8080), w.v6(8080)} {
+				r := w.Client.Dial(t, testenv.DialConfig{Addr: a})
+				if withInit {
+					testenv.Delivered(t, r, srv.Reply)
+				} else {
+					testenv.Blocked(t, r)
+				}
+			}
+		})
+	}
+}
+
+// TestUnitWarnings: what the review found that no rule can close is said
+// by check: the same uid can take a unit's sockets where ptrace allows it,
+// and without the guard reuseport groups and broadcasts are open.
+func TestUnitWarnings(t *testing.T) {
+	w, path := unitWorldFor(t, viaNsenter, "bind_guard: off")
+	_, errOut, code := portfwVia(t, viaNsenter, w.Server, "check", "-f", path)
+	if code != 0 || !strings.Contains(errOut, "without the bind guard a process of a unit's uid in another cgroup can join the unit's SO_REUSEPORT groups") {
+		t.Errorf("check with bind_guard: off: exit %d\n%s", code, errOut)
+	}
+	if data, err := os.ReadFile("/proc/sys/kernel/yama/ptrace_scope"); err != nil || strings.TrimSpace(string(data)) == "0" {
+		if !strings.Contains(errOut, "can take the unit's sockets with ptrace or pidfd_getfd") {
+			t.Errorf("check on a host where the same uid may ptrace does not say so:\n%s", errOut)
+		}
+	}
+}

@@ -12,6 +12,7 @@ package engine
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/gob"
@@ -20,6 +21,7 @@ import (
 	"fmt"
 	"reflect"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -197,6 +199,10 @@ type Plan struct {
 	// their processes costs more than the reload).
 	Quiet bool
 
+	// UnitWarnings are what the host leaves open to owners that are units
+	// and cgroups (see unitWarnings).
+	UnitWarnings []string
+
 	ruleset *compiler.Ruleset // compiled when first needed
 }
 
@@ -220,7 +226,43 @@ func (p *Plan) Warnings() []string {
 		w = append(w, p.Guard.Note)
 	}
 	w = append(w, p.Resolved.Warnings...)
+	w = append(w, p.UnitWarnings...)
 	return append(w, p.Sysctls.Warnings...)
+}
+
+// unitWarnings says what the host leaves open to owners that are units and
+// cgroups: found by an attacker's review, each with a real-traffic test
+// (units_e2e_test.go) and a section of docs/units.md.
+func unitWarnings(r *model.Resolved, guardOn bool, sys sysctl.Sysctls) []string {
+	var cgOnly, any []string
+	for _, res := range r.Reservations {
+		if len(res.Owners.Cgroups) > 0 {
+			any = append(any, res.Name)
+		}
+		if res.Owners.CgroupOnly() {
+			cgOnly = append(cgOnly, res.Name)
+		}
+	}
+	if len(any) == 0 {
+		return nil
+	}
+	var w []string
+	if v, err := sys.Get("kernel.yama.ptrace_scope"); err != nil || v == "0" {
+		w = append(w, fmt.Sprintf("%s: a process of the same uid as a unit that owns ports can take the unit's sockets with ptrace or pidfd_getfd (kernel.yama.ptrace_scope is %s): give each such unit a uid of its own (DynamicUser=yes, User=) or set kernel.yama.ptrace_scope=1",
+			listNames(any), cmp.Or(v, "absent")))
+	}
+	if !guardOn && len(cgOnly) > 0 {
+		w = append(w, fmt.Sprintf("%s: without the bind guard a process of a unit's uid in another cgroup can join the unit's SO_REUSEPORT groups and be steered its traffic, and broadcast and multicast datagrams reach anyone bound to the port: use the bind guard (bind_guard: auto)",
+			listNames(cgOnly)))
+	}
+	return w
+}
+
+func listNames(names []string) string {
+	if len(names) > 3 {
+		return strings.Join(names[:3], ", ") + fmt.Sprintf(" and %d more", len(names)-3)
+	}
+	return strings.Join(names, ", ")
 }
 
 // usesCgroups reports whether some owner is a unit or a cgroup.
@@ -328,6 +370,7 @@ func (e *Engine) Prepare(path string, pol *policy.Policy, res *model.Resolved) (
 		return nil, err
 	}
 	r.Guard = p.Sysctls.Guard
+	p.UnitWarnings = unitWarnings(&r, p.Guard.On, e.Host.Sysctls)
 	p.Table = r.Settings.Table
 	var guardDigest string
 	p.Digest, guardDigest = digests(&r)

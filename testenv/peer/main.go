@@ -18,6 +18,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -30,6 +31,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/portfw/portfw/testenv/internal/wire"
 )
@@ -221,6 +224,29 @@ func asEffective(uid, gid int, f func() error) error {
 	return ferr
 }
 
+// steer attaches a classic BPF reuseport steering program: "const:N"
+// always picks member N of the group, "random" member 0 or 1.
+func steer(fd int, spec string) error {
+	var prog []unix.SockFilter
+	if spec == "random" {
+		prog = []unix.SockFilter{
+			{Code: unix.BPF_LD | unix.BPF_W | unix.BPF_ABS, K: 0xfffff000 + 56}, // SKF_AD_OFF + SKF_AD_RANDOM
+			{Code: unix.BPF_ALU | unix.BPF_AND | unix.BPF_K, K: 1},
+			{Code: unix.BPF_RET | unix.BPF_A},
+		}
+	} else {
+		var n uint32
+		if _, err := fmt.Sscanf(spec, "const:%d", &n); err != nil {
+			return fmt.Errorf("-steer %q: want const:N or random", spec)
+		}
+		prog = []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: n}}
+	}
+	if err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_REUSEPORT_CBPF, &unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}); err != nil {
+		return fmt.Errorf("SO_ATTACH_REUSEPORT_CBPF: %w", err)
+	}
+	return nil
+}
+
 func creds() wire.Cred {
 	c := wire.Cred{
 		UID:    uint32(syscall.Getuid()),
@@ -239,7 +265,7 @@ func creds() wire.Cred {
 // socket opens and binds a socket by hand rather than with net.Listen, to
 // control the listen backlog (0 forces syncookies) and the moment the socket
 // is created (that is when its credentials are fixed).
-func socket(ap netip.AddrPort, typ, protocol int) (int, error) {
+func socket(ap netip.AddrPort, typ, protocol int, reuseport bool) (int, error) {
 	family := syscall.AF_INET6
 	if ap.Addr().Is4() {
 		family = syscall.AF_INET
@@ -251,6 +277,12 @@ func socket(ap netip.AddrPort, typ, protocol int) (int, error) {
 	if err := syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1); err != nil {
 		syscall.Close(fd)
 		return -1, fmt.Errorf("set SO_REUSEADDR: %w", err)
+	}
+	if reuseport {
+		if err := syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+			syscall.Close(fd)
+			return -1, fmt.Errorf("set SO_REUSEPORT: %w", err)
+		}
 	}
 	var sa syscall.Sockaddr
 	if family == syscall.AF_INET {
@@ -292,6 +324,15 @@ type serveConfig struct {
 	tfoNoCookie   bool   // and without one (TCP_FASTOPEN_NO_COOKIE)
 	connect       string // UDP: connect the bound socket to this peer (steals its flow)
 	cgroup        string
+	// reuseport joins an SO_REUSEPORT group; steer attaches a classic BPF
+	// steering program to it (SO_ATTACH_REUSEPORT_CBPF, no privilege
+	// needed): "const:N" picks member N, "random" member 0 or 1.
+	reuseport bool
+	steer     string
+	// listenCgroup, if set, is where the socket is made (as root, or
+	// -listen-uid); then the process joins -cgroup and serves as -uid:
+	// systemd's socket activation, where PID 1 makes the socket.
+	listenCgroup string
 }
 
 func serve(args []string) error {
@@ -315,6 +356,9 @@ func serve(args []string) error {
 	fs.BoolVar(&c.tfoNoCookie, "tfo-no-cookie", false, "with -tfo: also without a cookie")
 	fs.StringVar(&c.connect, "connect", "", "UDP: connect the socket to this IP:PORT after binding")
 	fs.StringVar(&c.cgroup, "cgroup", "", "cgroup v2 directory to join first")
+	fs.BoolVar(&c.reuseport, "reuseport", false, "set SO_REUSEPORT before binding")
+	fs.StringVar(&c.steer, "steer", "", "attach a reuseport steering program: const:N or random")
+	fs.StringVar(&c.listenCgroup, "listen-cgroup", "", "cgroup v2 directory to make the socket in, before joining -cgroup")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -322,7 +366,7 @@ func serve(args []string) error {
 	if c.addr, err = netip.ParseAddrPort(addr); err != nil {
 		return fmt.Errorf("parse addr: %w", err)
 	}
-	if err := joinCgroup(c.cgroup); err != nil {
+	if err := joinCgroup(cmp.Or(c.listenCgroup, c.cgroup)); err != nil {
 		return err
 	}
 	if c.reply == "" {
@@ -343,9 +387,10 @@ func serve(args []string) error {
 	fd := -1
 	open := func() error {
 		var err error
-		if fd, err = socket(c.addr, typ, protocol); err != nil {
+		if fd, err = socket(c.addr, typ, protocol, c.reuseport); err != nil {
 			return err
 		}
+
 		if typ == syscall.SOCK_STREAM {
 			if c.tfo {
 				if err := syscall.SetsockoptInt(fd, syscall.IPPROTO_TCP, tcpFastopen, 16); err != nil {
@@ -378,9 +423,22 @@ func serve(args []string) error {
 				return err
 			}
 		}
+		if c.steer != "" {
+			// TCP joins its group at listen(), so the program goes on
+			// after it.
+			return steer(fd, c.steer)
+		}
 		return nil
 	}
-	if c.listenUID == c.uid && c.listenGID == c.gid {
+	if c.listenCgroup != "" {
+		err = asEffective(c.listenUID, c.listenGID, open)
+		if err == nil {
+			err = joinCgroup(c.cgroup)
+		}
+		if err == nil {
+			err = become(c.uid, c.gid)
+		}
+	} else if c.listenUID == c.uid && c.listenGID == c.gid {
 		err = become(c.uid, c.gid)
 		if err == nil {
 			err = open()
@@ -582,9 +640,11 @@ type dialConfig struct {
 	connectTimeout time.Duration
 	timeout        time.Duration
 	parallel       int
-	tfo            bool // TCP: put the request in the SYN (TCP_FASTOPEN_CONNECT)
-	tfoNoCookie    bool // and send it without a cookie
-	hold           bool // TCP: never half-close
+	tfo            bool   // TCP: put the request in the SYN (TCP_FASTOPEN_CONNECT)
+	tfoNoCookie    bool   // and send it without a cookie
+	hold           bool   // TCP: never half-close
+	broadcast      bool   // UDP: SO_BROADCAST
+	device         string // SO_BINDTODEVICE (a limited broadcast needs one)
 	cgroup         string
 }
 
@@ -603,6 +663,8 @@ func dial(args []string) error {
 	fs.BoolVar(&c.tfo, "tfo", false, "TCP: send the request in the SYN (TCP Fast Open)")
 	fs.BoolVar(&c.tfoNoCookie, "tfo-no-cookie", false, "with -tfo: without a cookie")
 	fs.BoolVar(&c.hold, "hold", false, "TCP: never half-close; read until the server ends the connection")
+	fs.BoolVar(&c.broadcast, "broadcast", false, "UDP: set SO_BROADCAST, to send to a broadcast address")
+	fs.StringVar(&c.device, "device", "", "bind the socket to this interface (SO_BINDTODEVICE)")
 	fs.StringVar(&c.cgroup, "cgroup", "", "cgroup v2 directory to join first")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -650,6 +712,12 @@ func dialOne(c dialConfig) wire.Result {
 				}
 				if serr == nil && c.tfoNoCookie {
 					serr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, tcpFastopenNoCookie, 1)
+				}
+				if serr == nil && c.broadcast {
+					serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_BROADCAST, 1)
+				}
+				if serr == nil && c.device != "" {
+					serr = syscall.BindToDevice(int(fd), c.device)
 				}
 			})
 			return errors.Join(err, serr)
