@@ -10,7 +10,8 @@
 #  2. Apply: wall time of `portfw apply` against `nft -f` of the same
 #     ruleset, each in a fresh namespace; and where an apply's time goes.
 #  3. Compile: Go benchmarks (bench/compile_test.go).
-#  4. Reload: `portfw watch` edited by rename, time to the kernel's commit.
+#  4. Reload: `portfw watch` edited by rename, time to the kernel's commit;
+#     and a unit owner's restart (its cgroup made anew), time to the commit.
 #  5. Bind guard: bind() with and without the guard at 10k reservations, in
 #     1 and in 100 namespaces, and the guard's apply (bench/bindguard).
 #
@@ -27,6 +28,7 @@ START=$(date +%s)
 ROUNDS=${BENCH_ROUNDS:-8}          # datapath rounds; medians need >= 5
 SECS=${BENCH_SECONDS:-2}           # sockperf -t; it adds ~2.3 s of its own per run
 RELOAD=${BENCH_RELOAD:-"1000:200 10000:200"}   # reload configs, exact reservations:edits
+RESTART=${BENCH_RESTART:-"1000:100 10000:100"} # unit restart configs, reservations:restarts
 APPLY_ROUNDS=${BENCH_APPLY_ROUNDS:-5}
 APPLY_ROUNDS_100K=${BENCH_APPLY_ROUNDS_100K:-3}
 PHASE_ROUNDS=${BENCH_PHASE_ROUNDS:-10}
@@ -74,6 +76,7 @@ cleanup() {
 	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
 	wait 2>/dev/null || true
 	for ns in "${NAMESPACES[@]}"; do ip netns del "$ns" 2>/dev/null || true; done
+	[ -d "$CGROOT/$PFX" ] && find "$CGROOT/$PFX" -mindepth 1 -depth -type d -exec rmdir {} + 2>/dev/null || true
 	rmdir "$CGROOT/$PFX" 2>/dev/null || true # detaches what was attached to it
 	# BENCH_RESULTS=DIR keeps the raw results (sockperf outputs, JSON, TSV),
 	# also of a run that failed.
@@ -98,6 +101,11 @@ SRV_GID=$(id -g nobody)
 gen() { "$PFWBENCH" gen -n "$1" -ranges "$2" -port "$PORT" -uid "$SRV_UID" "${@:3}"; }
 gen 1 0 -policy "$WORK/etc/pfw1.yaml"
 gen 1000 "$RANGES" -policy "$WORK/etc/pfw1k.yaml"
+# 1k unit owners: the same reservations, each owned by a cgroup of its own
+# (/$PFX/units/NAME, level 3 below the guard's test cgroup), the server in
+# the measured one's.
+gen 1000 "$RANGES" -cgroups "/$PFX/units" -cgroup-list "$WORK/units.txt" -policy "$WORK/etc/pfwu1k.yaml"
+while read -r cg; do mkdir -p "$CGROOT$cg"; done <"$WORK/units.txt"
 gen 10000 "$RANGES" -policy "$WORK/etc/pfw10k.yaml" -naive "$WORK/naive10k.nft"
 # 100k: one protocol per reservation (the port space cannot hold 100k of
 # both), ports 12000-61999; their namespaces move the ephemeral range out of
@@ -154,10 +162,13 @@ nsenter --net=/run/netns/NS pfwbench phases -policy pfw10k.yaml -rounds $PHASE_R
 go test -run '^\$' -bench . -benchtime 10x -count 5 ./bench/
 # reload, in a fresh namespace NS, per reservations:edits in "$RELOAD"
 nsenter --net=/run/netns/NS pfwbench reload -portfw bin/portfw -dir DIR -n N -ranges 4 -edits E -o reload-N.json
+# unit restart, in a fresh namespace NS, per reservations:restarts in "$RESTART": the measured reservation owned by a cgroup
+nsenter --net=/run/netns/NS pfwbench restart -portfw bin/portfw -dir DIR -n N -ranges 4 -cgroup-dir CG -cgroup-path /PATH -restarts R -o restart-N.json
+# pfwu1k: pfwbench gen -n 1000 -ranges 4 -cgroups /PFX/units (each reservation owned by its own cgroup); the servers run in /PFX/units/bench
 EOF
 
 # ---- 1. Datapath ----------------------------------------------------------
-VARIANTS=(none ct pfw1 pfw1k pfw10k pfw100k naive10k naive100k)
+VARIANTS=(none ct pfw1 pfw1k pfwu1k pfw10k pfw100k naive10k naive100k)
 : >"$RES/setup.tsv"
 for v in "${VARIANTS[@]}"; do
 	s=$PFX-$v-s c=$PFX-$v-c
@@ -187,7 +198,13 @@ for v in "${VARIANTS[@]}"; do
 			[ "$proto" = tcp ] && flag=(--tcp)
 			# nsenter itself, not in_ns: a function would run in a subshell
 			# and $! would not be the server's pid, which cleanup kills.
-			nsenter --net="/run/netns/$s" "${PIN[@]}" setpriv --reuid "$SRV_UID" --regid "$SRV_GID" --clear-groups \
+			# pfwu1k: the server runs in the measured reservation's cgroup
+			# (the shell moves itself there and execs): only that makes it
+			# the owner, since its uid owns nothing in that policy.
+			cg=
+			[ "$v" = pfwu1k ] && cg=$CGROOT/$PFX/units/bench
+			sh -c '[ -z "$1" ] || echo $$ >"$1/cgroup.procs"; shift; exec "$@"' sh "$cg" \
+				nsenter --net="/run/netns/$s" "${PIN[@]}" setpriv --reuid "$SRV_UID" --regid "$SRV_GID" --clear-groups \
 				sockperf sr "${flag[@]}" -i 192.0.2.1 -p "$port" >"$WORK/srv-$v-$proto-$port.log" 2>&1 &
 			PIDS+=($!)
 		done
@@ -305,6 +322,18 @@ for cfg in $RELOAD; do
 	install -m 0700 -d "$WORK/reload-$n"
 	in_ns "$ns" "$PFWBENCH" reload -portfw "$PORTFW" -dir "$WORK/reload-$n" -n "$n" -ranges "$RANGES" \
 		-port "$PORT" -uid "$SRV_UID" -edits "$edits" -o "$RES/reload-$n.json"
+	rmns "$ns"
+done
+# A unit's restart while the daemon runs: its cgroup removed and made anew.
+for cfg in $RESTART; do
+	n=${cfg%%:*} restarts=${cfg##*:}
+	log "unit restart: $n reservations, $restarts restarts"
+	ns=$PFX-restart
+	mkns "$ns"
+	install -m 0700 -d "$WORK/restart-$n"
+	in_ns "$ns" "$PFWBENCH" restart -portfw "$PORTFW" -dir "$WORK/restart-$n" -n "$n" -ranges "$RANGES" \
+		-port "$PORT" -uid "$SRV_UID" -cgroup-dir "$CGROOT/$PFX/restart-$n" -cgroup-path "/$PFX/restart-$n" \
+		-restarts "$restarts" -o "$RES/restart-$n.json"
 	rmns "$ns"
 done
 

@@ -46,6 +46,19 @@ type Spec struct {
 	// of both. Its ports reach into the default ephemeral range, which the
 	// benchmark moves out of the way.
 	Single bool
+	// Cgroups, when set, makes every reservation owned by the cgroup
+	// Cgroups + "/" + its name ("/bench.slice/bench") instead of a uid: the
+	// datapath's unit owners. The cgroups must exist (CgroupPaths).
+	Cgroups string
+}
+
+// CgroupPaths are the cgroups a Spec with Cgroups names, in order.
+func (s Spec) CgroupPaths() []string {
+	var out []string
+	for _, r := range s.Reservations() {
+		out = append(out, s.Cgroups+"/"+r.Name)
+	}
+	return out
 }
 
 // Check reports a Spec whose ports would collide or leave the layout.
@@ -118,6 +131,10 @@ func (s Spec) YAML(ownerOverride map[string]uint32) []byte {
 		protos := ""
 		if r.Proto != "" {
 			protos = "\n    protocols: [" + r.Proto + "]"
+		}
+		if s.Cgroups != "" {
+			fmt.Fprintf(&b, "  - name: %s\n    ports: [%s]%s\n    owner: { cgroups: [\"%s/%s\"] }\n", r.Name, ports, protos, s.Cgroups, r.Name)
+			continue
 		}
 		fmt.Fprintf(&b, "  - name: %s\n    ports: [%s]%s\n    owner: { users: [%s] }\n", r.Name, ports, protos, owner)
 	}

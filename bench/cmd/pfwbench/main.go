@@ -4,6 +4,8 @@
 //	pfwbench phases  time each step of an apply, and a one-membership delta
 //	                 against a full apply, in the calling network namespace
 //	pfwbench reload  time `portfw watch` reloads: policy renamed -> change committed
+//	pfwbench restart time `portfw watch` following a unit's restart: its new
+//	                 cgroup made -> the new id committed
 //	pfwbench run     run a command, append its wall time and peak memory to a TSV
 //	pfwbench report  turn a results directory into docs/performance.md
 //
@@ -17,6 +19,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strings"
 	"syscall"
 	"time"
 
@@ -29,7 +32,7 @@ func main() {
 		os.Exit(2)
 	}
 	cmds := map[string]func([]string) error{
-		"gen": runGen, "phases": runPhases, "reload": runReload, "report": runReport, "run": runRun,
+		"gen": runGen, "phases": runPhases, "reload": runReload, "report": runReport, "run": runRun, "restart": runRestart,
 	}
 	run, ok := cmds[os.Args[1]]
 	if !ok {
@@ -47,6 +50,7 @@ type specFlags struct {
 	n, ranges int
 	port, uid uint
 	single    bool
+	cgroups   string
 }
 
 func (f *specFlags) register(fs *flag.FlagSet) {
@@ -55,10 +59,11 @@ func (f *specFlags) register(fs *flag.FlagSet) {
 	fs.UintVar(&f.port, "port", 11111, "the measured port, reserved for -uid")
 	fs.UintVar(&f.uid, "uid", 65534, "owner of the measured port (the server's uid)")
 	fs.BoolVar(&f.single, "single", false, "one protocol per filler reservation (room for 100k)")
+	fs.StringVar(&f.cgroups, "cgroups", "", "own each reservation by the cgroup `PREFIX`/NAME instead of a uid")
 }
 
 func (f *specFlags) spec() (gen.Spec, error) {
-	s := gen.Spec{N: f.n, Ranges: f.ranges, Port: uint16(f.port), UID: uint32(f.uid), Single: f.single}
+	s := gen.Spec{N: f.n, Ranges: f.ranges, Port: uint16(f.port), UID: uint32(f.uid), Single: f.single, Cgroups: f.cgroups}
 	return s, s.Check()
 }
 
@@ -68,6 +73,7 @@ func runGen(args []string) error {
 	sf.register(fs)
 	policyOut := fs.String("policy", "", "write the policy YAML here")
 	naiveOut := fs.String("naive", "", "write the naive nft ruleset here")
+	cgroupsOut := fs.String("cgroup-list", "", "write the cgroup paths the policy names here, one per line (with -cgroups)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -77,6 +83,11 @@ func runGen(args []string) error {
 	}
 	if *policyOut != "" {
 		if err := os.WriteFile(*policyOut, s.YAML(nil), 0o644); err != nil {
+			return err
+		}
+	}
+	if *cgroupsOut != "" {
+		if err := os.WriteFile(*cgroupsOut, []byte(strings.Join(s.CgroupPaths(), "\n")+"\n"), 0o644); err != nil {
 			return err
 		}
 	}

@@ -20,6 +20,7 @@ var variants = []struct{ Key, Desc string }{
 	{"ct", "conntrack only: `ct mark` read on input and output"},
 	{"pfw1", "portfw, 1 reservation"},
 	{"pfw1k", "portfw, 1,000 reservations + 4 ranges"},
+	{"pfwu1k", "portfw, 1,000 + 4 owned by units (one cgroup each, level 3)"},
 	{"pfw10k", "portfw, 10,000 reservations + 4 ranges"},
 	{"pfw100k", "portfw, 100,000 reservations (one protocol each)"},
 	{"pfw10kfree", "portfw, 10,000 + 4, traffic on an unreserved port"},
@@ -92,6 +93,7 @@ type report struct {
 	sanity    []string
 	phases    Phases
 	reloads   []Reload
+	restarts  []Restart
 	gobench   map[string][]float64 // benchmark name -> ns/op per count
 	rounds    int
 	seconds   string
@@ -221,6 +223,15 @@ func (r *report) load() error {
 		r.reloads = append(r.reloads, rl)
 	}
 	slices.SortFunc(r.reloads, func(a, b Reload) int { return a.Reservations - b.Reservations })
+	restarts, _ := filepath.Glob(filepath.Join(r.dir, "restart-*.json"))
+	for _, f := range restarts {
+		var rs Restart
+		if err := readJSON(f, &rs); err != nil {
+			return err
+		}
+		r.restarts = append(r.restarts, rs)
+	}
+	slices.SortFunc(r.restarts, func(a, b Restart) int { return a.Reservations - b.Reservations })
 	return r.loadGoBench(filepath.Join(r.dir, "gobench.txt"))
 }
 
@@ -400,6 +411,11 @@ func (r *report) markdown() string {
 		f3(hf/1000), f3(hi/1000), hr/1024, verdict(hf <= 1500 && hi <= 100 && hr/1024 <= 250))
 	st := median(r.apply["10000/status"])
 	w("| 10k | `portfw status` (reads the table) <= 0.12 s | %s s | %s |\n", f3(st/1000), verdict(st <= 120))
+	for _, rs := range r.restarts {
+		p99 := quantile(rs.LatencyMS, 0.99)
+		w("| %s | unit restart: new cgroup -> its id committed by `watch`, p99 of %d <= 50 ms | %s ms | %s |\n",
+			size(rs.Reservations), len(rs.LatencyMS), f1(p99), verdict(p99 <= 50))
+	}
 	for _, rl := range r.reloads {
 		if rl.Reservations == 10004 {
 			w("| 10k | daemon resident memory <= 100 MiB | %s MiB (peak %s) | %s |\n", f1(rl.RSSMiB), f1(rl.PeakRSSMiB), verdict(rl.PeakRSSMiB <= 100))
@@ -410,7 +426,8 @@ func (r *report) markdown() string {
 
 	w("\n## Datapath: TCP and UDP ping-pong through a reserved port\n\n")
 	w("Server and client in two namespaces joined by a veth pair (192.0.2.1 and 192.0.2.2). The server, ")
-	w("`sockperf sr`, runs as a non-root uid that owns the measured port 11111 in every portfw variant, so ")
+	w("`sockperf sr`, runs as a non-root uid that owns the measured port 11111 in every portfw variant (in the ")
+	w("units variant the uid owns nothing: the server runs in the cgroup that does), so ")
 	w("its packets take portfw's owner path (the first packets mark the connection OWNED, later ones ")
 	w("match the conntrack fast path). All tables are in the server's namespace; the client's has none. ")
 	w("64-byte messages, one in flight, %s s per run. ", r.seconds)
@@ -514,6 +531,25 @@ func (r *report) markdown() string {
 			f1(quantile(rl.TookMS, 0.5)), strings.Join(modes, ", "), f1(rl.RSSMiB), f1(rl.PeakRSSMiB))
 	}
 	w("\n![Reload latency, write to commit](perf-reload.svg)\n")
+	if len(r.restarts) > 0 {
+		w("\nUnit restart: the same daemon, the measured reservation owned by a cgroup (`owner.cgroups`), which ")
+		w("is removed and made again, as systemd does when it restarts a unit. *New cgroup*: from `mkdir` to the ")
+		w("kernel's NEWGEN of the commit that adds its id (the guard is updated just before): the window in ")
+		w("which the new instance's bind gets `EPERM` and its packets are dropped, unless its unit waits with ")
+		w("`ExecStartPre=+portfw wait-owner` ([units.md](units.md)). *Removed*: from `rmdir` to the commit that ")
+		w("takes the id out.\n\n")
+		w("| reservations | restarts | new cgroup p50 | p99 | max | removed p50 | modes |\n|--:|--:|--:|--:|--:|--:|---|\n")
+		for _, rs := range r.restarts {
+			var modes []string
+			for m, c := range rs.Modes {
+				modes = append(modes, fmt.Sprintf("%s: %d", m, c))
+			}
+			slices.Sort(modes)
+			w("| %d | %d | %s ms | %s ms | %s ms | %s ms | %s |\n", rs.Reservations, len(rs.LatencyMS),
+				f1(quantile(rs.LatencyMS, 0.5)), f1(quantile(rs.LatencyMS, 0.99)), f1(slices.Max(rs.LatencyMS)),
+				f1(quantile(rs.RemoveMS, 0.5)), strings.Join(modes, ", "))
+		}
+	}
 	dl := r.phase("apply_delta")
 	w("\nDelta at 10k (one owner change: 2 elements out, 2 in), medians of %d: ", len(r.phases.Samples["apply_delta"]))
 	w("`nft.ApplyDelta` %s ms against a full `nft.Apply` of the same 10k table %s ms; ", f1(dl), f1(r.phase("apply_full")))
