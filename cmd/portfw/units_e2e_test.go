@@ -537,9 +537,12 @@ func TestUnitSocketActivation(t *testing.T) {
 // and without the guard reuseport groups and broadcasts are open.
 func TestUnitWarnings(t *testing.T) {
 	w, path := unitWorldFor(t, viaNsenter, "bind_guard: off")
-	_, errOut, code := portfwVia(t, viaNsenter, w.Server, "check", "-f", path)
+	out, errOut, code := portfwVia(t, viaNsenter, w.Server, "check", "-f", path)
 	if code != 0 || !strings.Contains(errOut, "without the bind guard a process of a unit's uid in another cgroup can join the unit's SO_REUSEPORT groups") {
 		t.Errorf("check with bind_guard: off: exit %d\n%s", code, errOut)
+	}
+	if !strings.Contains(out, "note: owners that are units and cgroups get a new cgroup id at every restart: `portfw watch` follows them") {
+		t.Errorf("check does not recommend the daemon for unit owners:\n%s", out)
 	}
 	if data, err := os.ReadFile("/proc/sys/kernel/yama/ptrace_scope"); err != nil || strings.TrimSpace(string(data)) == "0" {
 		if !strings.Contains(errOut, "can take the unit's sockets with ptrace or pidfd_getfd") {

@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -217,7 +218,12 @@ func (p *Plan) Ruleset() *compiler.Ruleset {
 
 // Notes are what Sync decided and why, for the admin to read; Warnings what
 // works against the policy. Both are in the order they matter.
-func (p *Plan) Notes() []string { return p.Sysctls.Notes }
+func (p *Plan) Notes() []string {
+	if usesCgroups(p.Resolved) {
+		return append(slices.Clip(p.Sysctls.Notes), "owners that are units and cgroups get a new cgroup id at every restart: `portfw watch` follows them (a one-shot apply holds the ids of now); see docs/units.md")
+	}
+	return p.Sysctls.Notes
+}
 
 // Warnings lists what in the host works against the policy.
 func (p *Plan) Warnings() []string {
