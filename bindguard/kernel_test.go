@@ -305,6 +305,21 @@ func endsWith(s, suffix string) bool {
 	return len(s) >= len(suffix) && s[len(s)-len(suffix):] == suffix
 }
 
+// attachAllow attaches to cg a bind4 program named name that allows every
+// bind: one that is not portfw's own (another's, or an older layout's).
+func attachAllow(t *testing.T, cg *testenv.Cgroup, name string) {
+	t.Helper()
+	p, err := ebpf.NewProgram(&ebpf.ProgramSpec{Name: name, Type: ebpf.CGroupSockAddr, AttachType: ebpf.AttachCGroupInet4Bind,
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, retAllow), asm.Return()}, License: "MIT"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	if err := link.RawAttachProgram(link.RawAttachProgramOptions{Target: cg.FD, Program: p, Attach: ebpf.AttachCGroupInet4Bind, Flags: unix.BPF_F_ALLOW_MULTI}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestGuardForeignProgram: a program that only carries portfw's name (any
 // root process can copy one) is not mistaken for the guard: portfw
 // installs its own beside it and reports the impostor, which it never
@@ -312,15 +327,7 @@ func endsWith(s, suffix string) bool {
 func TestGuardForeignProgram(t *testing.T) {
 	e := newGuardEnv(t)
 	ns := testenv.NewNS(t)
-	fake, err := ebpf.NewProgram(&ebpf.ProgramSpec{Name: progName(4), Type: ebpf.CGroupSockAddr, AttachType: ebpf.AttachCGroupInet4Bind,
-		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, retAllow), asm.Return()}, License: "MIT"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fake.Close()
-	if err := link.RawAttachProgram(link.RawAttachProgramOptions{Target: e.cg.FD, Program: fake, Attach: ebpf.AttachCGroupInet4Bind, Flags: unix.BPF_F_ALLOW_MULTI}); err != nil {
-		t.Fatal(err)
-	}
+	attachAllow(t, e.cg, progName(4))
 	guardOp(t, ns.Path, guardRequest{Op: "apply", Policies: []*model.Resolved{e.policy(true)}, Cgroup: e.cg.Path})
 	checkBinds(t, "squatter", ns.Path, e.cg, e.squat, bindCase{"tcp4 0.0.0.0 8080", "EPERM"})
 	st := guardOp(t, ns.Path, guardRequest{Op: "status", Cgroup: e.cg.Path}).Info
@@ -340,15 +347,7 @@ func TestGuardForeignProgram(t *testing.T) {
 func TestGuardOtherLayout(t *testing.T) {
 	e := newGuardEnv(t)
 	ns := testenv.NewNS(t)
-	old, err := ebpf.NewProgram(&ebpf.ProgramSpec{Name: "portfw2_bind4", Type: ebpf.CGroupSockAddr, AttachType: ebpf.AttachCGroupInet4Bind,
-		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, retAllow), asm.Return()}, License: "MIT"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer old.Close()
-	if err := link.RawAttachProgram(link.RawAttachProgramOptions{Target: e.cg.FD, Program: old, Attach: ebpf.AttachCGroupInet4Bind, Flags: unix.BPF_F_ALLOW_MULTI}); err != nil {
-		t.Fatal(err)
-	}
+	attachAllow(t, e.cg, "portfw2_bind4")
 	guardOp(t, ns.Path, guardRequest{Op: "apply", Policies: []*model.Resolved{e.policy(true)}, Cgroup: e.cg.Path})
 	st := guardOp(t, ns.Path, guardRequest{Op: "status", Cgroup: e.cg.Path}).Info
 	if !st.Active || len(st.Foreign) != 1 || !strings.Contains(st.Foreign[0], "portfw2_bind4): a portfw of another map layout") {

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -94,22 +95,13 @@ func runReload(args []string) error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(*bin, "watch", "-f", path, "--log-format", "json",
+	d, err := startDaemon(*bin, "watch", "-f", path, "--log-format", "json",
 		"--debounce", debounce.String(), "--audit-interval", "0")
-	// The daemon must not outlive the benchmark, even when it is killed.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
-	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		return err
 	}
-	if err := cmd.Start(); err != nil {
-		return err
-	}
-	defer func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		_ = cmd.Wait()
-	}()
-	applied, logErr := followLog(stderr)
+	defer d.stop()
+	cmd, applied, logErr := d.cmd, d.applied, d.errc
 
 	r := Reload{Reservations: s.N + s.Ranges, DebounceMS: ms(*debounce), Modes: map[string]int{}}
 	if _, err := waitApplied(applied, logErr, 60*time.Second); err != nil {
@@ -129,15 +121,8 @@ func runReload(args []string) error {
 		if err := write(text); err != nil {
 			return err
 		}
-		select {
-		case _, ok := <-commits:
-			if !ok {
-				return errors.New("nftables notifications stopped")
-			}
-		case err := <-logErr:
+		if err := waitCommit(commits, logErr, fmt.Sprintf("edit %d", i)); err != nil {
 			return err
-		case <-time.After(30 * time.Second):
-			return fmt.Errorf("edit %d: no commit within 30s", i)
 		}
 		r.LatencyMS = append(r.LatencyMS, ms(time.Since(t0)))
 		l, err := waitApplied(applied, logErr, 30*time.Second)
@@ -157,6 +142,59 @@ func runReload(args []string) error {
 		return err
 	}
 	return writeJSON(*out, r)
+}
+
+// daemon is a `portfw watch` a benchmark runs, its JSON log followed.
+type daemon struct {
+	cmd     *exec.Cmd
+	applied <-chan daemonLog
+	errc    <-chan error
+}
+
+// startDaemon starts bin with args (a `watch` with --log-format json).
+func startDaemon(bin string, args ...string) (*daemon, error) {
+	cmd := exec.Command(bin, args...)
+	// The daemon must not outlive the benchmark, even when it is killed.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	applied, errc := followLog(stderr)
+	return &daemon{cmd, applied, errc}, nil
+}
+
+func (d *daemon) stop() {
+	_ = d.cmd.Process.Signal(syscall.SIGTERM)
+	_ = d.cmd.Wait()
+}
+
+// waitCommit waits for the kernel's notification of a commit.
+func waitCommit(commits <-chan struct{}, errc <-chan error, what string) error {
+	select {
+	case _, ok := <-commits:
+		if !ok {
+			return errors.New("nftables notifications stopped")
+		}
+		return nil
+	case err := <-errc:
+		return err
+	case <-time.After(30 * time.Second):
+		return fmt.Errorf("%s: no commit within 30s", what)
+	}
+}
+
+// modesText is "delta: 3, replace: 1".
+func modesText(modes map[string]int) string {
+	var out []string
+	for m, c := range modes {
+		out = append(out, fmt.Sprintf("%s: %d", m, c))
+	}
+	slices.Sort(out)
+	return strings.Join(out, ", ")
 }
 
 // memory reads a process's resident set and its high-water mark, in MiB.

@@ -521,14 +521,9 @@ func (r *report) markdown() string {
 	w("RSS is the daemon's resident memory after the edits, peak its high-water mark (`VmRSS`, `VmHWM`); the budget is 100 MiB at 10k.\n\n")
 	w("| reservations | edits | debounce | p50 | p99 | max | took p50 | modes | RSS | peak RSS |\n|--:|--:|--:|--:|--:|--:|--:|---|--:|--:|\n")
 	for _, rl := range r.reloads {
-		var modes []string
-		for m, c := range rl.Modes {
-			modes = append(modes, fmt.Sprintf("%s: %d", m, c))
-		}
-		slices.Sort(modes)
 		w("| %d | %d | %s ms | %s ms | %s ms | %s ms | %s ms | %s | %s MiB | %s MiB |\n", rl.Reservations, len(rl.LatencyMS), f1(rl.DebounceMS),
 			f1(quantile(rl.LatencyMS, 0.5)), f1(quantile(rl.LatencyMS, 0.99)), f1(slices.Max(rl.LatencyMS)),
-			f1(quantile(rl.TookMS, 0.5)), strings.Join(modes, ", "), f1(rl.RSSMiB), f1(rl.PeakRSSMiB))
+			f1(quantile(rl.TookMS, 0.5)), modesText(rl.Modes), f1(rl.RSSMiB), f1(rl.PeakRSSMiB))
 	}
 	w("\n![Reload latency, write to commit](perf-reload.svg)\n")
 	if len(r.restarts) > 0 {
@@ -540,14 +535,9 @@ func (r *report) markdown() string {
 		w("takes the id out.\n\n")
 		w("| reservations | restarts | new cgroup p50 | p99 | max | removed p50 | modes |\n|--:|--:|--:|--:|--:|--:|---|\n")
 		for _, rs := range r.restarts {
-			var modes []string
-			for m, c := range rs.Modes {
-				modes = append(modes, fmt.Sprintf("%s: %d", m, c))
-			}
-			slices.Sort(modes)
 			w("| %d | %d | %s ms | %s ms | %s ms | %s ms | %s |\n", rs.Reservations, len(rs.LatencyMS),
 				f1(quantile(rs.LatencyMS, 0.5)), f1(quantile(rs.LatencyMS, 0.99)), f1(slices.Max(rs.LatencyMS)),
-				f1(quantile(rs.RemoveMS, 0.5)), strings.Join(modes, ", "))
+				f1(quantile(rs.RemoveMS, 0.5)), modesText(rs.Modes))
 		}
 	}
 	dl := r.phase("apply_delta")

@@ -6,10 +6,8 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/portfw/portfw/nft"
@@ -71,27 +69,19 @@ func runRestart(args []string) error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(*bin, "watch", "-f", path, "--log-format", "json", "--audit-interval", "0")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
-	stderr, err := cmd.StderrPipe()
+	d, err := startDaemon(*bin, "watch", "-f", path, "--log-format", "json", "--audit-interval", "0")
 	if err != nil {
 		return err
 	}
-	if err := cmd.Start(); err != nil {
-		return err
-	}
-	defer func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		_ = cmd.Wait()
-	}()
-	applied, logErr := followLog(stderr)
+	defer d.stop()
+	applied, logErr := d.applied, d.errc
 	r := Restart{Reservations: s.N + s.Ranges, Modes: map[string]int{}}
 	if _, err := waitApplied(applied, logErr, 60*time.Second); err != nil {
 		return fmt.Errorf("initial apply: %w", err)
 	}
 	// one change: do it, time it to the daemon's commit.
 	one := func(what string, change func() error) (float64, error) {
-		if err := waitIdle(cmd.Process.Pid, 10*time.Millisecond); err != nil {
+		if err := waitIdle(d.cmd.Process.Pid, 10*time.Millisecond); err != nil {
 			return 0, err
 		}
 		drain(commits)
@@ -99,15 +89,8 @@ func runRestart(args []string) error {
 		if err := change(); err != nil {
 			return 0, err
 		}
-		select {
-		case _, ok := <-commits:
-			if !ok {
-				return 0, errors.New("nftables notifications stopped")
-			}
-		case err := <-logErr:
+		if err := waitCommit(commits, logErr, what); err != nil {
 			return 0, err
-		case <-time.After(30 * time.Second):
-			return 0, fmt.Errorf("%s: no commit within 30s", what)
 		}
 		took := ms(time.Since(t0))
 		l, err := waitApplied(applied, logErr, 30*time.Second)
