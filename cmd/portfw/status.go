@@ -68,10 +68,6 @@ func newReservationJSON(s compiler.Summary) reservationJSON {
 	return r
 }
 
-type noCgroups struct{}
-
-func (noCgroups) Path(uint64) (string, bool) { return "", false }
-
 // cgroupJSON is an owner cgroup: its id as the table holds it, and its path
 // and unit as the hierarchy names it now ("" when it was removed since).
 type cgroupJSON struct {
@@ -184,17 +180,17 @@ func runStatus(a *app, args []string) int {
 	}
 	st := statusJSON{Version: outputVersion, Table: name, Installed: s.Table != nil, Reservations: []reservationJSON{}}
 	if s.Table != nil {
-		var tree interface{ Path(uint64) (string, bool) } = noCgroups{}
+		var tree audit.Cgroups // read once, for the first reservation with owner cgroups
+		treeRead := false
 		var waiting map[string][]string
 		if s.State.Summary != nil {
 			waiting = s.State.Summary.Waiting
 		}
 		for _, sum := range compiler.Summarize(s.Table) {
 			r := newReservationJSON(sum)
-			if _, none := tree.(noCgroups); none && len(sum.Cgroups) > 0 && e.Host.Cgroups != nil {
-				if t, err := e.Host.Cgroups(); err == nil {
-					tree = t // without it, ids alone
-				}
+			if !treeRead && len(sum.Cgroups) > 0 && e.Host.Cgroups != nil {
+				treeRead = true
+				tree, _ = e.Host.Cgroups() // without it (the zero Cgroups), ids alone
 			}
 			for _, id := range sum.Cgroups {
 				c := cgroupJSON{ID: id}

@@ -214,25 +214,29 @@ func (r *report) load() error {
 	if err := readJSON(filepath.Join(r.dir, "phases.json"), &r.phases); err != nil {
 		return err
 	}
-	reloads, _ := filepath.Glob(filepath.Join(r.dir, "reload-*.json"))
-	for _, f := range reloads {
-		var rl Reload
-		if err := readJSON(f, &rl); err != nil {
-			return err
-		}
-		r.reloads = append(r.reloads, rl)
+	if r.reloads, err = readAll(r.dir, "reload-*.json", func(x Reload) int { return x.Reservations }); err != nil {
+		return err
 	}
-	slices.SortFunc(r.reloads, func(a, b Reload) int { return a.Reservations - b.Reservations })
-	restarts, _ := filepath.Glob(filepath.Join(r.dir, "restart-*.json"))
-	for _, f := range restarts {
-		var rs Restart
-		if err := readJSON(f, &rs); err != nil {
-			return err
-		}
-		r.restarts = append(r.restarts, rs)
+	if r.restarts, err = readAll(r.dir, "restart-*.json", func(x Restart) int { return x.Reservations }); err != nil {
+		return err
 	}
-	slices.SortFunc(r.restarts, func(a, b Restart) int { return a.Reservations - b.Reservations })
 	return r.loadGoBench(filepath.Join(r.dir, "gobench.txt"))
+}
+
+// readAll reads the JSON results of dir matching pattern, ordered by key
+// (their number of reservations).
+func readAll[T any](dir, pattern string, key func(T) int) ([]T, error) {
+	files, _ := filepath.Glob(filepath.Join(dir, pattern))
+	var out []T
+	for _, f := range files {
+		var x T
+		if err := readJSON(f, &x); err != nil {
+			return nil, err
+		}
+		out = append(out, x)
+	}
+	slices.SortFunc(out, func(a, b T) int { return key(a) - key(b) })
+	return out, nil
 }
 
 var reBench = regexp.MustCompile(`^(Benchmark\S+?)(-\d+)?\s+\d+\s+([\d.]+) ns/op`)
