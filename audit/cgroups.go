@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/portfw/portfw/bindguard"
+	"github.com/portfw/portfw/model"
 )
 
 // Cgroups is a snapshot of the cgroup v2 tree: every cgroup's id (the
@@ -82,10 +83,6 @@ func (c Cgroups) Annotate(socks []Socket) {
 	}
 }
 
-// unitSuffixes are the systemd unit types that have cgroups (slices
-// aside, see UnitOf).
-var unitSuffixes = []string{".service", ".scope", ".socket", ".mount", ".swap"}
-
 // UnitOf names the systemd unit a cgroup path belongs to: its innermost
 // component that is a service, scope, socket, mount or swap unit
 // ("/system.slice/nginx.service/workers" is nginx.service's), else its
@@ -95,14 +92,14 @@ func UnitOf(path string) string {
 	comps := strings.Split(strings.Trim(path, "/"), "/")
 	slice := ""
 	for i := len(comps) - 1; i >= 0; i-- {
-		c := comps[i]
-		for _, suf := range unitSuffixes {
-			if len(c) > len(suf) && strings.HasSuffix(c, suf) {
-				return c
+		switch c := comps[i]; model.UnitType(c) {
+		case "":
+		case "slice":
+			if slice == "" {
+				slice = c
 			}
-		}
-		if slice == "" && len(c) > len(".slice") && strings.HasSuffix(c, ".slice") {
-			slice = c
+		default:
+			return c
 		}
 	}
 	return slice
@@ -148,45 +145,10 @@ func ReadCgroups() (Cgroups, error) {
 	if err != nil {
 		return Cgroups{}, fmt.Errorf("read cgroups: %w", err)
 	}
-	// A descriptor of its own: reading a directory moves its offset.
-	fd, err := unix.Openat(int(root.Fd()), ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return Cgroups{}, fmt.Errorf("read cgroups: %w", err)
-	}
 	paths := map[uint64]string{}
-	if err := walkCgroups(fd, "/", paths); err != nil {
+	err = bindguard.WalkCgroups(root, func(string) bool { return true }, func(p string, id uint64) { paths[id] = p })
+	if err != nil {
 		return Cgroups{}, fmt.Errorf("read cgroups: %w", err)
 	}
 	return NewCgroups(paths), nil
-}
-
-// walkCgroups records the cgroup open at fd, which it closes, and those
-// below it. Every directory of a cgroup2 file system is a cgroup.
-func walkCgroups(fd int, path string, out map[uint64]string) error {
-	dir := os.NewFile(uintptr(fd), path)
-	defer dir.Close()
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return err
-	}
-	out[st.Ino] = path
-	entries, err := dir.ReadDir(-1)
-	if err != nil {
-		return err
-	}
-	for _, e := range entries {
-		if !e.IsDir() {
-			continue
-		}
-		child, err := unix.Openat(fd, e.Name(), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
-		if err != nil {
-			continue // removed since the directory was read, or unreadable: best effort
-		}
-		p := path + "/" + e.Name()
-		if path == "/" {
-			p = "/" + e.Name()
-		}
-		_ = walkCgroups(child, p, out) // an error is a subtree removed during the walk
-	}
-	return nil
 }

@@ -275,3 +275,51 @@ func OpenCgroup(path string) (dir *os.File, name string, err error) {
 	}
 	return os.NewFile(uintptr(fd), "/"+rel), "/" + rel, nil
 }
+
+// WalkCgroups walks the cgroup v2 tree from root, an open directory of it
+// (OpenRoot's): visit sees each cgroup's path from root ("/" for root
+// itself) and id (its directory's inode), and the walk goes below a cgroup
+// only where descend says so. Cgroups removed during the walk are passed
+// over; only an unreadable root is an error.
+func WalkCgroups(root *os.File, descend func(path string) bool, visit func(path string, id uint64)) error {
+	// A descriptor of its own: reading a directory moves its offset.
+	fd, err := unix.Openat(int(root.Fd()), ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	return walkCgroups(fd, "/", descend, visit)
+}
+
+// walkCgroups visits the cgroup open at fd, which it closes, and those
+// below it. Every directory of a cgroup2 file system is a cgroup.
+func walkCgroups(fd int, path string, descend func(string) bool, visit func(string, uint64)) error {
+	dir := os.NewFile(uintptr(fd), path)
+	defer dir.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return err
+	}
+	visit(path, st.Ino)
+	if !descend(path) {
+		return nil
+	}
+	entries, err := dir.ReadDir(-1)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if !e.IsDir() {
+			continue
+		}
+		child, err := unix.Openat(fd, e.Name(), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+		if err != nil {
+			continue // removed since the directory was read
+		}
+		p := path + "/" + e.Name()
+		if path == "/" {
+			p = "/" + e.Name()
+		}
+		_ = walkCgroups(child, p, descend, visit) // an error is a subtree removed during the walk
+	}
+	return nil
+}

@@ -106,3 +106,20 @@ func TestSettingsText(t *testing.T) {
 		}
 	}
 }
+
+func TestUnitTypeAndSliceTree(t *testing.T) {
+	for name, want := range map[string]string{"nginx.service": "service", "user.slice": "slice", "a@1.socket": "socket",
+		"x.target": "", "service": "", ".service": "", "pfw-test-1.2-ab": ""} {
+		if got := UnitType(name); got != want {
+			t.Errorf("UnitType(%q) = %q, want %q", name, got, want)
+		}
+	}
+	for path, want := range map[string]bool{"/": true, "/system.slice": true, "/user.slice/user-1000.slice": true,
+		"/system.slice/nginx.service": false, "/machine.slice/x.scope": false, "/pfw-test-1": false,
+		"/1.slice/2.slice/3.slice/4.slice/5.slice/6.slice/7.slice":         true,
+		"/1.slice/2.slice/3.slice/4.slice/5.slice/6.slice/7.slice/8.slice": false} {
+		if got := SliceTree(path); got != want {
+			t.Errorf("SliceTree(%q) = %v, want %v", path, got, want)
+		}
+	}
+}

@@ -99,6 +99,33 @@ type Owners struct {
 	Cgroups []Cgroup
 }
 
+// UnitTypes are the systemd unit types that have a cgroup of their own, in
+// which processes run and make sockets: what owner.units may name, what the
+// tree walk and the audit take for a unit, and what systemd's D-Bus API
+// holds a ControlGroup for.
+var UnitTypes = []string{"service", "socket", "scope", "slice", "mount", "swap"}
+
+// UnitType is the type of a unit name ("service" of "nginx.service"), or
+// "" when the name ends in no unit type.
+func UnitType(name string) string {
+	i := strings.LastIndexByte(name, '.')
+	if i <= 0 || !slices.Contains(UnitTypes, name[i+1:]) {
+		return ""
+	}
+	return name[i+1:]
+}
+
+// SliceTree reports whether a cgroup path is the root or a slice less than
+// MaxCgroupLevel deep: the cgroups systemd makes units' cgroups in, which
+// the tree walk and the daemon descend (never a service or scope, below
+// which a container's or a user's own manager runs units of its own).
+func SliceTree(path string) bool {
+	if path == "/" {
+		return true
+	}
+	return UnitType(path[strings.LastIndexByte(path, '/')+1:]) == "slice" && strings.Count(path, "/") < MaxCgroupLevel
+}
+
 // MaxCgroupLevel is the deepest cgroup an owner may name: the rules and the
 // bind guard hold one lookup per level, so the levels are bounded.
 const MaxCgroupLevel = 8

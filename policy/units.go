@@ -10,10 +10,6 @@ import (
 	"github.com/portfw/portfw/model"
 )
 
-// unitTypes are the systemd unit types that have a cgroup of their own in
-// which processes run and make sockets.
-var unitTypes = []string{"service", "socket", "scope", "slice", "mount", "swap"}
-
 // checkUnit says why s is not a systemd unit name or pattern, or "". The
 // rules are systemd's (unit_name_is_valid): at most 255 bytes of
 // [A-Za-z0-9:_.\-] and at most one "@" (a template instance), a known type
@@ -26,8 +22,8 @@ func checkUnit(s string) string {
 		return "empty unit name"
 	case len(s) > 255:
 		return "unit name longer than 255 bytes"
-	case !ok || !slices.Contains(unitTypes, typ):
-		return `invalid unit name "` + s + `"; name a unit with its type, such as nginx.service (types: ` + strings.Join(unitTypes, ", ") + ")"
+	case !ok || !slices.Contains(model.UnitTypes, typ):
+		return `invalid unit name "` + s + `"; name a unit with its type, such as nginx.service (types: ` + strings.Join(model.UnitTypes, ", ") + ")"
 	case stem == "" || strings.HasPrefix(stem, "@"):
 		return `invalid unit name "` + s + `"; it needs a name before the type`
 	case strings.Count(stem, "@") > 1:

@@ -134,7 +134,7 @@ func resolveCgroups(rs *policy.ReservationSpec, src Cgroups, srcErr error, field
 			continue
 		}
 		if len(units) == 0 {
-			if IsPattern(ref.Name) {
+			if policy.IsUnitPattern(ref.Name) {
 				// Instances that ran keep their levels while none runs.
 				for _, l := range last {
 					if l.Unit && l.Level > 0 && matchUnit(ref.Name, l.Source) {
@@ -163,9 +163,6 @@ func resolveCgroups(rs *policy.ReservationSpec, src Cgroups, srcErr error, field
 	slices.SortFunc(out, model.CompareCgroups)
 	return slices.Compact(out)
 }
-
-// IsPattern reports whether a unit entry is a glob.
-func IsPattern(s string) bool { return policy.IsUnitPattern(s) }
 
 func matchUnit(pattern, name string) bool {
 	ok, _ := path.Match(pattern, name)

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/portfw/portfw/bindguard"
+	"github.com/portfw/portfw/model"
 )
 
 // HostCgroups resolves cgroups in the host's cgroup v2 hierarchy, reached
@@ -147,7 +148,7 @@ func (v *treeView) UnitCgroups(pattern string) ([]UnitCgroup, error) {
 		if _, err := v.h.open(); err != nil {
 			v.err = err
 		} else {
-			v.units, v.err = unitTree(int(v.h.root.Fd()))
+			v.units, v.err = unitTree(v.h.root)
 		}
 	}
 	if v.err != nil {
@@ -155,61 +156,27 @@ func (v *treeView) UnitCgroups(pattern string) ([]UnitCgroup, error) {
 	}
 	var out []UnitCgroup
 	for _, u := range v.units {
-		if ok, _ := path.Match(pattern, u.Unit); ok {
+		if matchUnit(pattern, u.Unit) {
 			out = append(out, u)
 		}
 	}
 	return out, nil
 }
 
-// unitSuffixes are the unit types whose cgroups the tree walk reports.
-var unitSuffixes = []string{".service", ".socket", ".scope", ".slice", ".mount", ".swap"}
-
 // unitTree lists the unit cgroups of the tree below root: directories
 // named like units, reached from the root through slices only (systemd's
 // layout: /system.slice/nginx.service, /user.slice/user-1000.slice), so
 // that what a container's or a user's own manager runs below a service or
 // scope is not taken for the host's units.
-func unitTree(root int) ([]UnitCgroup, error) {
+func unitTree(root *os.File) ([]UnitCgroup, error) {
 	var out []UnitCgroup
-	var walk func(dir int, at string, depth int) error
-	walk = func(dir int, at string, depth int) error {
-		f := os.NewFile(uintptr(dir), at)
-		defer f.Close()
-		names, err := f.Readdirnames(-1)
-		if err != nil {
-			return fmt.Errorf("read cgroup %s: %w", at, err)
+	visit := func(p string, _ uint64) {
+		if name := path.Base(p); p != "/" && model.UnitType(name) != "" {
+			out = append(out, UnitCgroup{Unit: name, Path: p})
 		}
-		for _, n := range names {
-			if !slices.ContainsFunc(unitSuffixes, func(s string) bool { return strings.HasSuffix(n, s) }) {
-				continue
-			}
-			var st unix.Stat_t
-			if unix.Fstatat(dir, n, &st, unix.AT_SYMLINK_NOFOLLOW) != nil || st.Mode&unix.S_IFMT != unix.S_IFDIR {
-				continue
-			}
-			p := strings.TrimSuffix(at, "/") + "/" + n
-			out = append(out, UnitCgroup{Unit: n, Path: p})
-			if !strings.HasSuffix(n, ".slice") || depth >= 8 {
-				continue
-			}
-			sub, err := unix.Openat(dir, n, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-			if err != nil {
-				continue // removed meanwhile
-			}
-			err = walk(sub, p, depth+1)
-			if err != nil {
-				return err
-			}
-		}
-		return nil
 	}
-	fd, err := unix.Openat(root, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, err
-	}
-	if err := walk(fd, "/", 0); err != nil {
-		return nil, err
+	if err := bindguard.WalkCgroups(root, model.SliceTree, visit); err != nil {
+		return nil, fmt.Errorf("read the cgroup tree: %w", err)
 	}
 	slices.SortFunc(out, func(a, b UnitCgroup) int { return strings.Compare(a.Unit, b.Unit) })
 	return out, nil

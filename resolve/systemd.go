@@ -12,6 +12,9 @@ import (
 
 	sddbus "github.com/coreos/go-systemd/v22/dbus"
 	"github.com/godbus/dbus/v5"
+
+	"github.com/portfw/portfw/model"
+	"github.com/portfw/portfw/policy"
 )
 
 // SystemdUnits finds units' cgroups by asking systemd over D-Bus, the
@@ -95,18 +98,6 @@ func isDir(path string) bool {
 	return err == nil && fi.IsDir()
 }
 
-// cgroupInterfaces are the unit types that have a cgroup, by suffix: the
-// ControlGroup property is on their type's interface, not on Unit. Other
-// types (target, timer, path, device, automount) never run processes.
-var cgroupInterfaces = map[string]string{
-	"service": "org.freedesktop.systemd1.Service",
-	"scope":   "org.freedesktop.systemd1.Scope",
-	"slice":   "org.freedesktop.systemd1.Slice",
-	"socket":  "org.freedesktop.systemd1.Socket",
-	"mount":   "org.freedesktop.systemd1.Mount",
-	"swap":    "org.freedesktop.systemd1.Swap",
-}
-
 // UnitCgroups lists the units systemd has loaded that match pattern, in
 // whatever state (a unit that failed to reload its file may still run),
 // and keeps those with a cgroup, which systemd sets while a unit runs and
@@ -126,7 +117,7 @@ func (s *SystemdUnits) UnitCgroups(pattern string) ([]UnitCgroup, error) {
 	for _, u := range listed {
 		names = append(names, u.Name)
 	}
-	if len(names) == 0 && !isGlob(pattern) {
+	if len(names) == 0 && !policy.IsUnitPattern(pattern) {
 		name, err := s.primaryName(ctx, pattern)
 		if err != nil {
 			return nil, err
@@ -139,11 +130,14 @@ func (s *SystemdUnits) UnitCgroups(pattern string) ([]UnitCgroup, error) {
 	slices.Sort(names)
 	var out []UnitCgroup
 	for _, name := range names {
-		iface, ok := cgroupInterfaces[name[strings.LastIndexByte(name, '.')+1:]]
-		if !ok {
+		// ControlGroup is on the unit type's interface
+		// (org.freedesktop.systemd1.Service), not on Unit; the other
+		// types (target, timer, path, device, automount) run no processes.
+		typ := model.UnitType(name)
+		if typ == "" {
 			continue
 		}
-		p, err := s.conn.GetUnitTypePropertyContext(ctx, name, strings.TrimPrefix(iface, "org.freedesktop.systemd1."), "ControlGroup")
+		p, err := s.conn.GetUnitTypePropertyContext(ctx, name, strings.ToUpper(typ[:1])+typ[1:], "ControlGroup")
 		if err != nil {
 			return nil, fmt.Errorf("systemd: control group of %s: %w", name, err)
 		}
@@ -183,7 +177,3 @@ func (s *SystemdUnits) primaryName(ctx context.Context, name string) (string, er
 	}
 	return primary, nil
 }
-
-// isGlob is systemd's string_is_glob: what ListUnitsByPatterns matches
-// with fnmatch rather than by name.
-func isGlob(pattern string) bool { return strings.ContainsAny(pattern, "*?[") }

@@ -27,6 +27,7 @@ import (
 	"github.com/fsnotify/fsnotify"
 
 	"github.com/portfw/portfw/audit"
+	"github.com/portfw/portfw/bindguard"
 	"github.com/portfw/portfw/internal/clock"
 	"github.com/portfw/portfw/internal/engine"
 	"github.com/portfw/portfw/internal/metrics"
@@ -387,19 +388,17 @@ func (d *Daemon) cgroupDirs() []string {
 			}
 		}
 	}
-	if waitingUnit {
-		add("")
-		var walk func(rel string, depth int)
-		walk = func(rel string, depth int) {
-			entries, _ := os.ReadDir(root + rel)
-			for _, e := range entries {
-				if e.IsDir() && strings.HasSuffix(e.Name(), ".slice") && depth < model.MaxCgroupLevel {
-					add(rel + "/" + e.Name())
-					walk(rel+"/"+e.Name(), depth+1)
-				}
+	if !waitingUnit {
+		return out
+	}
+	if f, err := os.Open(root); err == nil {
+		// The root and its slices, where systemd makes a unit's cgroup.
+		_ = bindguard.WalkCgroups(f, model.SliceTree, func(p string, _ uint64) {
+			if model.SliceTree(p) {
+				add(strings.TrimSuffix(p, "/"))
 			}
-		}
-		walk("", 1)
+		})
+		f.Close()
 	}
 	return out
 }
