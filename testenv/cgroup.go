@@ -59,13 +59,25 @@ func CgroupRoot(t testing.TB) string {
 // the test's processes in it are gone.
 func NewCgroup(t testing.TB, parent *Cgroup) *Cgroup {
 	t.Helper()
+	return newCgroup(t, parent, "")
+}
+
+// NewSlice creates, below the root, a cgroup named like a systemd slice
+// ("pfw-test-...-HEX.slice"), where the tree walk looks for units.
+func NewSlice(t testing.TB) *Cgroup {
+	t.Helper()
+	return newCgroup(t, nil, ".slice")
+}
+
+func newCgroup(t testing.TB, parent *Cgroup, suffix string) *Cgroup {
+	t.Helper()
 	dir, path := CgroupRoot(t), ""
 	if parent != nil {
 		dir, path = parent.Dir, parent.Path
 	}
 	b := make([]byte, 4)
 	rand.Read(b)
-	name := fmt.Sprintf("%s%s-%s", cgPrefix, owner(os.Getpid()), hex.EncodeToString(b))
+	name := fmt.Sprintf("%s%s-%s%s", cgPrefix, owner(os.Getpid()), hex.EncodeToString(b), suffix)
 	c := &Cgroup{Path: path + "/" + name, Dir: filepath.Join(dir, name)}
 	if err := os.Mkdir(c.Dir, 0o755); err != nil {
 		t.Fatalf("create cgroup: %v", err)

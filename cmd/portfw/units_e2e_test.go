@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -549,4 +550,37 @@ func TestUnitWarnings(t *testing.T) {
 			t.Errorf("check on a host where the same uid may ptrace does not say so:\n%s", errOut)
 		}
 	}
+}
+
+// TestUnitStartsLater: a unit named in the policy is not running when
+// `portfw watch` starts (found in the cgroup tree: systemd is not PID 1
+// here). Its cgroup then appears in a slice, as systemd makes it on start;
+// the daemon, watching the root and the slices while the unit waits, takes
+// its id, and the unit's server is served.
+func TestUnitStartsLater(t *testing.T) {
+	w := &unitWorld{world: setupVia(t, viaNsenter, "")}
+	// The tree walk reaches units through slices from the root, as
+	// systemd lays them out: the slice is at the root (outside the tests'
+	// guard cgroup, so this is the rules' test).
+	slice := testenv.NewSlice(t).Dir
+	unit := "web-" + strings.TrimSuffix(filepath.Base(slice), ".slice") + ".service"
+	path := writePolicy(t, "version: 1\nreservations:\n  - name: web\n    ports: [8080]\n    protocols: [tcp]\n    owner: { units: ["+unit+"] }\n")
+	d := startDaemon(t, viaNsenter, w.Server, path)
+	if !strings.Contains(d.logText(), "waiting for "+unit) {
+		t.Errorf("the daemon does not say the unit is awaited:\n%s", d.logText())
+	}
+	dir := filepath.Join(slice, unit)
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { removeCgroup(t, dir) })
+	waitTable(t, w.Server, fmt.Sprint(cgroupID(t, dir)), true)
+	fd, err := syscall.Open(dir, syscall.O_RDONLY|syscall.O_DIRECTORY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	cg := &testenv.Cgroup{Path: strings.TrimPrefix(dir, testenv.CgroupRoot(t)), Dir: dir, FD: fd}
+	srv := w.Server.Serve(t, testenv.ServeConfig{Addr: any6(8080), As: w.worker, Cgroup: cg})
+	testenv.Delivered(t, w.Client.Dial(t, testenv.DialConfig{Addr: w.v4(8080)}), srv.Reply)
 }

@@ -197,6 +197,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	// a new one, with a new id, in the same parent directory.
 	var cgEvents <-chan fsnotify.Event
 	var cgroups *dirWatcher
+	cgroupsPending := false
 	if d.cfg.CgroupDir != nil && d.cfg.FileEvents == nil {
 		w, err := fsnotify.NewWatcher()
 		if err != nil {
@@ -210,6 +211,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 			d.cfg.Log.Info("following the cgroups of owners that are units and cgroups", "directories", len(dirs))
 		}
 		cgEvents = w.Events
+		// A cgroup made between the start's resolution and the watch
+		// sends no event: resolve once more, now that it would.
+		cgroupsPending = len(dirs) > 0
 	}
 
 	// One timer per kind of pending work, each debounced: a burst of file
@@ -217,6 +221,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	// reload, and a burst of kernel notifications one check.
 	clk := d.cfg.Clock
 	reloadT, checkT, cgroupT := clk.NewTimer(), clk.NewTimer(), clk.NewTimer()
+	if cgroupsPending {
+		cgroupT.Reset(time.Millisecond)
+	}
 	recheck := clk.NewTicker(d.cfg.Recheck)
 	defer recheck.Stop()
 	var auditC <-chan time.Time
