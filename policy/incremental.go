@@ -2,7 +2,10 @@ package policy
 
 import (
 	"bytes"
+	"runtime"
 	"slices"
+	"sync"
+	"sync/atomic"
 
 	"gopkg.in/yaml.v3"
 )
@@ -49,128 +52,209 @@ func (r *Reparser) DropIn() bool { return r.dropIn }
 
 // Parse parses data, a new version of the file.
 func (r *Reparser) Parse(data []byte) (*Policy, error) {
-	if r.last != nil && len(data) <= MaxSize {
-		if pol, ok := r.last.reparse(r.file, data); ok {
-			r.Reused++
-			return pol, nil
+	if len(data) <= MaxSize {
+		if r.last != nil && bytes.HasPrefix(data, r.last.header) {
+			if pol, next, ok := r.last.reparse(r.file, data, true); ok {
+				r.last = next
+				r.Reused++
+				return pol, nil
+			}
+		} else if l := headerLayout(r.file, r.dropIn, data); l != nil {
+			if pol, next, ok := l.reparse(r.file, data, true); ok {
+				r.last = next
+				return pol, nil
+			}
 		}
 	}
-	p := &parser{file: r.file, dropIn: r.dropIn}
-	pol, body := p.parse(data)
-	if err := p.errs.Err(); err != nil {
-		r.last = nil
-		return nil, err
-	}
-	r.last = layoutOf(data, body, pol)
-	return pol, nil
+	r.last = nil
+	return parseWhole(r.file, data, r.dropIn)
 }
 
-// layoutOf records the last version's layout, or nil when it is not the
-// plain one.
-func layoutOf(data []byte, body *yaml.Node, pol *Policy) *layout {
-	if hasAnchors(body) || len(body.Content) < 2 {
+// headerLayout is the layout of data's header alone, parsed and valid,
+// with no reservations yet; nil when data is not in the plain layout.
+func headerLayout(file string, dropIn bool, data []byte) *layout {
+	end, ok := headerEnd(data)
+	if !ok {
 		return nil
 	}
-	key, seq := body.Content[len(body.Content)-2], body.Content[len(body.Content)-1]
-	if key.Value != "reservations" || seq.Kind != yaml.SequenceNode || seq.Style&yaml.FlowStyle != 0 ||
-		len(seq.Content) == 0 || len(seq.Content) != len(pol.Reservations) {
+	indent, ok := itemStart(data[end:])
+	if !ok {
 		return nil
 	}
-	lines := lineStarts(data)
-	n := len(seq.Content)
-	l := &layout{indent: -1, chunks: make(map[string]int, n), texts: make([]string, n), lines: make([]int, n), pol: pol}
-	starts := make([]int, len(seq.Content))
-	for i, item := range seq.Content {
-		if item.Line < 1 || item.Line > len(lines) {
-			return nil
-		}
-		start := lines[item.Line-1]
-		indent, ok := itemStart(data[start:])
-		if !ok || (l.indent >= 0 && indent != l.indent) {
-			return nil
-		}
-		l.indent = indent
-		starts[i] = start
+	p := &parser{file: file, dropIn: dropIn}
+	pol, body := p.parse(data[:end])
+	if p.errs.Len() > 0 || pol == nil || len(pol.Reservations) != 0 || hasAnchors(body) || len(body.Content) < 2 {
+		return nil
 	}
-	l.header = bytes.Clone(data[:starts[0]])
-	for i, start := range starts {
-		end := len(data)
-		if i+1 < len(starts) {
-			end = starts[i+1]
-		}
-		text := string(data[start:end])
-		l.chunks[text], l.texts[i], l.lines[i] = i, text, seq.Content[i].Line
+	key, val := body.Content[len(body.Content)-2], body.Content[len(body.Content)-1]
+	if key.Value != "reservations" || !isNull(val) {
+		return nil
 	}
-	return l
+	return &layout{header: bytes.Clone(data[:end]), indent: indent, pol: pol}
 }
 
-// reparse parses data by reusing unchanged items; ok is false when the
-// shortcut cannot be taken or found a problem (the caller parses in full).
-func (l *layout) reparse(file string, data []byte) (*Policy, bool) {
-	if !bytes.HasPrefix(data, l.header) {
-		return nil, false
+// headerEnd is where the first reservation's line begins: after the first
+// line that is "reservations:" at the left margin (a comment may follow)
+// and the blank or comment lines after it.
+func headerEnd(data []byte) (int, bool) {
+	key := []byte("reservations:")
+	found := false
+	for off := 0; off < len(data); {
+		end := bytes.IndexByte(data[off:], '\n') + 1
+		if end == 0 {
+			end = len(data) - off
+		}
+		line := data[off : off+end]
+		switch {
+		case found && !blankOrComment(line):
+			return off, true
+		case !found && bytes.HasPrefix(line, key) && blankOrComment(line[len(key):]):
+			found = true
+		}
+		off += end
 	}
+	return 0, false
+}
+
+// batchItems is how many reservations one decoder call parses: large
+// enough to amortise the decoder's setup, small enough that a 100k file
+// spreads over every CPU and that no batch's node tree outlives its batch.
+const batchItems = 512
+
+// item is one reservation's text in the file.
+type item struct {
+	start, end int // bytes of data
+	line       int // its first line
+}
+
+// reparse parses data, whose header is l's, by reusing the items whose text
+// l has seen and parsing the others, in batches across the CPUs. ok is false
+// when the layout is not the plain one or an item has a problem (the caller
+// parses in full, for Parse's own errors). With keep, next is the layout of
+// data, for the version after.
+func (l *layout) reparse(file string, data []byte, keep bool) (pol *Policy, next *layout, ok bool) {
 	line := bytes.Count(l.header, []byte("\n")) + 1
-	rest := data[len(l.header):]
-	n := len(l.pol.Reservations)
-	pol := &Policy{File: file, Settings: l.pol.Settings, Reservations: make([]ReservationSpec, 0, n)}
-	next := &layout{header: l.header, indent: l.indent, chunks: make(map[string]int, n), texts: make([]string, 0, n),
-		lines: make([]int, 0, n), pol: pol}
-	for i := 0; len(rest) > 0; i++ {
-		n, ok := chunkLen(rest, l.indent)
+	var items []item
+	for off := len(l.header); off < len(data); {
+		n, ok := chunkLen(data[off:], l.indent)
 		if !ok {
-			return nil, false
+			return nil, nil, false
 		}
-		text := rest[:n]
-		var spec ReservationSpec
-		var key string
-		if j, ok := l.chunks[string(text)]; ok {
-			spec, key = l.pol.Reservations[j], l.texts[j]
-			if l.lines[j] != line {
-				// Moved: a copy with its positions moved (the lists are
-				// shared otherwise; nothing changes a parsed policy).
-				spec = spec.clone()
-				spec.shift(line - l.lines[j])
-			}
-		} else {
-			if spec, ok = parseItem(file, text, i); !ok {
-				return nil, false
-			}
-			spec.shift(line - 1)
-			key = string(text)
+		items = append(items, item{off, off + n, line})
+		line += bytes.Count(data[off:off+n], []byte("\n"))
+		off += n
+	}
+	if len(items) == 0 {
+		return nil, nil, false
+	}
+	pol = &Policy{File: file, Settings: l.pol.Settings, Reservations: make([]ReservationSpec, len(items))}
+	var todo []int // the items to parse
+	for i, it := range items {
+		j, ok := l.chunks[string(data[it.start:it.end])]
+		if !ok {
+			todo = append(todo, i)
+			continue
 		}
-		spec.Index = i
-		next.chunks[key] = len(pol.Reservations)
-		next.texts = append(next.texts, key)
-		next.lines = append(next.lines, line)
-		pol.Reservations = append(pol.Reservations, spec)
-		line += bytes.Count(text, []byte("\n"))
-		rest = rest[n:]
+		spec := l.pol.Reservations[j]
+		if l.lines[j] != it.line {
+			// Moved: a copy with its positions moved (the lists are
+			// shared otherwise; nothing changes a parsed policy).
+			spec = spec.clone()
+			spec.shift(it.line - l.lines[j])
+		}
+		pol.Reservations[i] = spec
 	}
-	if len(pol.Reservations) == 0 || duplicateNames(pol.Reservations) {
-		return nil, false
+	if !parseItems(file, data, items, todo, pol.Reservations) {
+		return nil, nil, false
 	}
-	*l = *next
-	return pol, true
+	for i := range pol.Reservations {
+		pol.Reservations[i].Index = i
+	}
+	if duplicateNames(pol.Reservations) {
+		return nil, nil, false
+	}
+	if !keep {
+		return pol, nil, true
+	}
+	next = &layout{header: l.header, indent: l.indent, chunks: make(map[string]int, len(items)),
+		texts: make([]string, len(items)), lines: make([]int, len(items)), pol: pol}
+	for i, it := range items {
+		text := string(data[it.start:it.end])
+		next.chunks[text], next.texts[i], next.lines[i] = i, text, it.line
+	}
+	return pol, next, true
 }
 
-// parseItem parses one item's text on its own, its lines counted from the
-// item's first; ok is false for anything but one plain, valid reservation.
-func parseItem(file string, text []byte, i int) (ReservationSpec, bool) {
-	p := &parser{file: file}
+// parseItems parses the items listed in todo into out, each by its index:
+// runs of neighbours together, at most batchItems at a time, the batches
+// spread over GOMAXPROCS goroutines. ok is false if any batch fails.
+func parseItems(file string, data []byte, items []item, todo []int, out []ReservationSpec) bool {
+	type batch struct{ first, n int }
+	var batches []batch
+	for k := 0; k < len(todo); {
+		b := batch{todo[k], 1}
+		for k+b.n < len(todo) && todo[k+b.n] == b.first+b.n && b.n < batchItems {
+			b.n++
+		}
+		batches = append(batches, b)
+		k += b.n
+	}
+	parse := func(b batch) bool {
+		first, last := items[b.first], items[b.first+b.n-1]
+		return parseBatch(file, data[first.start:last.end], first.line, b.first, out[b.first:b.first+b.n])
+	}
+	workers := min(runtime.GOMAXPROCS(0), len(batches))
+	if workers <= 1 {
+		for _, b := range batches {
+			if !parse(b) {
+				return false
+			}
+		}
+		return true
+	}
+	var (
+		wg     sync.WaitGroup
+		next   atomic.Int64
+		failed atomic.Bool
+	)
+	for range workers {
+		wg.Go(func() {
+			for !failed.Load() {
+				k := int(next.Add(1)) - 1
+				if k >= len(batches) {
+					return
+				}
+				if !parse(batches[k]) {
+					failed.Store(true)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return !failed.Load()
+}
+
+// parseBatch parses text, len(out) consecutive items of which the first is
+// reservations[first] and begins at line, on its own; ok is false for
+// anything but that many plain, valid reservations.
+func parseBatch(file string, text []byte, line, first int, out []ReservationSpec) bool {
+	p := &parser{file: file, lineOff: line - 1}
 	var doc yaml.Node
-	if err := yaml.Unmarshal(text, &doc); err != nil || len(doc.Content) != 1 {
-		return ReservationSpec{}, false
+	if err := decode(yaml.NewDecoder(bytes.NewReader(text)), &doc); err != nil || len(doc.Content) != 1 {
+		return false
 	}
 	seq := doc.Content[0]
-	if seq.Kind != yaml.SequenceNode || len(seq.Content) != 1 || hasAnchors(seq) {
-		return ReservationSpec{}, false
+	if seq.Kind != yaml.SequenceNode || len(seq.Content) != len(out) || hasAnchors(seq) {
+		return false
 	}
-	spec, _, ok := p.reservation(seq.Content[0], index("reservations", i))
-	if !ok || p.errs.Len() > 0 {
-		return ReservationSpec{}, false
+	for k, n := range seq.Content {
+		spec, _, ok := p.reservation(n, index("reservations", first+k))
+		if !ok || p.errs.Len() > 0 {
+			return false
+		}
+		out[k] = spec
 	}
-	return spec, true
+	return true
 }
 
 // duplicateNames reports whether two reservations share a name (Parse
@@ -272,16 +356,6 @@ func leadingSpaces(b []byte) int {
 func blankOrComment(line []byte) bool {
 	t := bytes.TrimLeft(line, " \t")
 	return len(t) == 0 || t[0] == '#' || t[0] == '\n' || t[0] == '\r'
-}
-
-func lineStarts(data []byte) []int {
-	starts := []int{0}
-	for i, c := range data {
-		if c == '\n' && i+1 < len(data) {
-			starts = append(starts, i+1)
-		}
-	}
-	return starts
 }
 
 func hasAnchors(n *yaml.Node) bool {

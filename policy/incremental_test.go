@@ -102,16 +102,22 @@ var edits = []func(r *rand.Rand, items []string) ([]string, string){
 	},
 }
 
-// checkSame parses data both ways and compares.
+// checkSame parses data as one document, with Parse (which takes the
+// plain layout's shortcut) and with rp, and compares.
 func checkSame(t *testing.T, rp *Reparser, data []byte, what string) {
 	t.Helper()
-	want, wantErr := Parse("p.yaml", data)
-	got, gotErr := rp.Parse(data)
-	if fmt.Sprint(wantErr) != fmt.Sprint(gotErr) {
-		t.Fatalf("after %s: errors differ:\nParse:    %v\nReparser: %v\n--- file ---\n%s", what, wantErr, gotErr, data)
-	}
-	if !reflect.DeepEqual(want, got) {
-		t.Fatalf("after %s: policies differ\n--- file ---\n%s\nParse:    %+v\nReparser: %+v", what, data, want, got)
+	want, wantErr := parseWhole("p.yaml", data, false)
+	for _, p := range []struct {
+		name  string
+		parse func([]byte) (*Policy, error)
+	}{{"Parse", func(b []byte) (*Policy, error) { return Parse("p.yaml", b) }}, {"Reparser", rp.Parse}} {
+		got, gotErr := p.parse(data)
+		if fmt.Sprint(wantErr) != fmt.Sprint(gotErr) {
+			t.Fatalf("after %s: errors differ:\nwhole: %v\n%s: %v\n--- file ---\n%s", what, wantErr, p.name, gotErr, data)
+		}
+		if !reflect.DeepEqual(want, got) {
+			t.Fatalf("after %s: policies differ\n--- file ---\n%s\nwhole: %+v\n%s: %+v", what, data, want, p.name, got)
+		}
 	}
 }
 
@@ -137,7 +143,7 @@ func TestReparserEqualsParse(t *testing.T) {
 			checkSame(t, rp, join(edited), what)
 			versions++
 			reused += rp.Reused - before
-			if _, err := Parse("p.yaml", join(edited)); err == nil && !strings.Contains(what, "anchor") {
+			if _, err := parseWhole("p.yaml", join(edited), false); err == nil && !strings.Contains(what, "anchor") {
 				items = edited // keep going from valid versions
 			}
 		}
@@ -184,9 +190,43 @@ func FuzzReparse(f *testing.F) {
 			edited := append([]string(nil), items...)
 			edited, what := edits[int(b)%len(edits)](r, edited)
 			checkSame(t, rp, join(edited), what)
-			if _, err := Parse("p.yaml", join(edited)); err == nil {
+			if _, err := parseWhole("p.yaml", join(edited), false); err == nil {
 				items = edited
 			}
 		}
 	})
+}
+
+// TestParseInBatches: a policy of many batches, parsed concurrently,
+// equals the one-document parse, positions included; so do its errors,
+// wherever the bad reservation sits, and a drop-in.
+func TestParseInBatches(t *testing.T) {
+	items := basePolicy(3*batchItems + 17)
+	data := join(items)
+	l := headerLayout("p.yaml", false, data)
+	if l == nil {
+		t.Fatal("the plain layout was not recognised")
+	}
+	if _, _, ok := l.reparse("p.yaml", data, false); !ok {
+		t.Fatal("the batched parse fell back to the whole parse")
+	}
+	checkSame(t, NewReparser("p.yaml"), data, "a big first version")
+	for _, i := range []int{0, batchItems - 1, batchItems, len(items) - 1} {
+		bad := append([]string(nil), items...)
+		bad[i] = strings.Replace(bad[i], "ports: [", "ports: [70000, ", 1)
+		checkSame(t, NewReparser("p.yaml"), join(bad), fmt.Sprintf("a bad port in reservation %d", i))
+	}
+	dup := append([]string(nil), items...)
+	dup[len(dup)-1] = strings.Replace(dup[len(dup)-1], fmt.Sprintf("name: r%d", len(dup)-1), "name: r0", 1)
+	checkSame(t, NewReparser("p.yaml"), join(dup), "a duplicate name in the last batch")
+
+	dropIn := []byte("version: 1\nreservations:\n" + strings.Join(items, ""))
+	want, wantErr := parseWhole("d.yaml", dropIn, true)
+	got, err := ParseDropIn("d.yaml", dropIn)
+	if wantErr != nil || err != nil || !reflect.DeepEqual(want, got) {
+		t.Fatalf("drop-in: batched %v, whole %v; equal %v", err, wantErr, reflect.DeepEqual(want, got))
+	}
+	if got.Reservations[len(items)-1].Pos.Line <= got.Reservations[0].Pos.Line {
+		t.Fatal("positions were not carried across batches")
+	}
 }

@@ -100,6 +100,19 @@ func ParseDropIn(filename string, data []byte) (*Policy, error) {
 }
 
 func parseFile(filename string, data []byte, dropIn bool) (*Policy, error) {
+	if len(data) <= MaxSize {
+		if l := headerLayout(filename, dropIn, data); l != nil {
+			if pol, _, ok := l.reparse(filename, data, false); ok {
+				return pol, nil
+			}
+		}
+	}
+	return parseWhole(filename, data, dropIn)
+}
+
+// parseWhole parses data as one document, with every error found; what
+// the plain layout's shortcuts (Reparser) must equal.
+func parseWhole(filename string, data []byte, dropIn bool) (*Policy, error) {
 	p := &parser{file: filename, dropIn: dropIn}
 	pol, _ := p.parse(data)
 	if err := p.errs.Err(); err != nil {

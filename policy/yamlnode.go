@@ -22,12 +22,15 @@ type parser struct {
 	file   string
 	dropIn bool // a policy.d file: no settings
 	errs   Errors
+	// lineOff is added to every line: the text parsed begins at line
+	// lineOff+1 of the file (Reparser's batches).
+	lineOff int
 }
 
 func (p *parser) pos(n *yaml.Node) model.Pos {
 	// Nodes yaml.v3 makes up have no position; an error must still point
 	// somewhere in the file.
-	return model.Pos{File: p.file, Line: max(n.Line, 1), Col: max(n.Column, 1)}
+	return model.Pos{File: p.file, Line: max(n.Line, 1) + p.lineOff, Col: max(n.Column, 1)}
 }
 
 func (p *parser) errorf(n *yaml.Node, field, format string, args ...any) {
