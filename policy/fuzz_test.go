@@ -2,6 +2,8 @@ package policy
 
 import (
 	"errors"
+	"fmt"
+	"reflect"
 	"testing"
 )
 
@@ -23,6 +25,9 @@ func FuzzParse(f *testing.F) {
 		"version: 1\nreservations:\n  - &r {name: a, ports: [80], owner: {users: [alice]}}\n  - *r\n  - <<: *r\n",
 		"version: 1\nreservations:\n  - {name: a, ports: [80], owner: {users: [alice]}}\n  - {name: b, ports: [\"70-90\"], owner: {users: [bob]}, addresses: [192.0.2.1]}\n",
 		"version: 1\nx: &a [*a]\n",
+		"version: 1\nreservations:\n- name: a\n  ports: [80]\n  owner: {users: [alice]}\n# between\n- name: b\n  ports: [81]\n  owner:\n    groups: [voip]\n",
+		"version: 1\r\nreservations:  # the list\r\n\r\n  - {name: a, ports: [80], owner: {users: [1]}}\r\n  - {name: a, ports: [81], owner: {users: [1]}}\r\n",
+		"version: 1\nreservations:\n  - name: a\n    description: \"x\n  - y\"\n    ports: [80]\n    owner: {users: [1]}\n",
 		"version: 1\nreservations: &a [*a]\n",
 		"? [a]\n: b\n",
 		"version: !!str 1\nreservations: [{name: !foo a, ports: [!!int x]}]\n",
@@ -32,6 +37,12 @@ func FuzzParse(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		p, err := Parse("fuzz.yaml", data)
+		// Parse takes the plain layout's batched shortcut where it can;
+		// whatever it takes, it answers as the one-document parse does.
+		want, wantErr := parseWhole("fuzz.yaml", data, false)
+		if fmt.Sprint(err) != fmt.Sprint(wantErr) || !reflect.DeepEqual(p, want) {
+			t.Fatalf("Parse and the whole parse differ:\n%v\n%v\n%+v\n%+v", err, wantErr, p, want)
+		}
 		if err == nil {
 			checkParsed(t, p)
 			return

@@ -133,6 +133,9 @@ type item struct {
 // parses in full, for Parse's own errors). With keep, next is the layout of
 // data, for the version after.
 func (l *layout) reparse(file string, data []byte, keep bool) (pol *Policy, next *layout, ok bool) {
+	if !onlyNewlines(data) {
+		return nil, nil, false
+	}
 	line := bytes.Count(l.header, []byte("\n")) + 1
 	var items []item
 	for off := len(l.header); off < len(data); {
@@ -148,10 +151,13 @@ func (l *layout) reparse(file string, data []byte, keep bool) (pol *Policy, next
 		return nil, nil, false
 	}
 	pol = &Policy{File: file, Settings: l.pol.Settings, Reservations: make([]ReservationSpec, len(items))}
-	var todo []int // the items to parse
+	var todo []int                  // the items to parse
+	keys := make([]int, len(items)) // the index in l of each reused item, or -1
 	for i, it := range items {
 		j, ok := l.chunks[string(data[it.start:it.end])]
+		keys[i] = j
 		if !ok {
+			keys[i] = -1
 			todo = append(todo, i)
 			continue
 		}
@@ -179,7 +185,12 @@ func (l *layout) reparse(file string, data []byte, keep bool) (pol *Policy, next
 	next = &layout{header: l.header, indent: l.indent, chunks: make(map[string]int, len(items)),
 		texts: make([]string, len(items)), lines: make([]int, len(items)), pol: pol}
 	for i, it := range items {
-		text := string(data[it.start:it.end])
+		var text string
+		if j := keys[i]; j >= 0 {
+			text = l.texts[j] // the same bytes: no copy
+		} else {
+			text = string(data[it.start:it.end])
+		}
 		next.chunks[text], next.texts[i], next.lines[i] = i, text, it.line
 	}
 	return pol, next, true
@@ -343,6 +354,28 @@ func itemStart(b []byte) (int, bool) {
 		return 0, false // "-1", "---"
 	}
 	return sp, true
+}
+
+// onlyNewlines reports whether every line break in data is "\n" or
+// "\r\n", the ones the item split sees. YAML also breaks lines at a lone
+// "\r" and at NEL, LS and PS (yaml.v3 does).
+func onlyNewlines(data []byte) bool {
+	for _, br := range []string{"\u0085", "\u2028", "\u2029"} {
+		if bytes.Contains(data, []byte(br)) {
+			return false
+		}
+	}
+	for i := bytes.IndexByte(data, '\r'); i >= 0; {
+		if i+1 >= len(data) || data[i+1] != '\n' {
+			return false
+		}
+		j := bytes.IndexByte(data[i+1:], '\r')
+		if j < 0 {
+			break
+		}
+		i += 1 + j
+	}
+	return true
 }
 
 func leadingSpaces(b []byte) int {

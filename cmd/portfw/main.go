@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -84,7 +85,30 @@ func newApp(stdout, stderr io.Writer) *app {
 }
 
 func main() {
-	os.Exit(newApp(os.Stdout, os.Stderr).run(os.Args[1:]))
+	stop := profile(os.Getenv("PORTFW_CPUPROFILE"))
+	code := newApp(os.Stdout, os.Stderr).run(os.Args[1:])
+	stop()
+	os.Exit(code)
+}
+
+// profile writes a CPU profile of the command to file, when it is set
+// (docs/performance.md: how the numbers there were explained).
+func profile(file string) (stop func()) {
+	if file == "" {
+		return func() {}
+	}
+	f, err := os.Create(file)
+	if err == nil {
+		err = pprof.StartCPUProfile(f)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "portfw: PORTFW_CPUPROFILE: %v\n", err)
+		return func() {}
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}
 }
 
 // resolver is the user database, shared by the daemon's reloads.

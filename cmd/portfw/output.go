@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -208,14 +209,18 @@ func prefixTexts(ps []netip.Prefix) []string {
 func (a *app) printChanges(c compiler.Changes) {
 	plan := c.Plan()
 	sign := map[compiler.Action]string{compiler.ActionAdd: "+", compiler.ActionRemove: "-", compiler.ActionChange: "~"}
+	// One write per 64 KiB, not one per line: a fresh apply of 100k
+	// reservations prints 100k lines.
+	w := bufio.NewWriterSize(a.stdout, 64<<10)
+	defer w.Flush()
 	for _, d := range plan.Reservations {
-		fmt.Fprintf(a.stdout, "  %s %s\n", sign[d.Action], d)
+		fmt.Fprintf(w, "  %s %s\n", sign[d.Action], d)
 	}
 	for _, s := range plan.Unlabelled {
-		fmt.Fprintf(a.stdout, "  - element %s (in the table but of no reservation: added by hand?)\n", s)
+		fmt.Fprintf(w, "  - element %s (in the table but of no reservation: added by hand?)\n", s)
 	}
 	for _, r := range plan.Rules {
-		fmt.Fprintf(a.stdout, "  ~ rules: %s\n", r)
+		fmt.Fprintf(w, "  ~ rules: %s\n", r)
 	}
 }
 
