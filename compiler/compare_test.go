@@ -79,3 +79,27 @@ reservations:
 		})
 	}
 }
+
+// TestDiffFromNothing: against no table, Diff lists every reservation as
+// added and the rules as changed, as it would against an empty table.
+func TestDiffFromNothing(t *testing.T) {
+	rs := testpolicy.Compile(t, `version: 1
+reservations:
+  - name: web
+    ports: [80, 443]
+    protocols: [tcp]
+    owner: { users: [www-data] }
+  - name: sip
+    ports: [5060, "5070-5079"]
+    addresses: [192.0.2.1]
+    owner: { users: [alice, "2000-2099"] }
+`)
+	got, want := compiler.Diff(nil, rs), compiler.Diff(&compiler.Ruleset{Table: rs.Table}, rs)
+	if !reflect.DeepEqual(got.Added, want.Added) || got.Removed != nil || got.Changed != nil ||
+		!got.RulesChanged || got.Unlabelled != 0 || !want.RulesChanged {
+		t.Fatalf("Diff(nil) = %+v, against an empty table %+v", got, want)
+	}
+	if !reflect.DeepEqual(got.Added, []string{"sip", "web"}) {
+		t.Fatalf("added %v", got.Added)
+	}
+}

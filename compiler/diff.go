@@ -29,6 +29,22 @@ func (c Changes) InSync() bool {
 // table) with the one to apply (new).
 func Diff(old, new *Ruleset) Changes {
 	c := Changes{src: &planSource{oldRS: old, newRS: new}}
+	if old == nil {
+		// Everything is added: the names are all there is to find (no
+		// element maps of a 100k table to compare with nothing).
+		seen := map[string]bool{}
+		for _, s := range new.Sets {
+			for _, e := range s.Elements {
+				if !seen[e.Comment] {
+					seen[e.Comment] = true
+					c.Added = append(c.Added, e.Comment)
+				}
+			}
+		}
+		slices.Sort(c.Added)
+		c.RulesChanged = true
+		return c
+	}
 	oldRes, newRes := byReservation(old), byReservation(new)
 	c.Unlabelled = len(oldRes[""])
 	delete(oldRes, "")
