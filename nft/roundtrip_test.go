@@ -290,6 +290,12 @@ func TestApplyLarge(t *testing.T) {
 		t.Fatal(err)
 	}
 	if back.String() != rs.String() {
-		t.Fatal("10k table reads back differently")
+		a, b := strings.Split(back.String(), "\n"), strings.Split(rs.String(), "\n")
+		for i := range min(len(a), len(b)) {
+			if a[i] != b[i] {
+				t.Fatalf("10k table reads back differently at line %d: %q, want %q", i+1, a[i], b[i])
+			}
+		}
+		t.Fatalf("10k table reads back differently: %d lines, want %d", len(a), len(b))
 	}
 }

@@ -520,8 +520,8 @@ func (r *report) markdown() string {
 	w("kernel's NEWGEN notification of the daemon's commit; the next edit waits until the daemon is idle. ")
 	w("`took` is the daemon's own `took_ms` (prepare + sync), which excludes the debounce and the parse.\n\n")
 	w("p99 is nearest-rank: of fewer than 100 edits it is the slowest one. Between other processes' commits ")
-	w("the daemon trusts its own record of the table, so a reload does not read the table back; it does ")
-	w("parse the whole policy file.\n\n")
+	w("the daemon trusts its own record of the table, so a reload does not read the table back; of the ")
+	w("policy file it parses and resolves only the reservations whose text changed (`policy.Reparser`, `resolve.Loader`).\n\n")
 	w("RSS is the daemon's resident memory after the edits, peak its high-water mark (`VmRSS`, `VmHWM`); the budget is 100 MiB at 10k.\n\n")
 	w("| reservations | edits | debounce | p50 | p99 | max | took p50 | modes | RSS | peak RSS |\n|--:|--:|--:|--:|--:|--:|--:|---|--:|--:|\n")
 	for _, rl := range r.reloads {
@@ -559,7 +559,9 @@ func (r *report) markdown() string {
 	w("Run `make bench` as root; it installs `sockperf` with apt-get if missing. The knobs (environment ")
 	w("variables, defaults in the header of `bench/run.sh`) are `BENCH_ROUNDS`, `BENCH_SECONDS`, `BENCH_CPU`, ")
 	w("`BENCH_RELOAD`, `BENCH_APPLY_ROUNDS`, `BENCH_PHASE_ROUNDS`, `BENCH_OUT` and `BENCH_RESULTS` (keep the raw ")
-	w("results). What it ran, with SRV/CLI/NS standing for its throwaway namespaces:\n\n```sh\n%s```\n", r.commands)
+	w("results). Profiles: any portfw command writes a CPU profile with `PORTFW_CPUPROFILE=file` ")
+	w("(`go tool pprof -top bin/portfw file`); `perf record -g` shows the kernel's side. ")
+	w("What it ran, with SRV/CLI/NS standing for its throwaway namespaces:\n\n```sh\n%s```\n", r.commands)
 	return b.String()
 }
 
@@ -608,11 +610,11 @@ func (r *report) reading(w func(string, ...any)) {
 
 	ap, nf := median(r.apply["10000/portfw"]), median(r.apply["10000/nft"])
 	w("- **Apply.** A fresh `portfw apply` of 10k takes %s s against %s s for `nft -f` of the same ruleset. ", f3(ap/1000), f3(nf/1000))
-	w("In process, parsing and resolving the YAML takes %s ms (most of it gopkg.in/yaml.v3's decoder), ", f1(r.phase("load")))
+	w("In process, parsing and resolving the YAML takes %s ms (most of it gopkg.in/yaml.v3's decoder, run in batches of 512 reservations on every CPU), ", f1(r.phase("load")))
 	w("preparing %s ms, and the sync with the table absent %s ms, most of it the kernel's own commit ", f1(r.phase("prepare")), f1(r.phase("sync_cold")))
 	w("of the 60k elements (one sendmsg: `nft -f` sends the same and waits as long). An apply with nothing to do takes %s ms: ", f1(median(r.apply["10000/insync"])))
 	w("it compares a digest of its inputs with the state and reads neither the policy nor the table. ")
-	w("A one-owner change (%s ms at 10k) parses the whole file but does not read the table back: ", f1(median(r.apply["10000/change"])))
+	w("A one-owner change (%s ms at 10k) parses the whole file (in those batches) but does not read the table back: ", f1(median(r.apply["10000/change"])))
 	w("the previous apply saved its record of the table beside the state, and the change is computed from it ")
 	w("while the generation and digest say the kernel still holds exactly that.\n")
 
@@ -636,8 +638,9 @@ func (r *report) reading(w func(string, ...any)) {
 		deb := big.DebounceMS
 		w(". Every reload includes the debounce (%s ms). At %d reservations the daemon's own work ", f1(deb), big.Reservations)
 		w("(`took_ms`, p50 %s ms) is prepare (sysctls, compile) and `engine.SyncFrom` against its own record ", f1(quantile(big.TookMS, 0.5)))
-		w("of the table (diff, element delta, one small transaction); the rest of the %s ms (p50) is mostly ", f1(quantile(big.LatencyMS, 0.5)))
-		w("parsing and resolving the policy file (%s ms at 10k, above), about 60%% of it in yaml.v3's decoder.\n", f1(r.phase("load")))
+		w("of the table (diff, element delta, one small transaction) and the bind guard's update; the rest of the %s ms (p50) is ", f1(quantile(big.LatencyMS, 0.5)))
+		w("the debounce and the load: the file split into its reservations, the changed one parsed, the others' earlier results reused ")
+		w("(a full parse and resolve takes %s ms at 10k, above), and the collector's work on what each reload allocates.\n", f1(r.phase("load")))
 	}
 }
 
