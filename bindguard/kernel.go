@@ -178,6 +178,14 @@ func newProgram(family int, maps map[string]*ebpf.Map) (*ebpf.Program, error) {
 type Host struct {
 	dir  *os.File
 	name string // the cgroup's path in the hierarchy, "/" for the root
+
+	// The guard last found, by the programs attached when it was: the
+	// same program ids are the same programs with the same maps, so a
+	// daemon's reload need not check them again (that check reads the
+	// fdinfo of every map: a third of a 1k reload).
+	mu       sync.Mutex
+	found    *installed
+	foundIDs []ebpf.ProgramID
 }
 
 // OpenHost opens the guard of the cgroup at path (relative to the root of
@@ -194,7 +202,15 @@ func OpenHost(path string) (*Host, error) {
 func (h *Host) Cgroup() string { return h.name }
 
 // Close releases the cgroup.
-func (h *Host) Close() error { return h.dir.Close() }
+func (h *Host) Close() error {
+	h.mu.Lock()
+	if h.found != nil {
+		h.found.close()
+		h.found = nil
+	}
+	h.mu.Unlock()
+	return h.dir.Close()
+}
 
 func (h *Host) lock() (func(), error) {
 	if err := unix.Flock(int(h.dir.Fd()), unix.LOCK_EX); err != nil {
@@ -228,14 +244,75 @@ var otherLayout = regexp.MustCompile(`^portfw[0-9]+_bind[46]$`)
 // alone, since any root process can copy a name. It returns nil, nil when
 // there is none.
 func (h *Host) find() (*installed, error) {
-	in := &installed{progs: map[int]*ebpf.Program{}}
-	for _, fam := range families {
+	attached := make([][]link.AttachedProgram, len(families))
+	var ids []ebpf.ProgramID
+	for i, fam := range families {
 		res, err := link.QueryPrograms(link.QueryOptions{Target: int(h.dir.Fd()), Attach: attachType(fam)})
 		if err != nil {
-			in.close()
 			return nil, fmt.Errorf("query the bind%d programs of cgroup %s: %w", fam, h.name, err)
 		}
+		attached[i] = res.Programs
 		for _, ap := range res.Programs {
+			ids = append(ids, ap.ID)
+		}
+		ids = append(ids, 0) // the end of a family's list
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.found != nil && slices.Equal(ids, h.foundIDs) {
+		return h.found.clone()
+	}
+	in, err := h.check(attached)
+	if err != nil {
+		return nil, err
+	}
+	if h.found != nil {
+		h.found.close()
+		h.found = nil
+	}
+	if in == nil {
+		return nil, nil
+	}
+	keep, err := in.clone()
+	if err != nil {
+		in.close()
+		return nil, err
+	}
+	h.found, h.foundIDs = keep, ids
+	return in, nil
+}
+
+// clone is a copy of in with file descriptors of its own, for the caller
+// to close.
+func (in *installed) clone() (*installed, error) {
+	c := &installed{progs: map[int]*ebpf.Program{}, foreign: slices.Clone(in.foreign)}
+	for fam, p := range in.progs {
+		q, err := p.Clone()
+		if err != nil {
+			c.close()
+			return nil, err
+		}
+		c.progs[fam] = q
+	}
+	if in.maps != nil {
+		c.maps = map[string]*ebpf.Map{}
+		for name, m := range in.maps {
+			n, err := m.Clone()
+			if err != nil {
+				c.close()
+				return nil, err
+			}
+			c.maps[name] = n
+		}
+	}
+	return c, nil
+}
+
+// check is find's look at each attached program.
+func (h *Host) check(attached [][]link.AttachedProgram) (*installed, error) {
+	in := &installed{progs: map[int]*ebpf.Program{}}
+	for i, fam := range families {
+		for _, ap := range attached[i] {
 			p, err := ebpf.NewProgramFromID(ap.ID)
 			if err != nil {
 				continue // detached meanwhile

@@ -378,3 +378,57 @@ func TestNetEntry(t *testing.T) {
 		t.Errorf("outer key %x -> %d, %d", k, c, g)
 	}
 }
+
+// TestGuardFoundOnce: a Host remembers the guard it found while the same
+// programs stay attached, hands out descriptors of its own each time, and
+// sees at once when another process detaches them or attaches new ones.
+func TestGuardFoundOnce(t *testing.T) {
+	e := newGuardEnv(t)
+	ns := testenv.NewNS(t)
+	guardOp(t, ns.Path, guardRequest{Op: "apply", Policies: []*model.Resolved{e.policy(true)}, Cgroup: e.cg.Path})
+	h, err := OpenHost(e.cg.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	ids := func(in *installed) []ebpf.ProgramID {
+		var out []ebpf.ProgramID
+		for _, fam := range families {
+			info, err := in.progs[fam].Info()
+			if err != nil {
+				t.Fatal(err)
+			}
+			id, _ := info.ID()
+			out = append(out, id)
+		}
+		return out
+	}
+	want := append(programsOn(t, e.cg, 4), programsOn(t, e.cg, 6)...)
+	for i := range 3 { // the first finds, the others come from what it found
+		in, err := h.find()
+		if err != nil || in == nil || len(in.progs) != len(families) {
+			t.Fatalf("find %d: %+v, %v", i, in, err)
+		}
+		if got := ids(in); !slices.Equal(got, want) {
+			t.Fatalf("find %d: programs %v, attached %v", i, got, want)
+		}
+		if keys, err := allKeys(in.maps[mapNets]); err != nil || len(keys) != 1 {
+			t.Fatalf("find %d: %d namespaces in the guard, %v", i, len(keys), err)
+		}
+		in.close() // the Host's own descriptors stay open
+	}
+	guardOp(t, ns.Path, guardRequest{Op: "remove", Cgroup: e.cg.Path})
+	if in, err := h.find(); err != nil || (in != nil && len(in.progs) > 0) {
+		t.Fatalf("after another process's remove, find: %+v, %v; want nothing", in, err)
+	}
+	guardOp(t, ns.Path, guardRequest{Op: "apply", Policies: []*model.Resolved{e.policy(true)}, Cgroup: e.cg.Path})
+	again := append(programsOn(t, e.cg, 4), programsOn(t, e.cg, 6)...)
+	in, err := h.find()
+	if err != nil || in == nil || len(in.progs) != len(families) {
+		t.Fatalf("after a new apply, find: %+v, %v", in, err)
+	}
+	defer in.close()
+	if got := ids(in); !slices.Equal(got, again) || slices.Equal(got, want) {
+		t.Fatalf("after a new apply, programs %v; attached %v, before %v", got, again, want)
+	}
+}
