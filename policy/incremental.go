@@ -35,8 +35,8 @@ type Reparser struct {
 type layout struct {
 	header []byte
 	indent int            // the column of the items' "- "
-	chunks map[string]int // item text -> its index in pol.Reservations
-	texts  []string       // the keys of chunks, by index (to store them again)
+	texts  []string       // each item's text, by index in pol.Reservations
+	chunks map[string]int // text -> index, made when an item is not where it was
 	lines  []int          // the line each item starts at, by index
 	pol    *Policy
 }
@@ -153,14 +153,24 @@ func (l *layout) reparse(file string, data []byte, keep bool) (pol *Policy, next
 	pol = &Policy{File: file, Settings: l.pol.Settings, Reservations: make([]ReservationSpec, len(items))}
 	var todo []int                  // the items to parse
 	keys := make([]int, len(items)) // the index in l of each reused item, or -1
+	used := make([]bool, len(l.texts))
 	for i, it := range items {
-		j, ok := l.chunks[string(data[it.start:it.end])]
+		text := data[it.start:it.end]
+		j := -1
+		if i < len(l.texts) && l.texts[i] == string(text) {
+			j = i // where it was: an edit elsewhere, the common case
+		} else if k, ok := l.index()[string(text)]; ok {
+			j = k
+		}
 		keys[i] = j
-		if !ok {
-			keys[i] = -1
+		if j < 0 {
 			todo = append(todo, i)
 			continue
 		}
+		if used[j] {
+			return nil, nil, false // the same text twice: a duplicate name
+		}
+		used[j] = true
 		spec := l.pol.Reservations[j]
 		if l.lines[j] != it.line {
 			// Moved: a copy with its positions moved (the lists are
@@ -176,14 +186,15 @@ func (l *layout) reparse(file string, data []byte, keep bool) (pol *Policy, next
 	for i := range pol.Reservations {
 		pol.Reservations[i].Index = i
 	}
-	if duplicateNames(pol.Reservations) {
+	// The reused reservations had distinct names in l (it was valid) and
+	// none is reused twice: only a parsed one can share a name.
+	if duplicateNames(pol.Reservations, todo) {
 		return nil, nil, false
 	}
 	if !keep {
 		return pol, nil, true
 	}
-	next = &layout{header: l.header, indent: l.indent, chunks: make(map[string]int, len(items)),
-		texts: make([]string, len(items)), lines: make([]int, len(items)), pol: pol}
+	next = &layout{header: l.header, indent: l.indent, texts: make([]string, len(items)), lines: make([]int, len(items)), pol: pol}
 	for i, it := range items {
 		var text string
 		if j := keys[i]; j >= 0 {
@@ -191,7 +202,7 @@ func (l *layout) reparse(file string, data []byte, keep bool) (pol *Policy, next
 		} else {
 			text = string(data[it.start:it.end])
 		}
-		next.chunks[text], next.texts[i], next.lines[i] = i, text, it.line
+		next.texts[i], next.lines[i] = text, it.line
 	}
 	return pol, next, true
 }
@@ -268,9 +279,31 @@ func parseBatch(file string, text []byte, line, first int, out []ReservationSpec
 	return true
 }
 
+// index is l's map from item text to index, made on first use.
+func (l *layout) index() map[string]int {
+	if l.chunks == nil {
+		l.chunks = make(map[string]int, len(l.texts))
+		for i, t := range l.texts {
+			l.chunks[t] = i
+		}
+	}
+	return l.chunks
+}
+
 // duplicateNames reports whether two reservations share a name (Parse
-// reports it, with both places).
-func duplicateNames(rs []ReservationSpec) bool {
+// reports it, with both places), given that only those at the indexes in
+// fresh can share one with another.
+func duplicateNames(rs []ReservationSpec, fresh []int) bool {
+	if len(fresh) <= 8 {
+		for _, i := range fresh {
+			for j := range rs {
+				if j != i && rs[j].Name == rs[i].Name {
+					return true
+				}
+			}
+		}
+		return false
+	}
 	seen := make(map[string]bool, len(rs))
 	for _, r := range rs {
 		if seen[r.Name] {

@@ -160,11 +160,11 @@ func TestReparserReuses(t *testing.T) {
 	if rp.last == nil {
 		t.Fatal("the plain layout was not recognised")
 	}
-	before := rp.last.chunks
+	before := rp.last.index()
 	items[3] = strings.Replace(items[3], "10003", "10103", 1)
 	checkSame(t, rp, join(items), "a port change")
 	reused := 0
-	for text := range rp.last.chunks {
+	for _, text := range rp.last.texts {
 		if _, ok := before[text]; ok {
 			reused++
 		}
