@@ -651,4 +651,4 @@ func (c *compiling) dropChain(name, prefix string, d direction) *Chain {
 // kernel's table to be what it would compile now when both match; so any
 // change to Compile's output for the same policy must come with a new
 // Version. TestVersion fails when the goldens change and Version does not.
-const Version = 6
+const Version = 7

@@ -44,6 +44,24 @@ type Set struct {
 	Elements []Element
 }
 
+// Capacity is the size a set of n exact elements is made with: room to
+// double (at least 256), so that the deltas of edits and restarts fit and a
+// growing policy is replaced once per doubling (an element delta past it
+// fails, nft.ErrFull). Given a size, the kernel makes a hash of fixed
+// buckets (nft_hash; 4/3 of the size, rounded up to a power of two, 1 MiB
+// for the 20k elements of a 10k-reservation set) instead of its resizable
+// one (nft_rhash), whose growth and rehashing while a big table went in
+// were a quarter of the kernel's time for it (perf, docs/performance.md).
+// Interval sets have no size. It is not part of Set: the kernel reports
+// the size a set was made with, not what a policy compiles to now.
+func Capacity(n int) uint32 {
+	c := uint32(256)
+	for int64(c) < 2*int64(n) && c < 1<<30 {
+		c *= 2
+	}
+	return c
+}
+
 // Has reports whether the set's key includes f.
 func (s *Set) Has(f Field) bool {
 	for _, x := range s.Fields {
@@ -395,6 +413,8 @@ func writeSet(b *strings.Builder, s *Set) {
 	b.WriteString("\n")
 	if s.Interval {
 		b.WriteString("\t\tflags interval\n")
+	} else {
+		b.WriteString("\t\tsize " + strconv.Itoa(int(Capacity(len(s.Elements)))) + "\n")
 	}
 	if s.Counter {
 		b.WriteString("\t\tcounter\n")

@@ -21,6 +21,11 @@ var ErrNoTable = errors.New("table not found")
 // in between, and its change must be read before portfw decides again.
 var ErrChanged = errors.New("the nftables ruleset changed since it was read")
 
+// ErrFull is returned by Commit when an element delta would take a set
+// past the size it was created with (compiler.Capacity): the table must be
+// replaced.
+var ErrFull = errors.New("a set of the table is full")
+
 // Kernel is what the rest of portfw needs from the kernel's nftables. Conn
 // is the real one; Fake is for tests.
 type Kernel interface {
@@ -222,6 +227,9 @@ func encodeReplace(e *encoded, rs *compiler.Ruleset) error {
 		if err != nil {
 			return fmt.Errorf("encode table %s: %w", rs.Table, err)
 		}
+		if !s.Interval {
+			set.Size = compiler.Capacity(len(s.Elements))
+		}
 		sets[s.Name] = set
 		e.add(func(nc *nftables.Conn) error {
 			if err := nc.AddSet(set, elems); err != nil {
@@ -301,15 +309,12 @@ func (c *Conn) Commit(tx *Tx, gen uint32) (uint32, error) {
 	}
 	if gen == 0 {
 		if err := c.nc.Flush(); err != nil {
-			return 0, fmt.Errorf("commit: %w", err)
+			return 0, commitError(err)
 		}
 		return c.Gen()
 	}
 	if err := c.nc.FlushWithGenID(gen); err != nil {
-		if errors.Is(err, unix.ERESTART) {
-			return 0, ErrChanged
-		}
-		return 0, fmt.Errorf("commit: %w", err)
+		return 0, commitError(err)
 	}
 	// The commit that passed the generation check made the next one.
 	next := gen + 1
@@ -317,6 +322,16 @@ func (c *Conn) Commit(tx *Tx, gen uint32) (uint32, error) {
 		next = 1
 	}
 	return next, nil
+}
+
+func commitError(err error) error {
+	switch {
+	case errors.Is(err, unix.ERESTART):
+		return ErrChanged
+	case errors.Is(err, unix.ENFILE):
+		return fmt.Errorf("commit: %w (%w)", ErrFull, err)
+	}
+	return fmt.Errorf("commit: %w", err)
 }
 
 // Apply replaces portfw's table with rs in one transaction.

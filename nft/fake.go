@@ -2,6 +2,7 @@ package nft
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 
@@ -23,6 +24,9 @@ type Fake struct {
 	Replaces, Deltas, Reads int
 	// FailNext, if set, makes the next commit fail with it.
 	FailNext error
+	// caps is each exact set's compiler.Capacity, as the table was last replaced:
+	// a delta past it fails with ErrFull, as in the kernel.
+	caps map[string]map[string]int
 }
 
 var _ Kernel = (*Fake)(nil)
@@ -62,29 +66,41 @@ func (f *Fake) Commit(tx *Tx, gen uint32) (uint32, error) {
 	for name, rs := range f.tables {
 		next[name] = clone(rs)
 	}
+	caps := maps.Clone(f.caps)
+	if caps == nil {
+		caps = map[string]map[string]int{}
+	}
 	replaces, deltas := 0, 0
 	for _, op := range tx.ops {
 		switch {
 		case op.replace != nil:
 			next[op.replace.Table] = clone(op.replace)
+			c := map[string]int{}
+			for _, s := range op.replace.Sets {
+				if !s.Interval {
+					c[s.Name] = int(compiler.Capacity(len(s.Elements)))
+				}
+			}
+			caps[op.replace.Table] = c
 			replaces++
 		case op.delta != nil:
-			if err := applyDelta(next, *op.delta); err != nil {
+			if err := applyDelta(next, *op.delta, caps[op.delta.Table]); err != nil {
 				return 0, err
 			}
 			deltas++
 		default:
 			delete(next, op.remove)
+			delete(caps, op.remove)
 		}
 	}
-	f.tables = next
+	f.tables, f.caps = next, caps
 	f.Replaces += replaces
 	f.Deltas += deltas
 	f.bump()
 	return f.gen, nil
 }
 
-func applyDelta(tables map[string]*compiler.Ruleset, d compiler.Delta) error {
+func applyDelta(tables map[string]*compiler.Ruleset, d compiler.Delta, caps map[string]int) error {
 	cur, ok := tables[d.Table]
 	if !ok {
 		return fmt.Errorf("apply delta: table %s: %w", d.Table, ErrNoTable)
@@ -117,6 +133,9 @@ func applyDelta(tables map[string]*compiler.Ruleset, d compiler.Delta) error {
 			}
 			e.Packets, e.Bytes = 0, 0
 			s.Elements = append(s.Elements, e)
+		}
+		if c, ok := caps[name]; ok && len(s.Elements) > c {
+			return fmt.Errorf("commit: set %s: %w", name, ErrFull)
 		}
 	}
 	return nil

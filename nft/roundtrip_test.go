@@ -12,6 +12,7 @@ import (
 
 	"github.com/portfw/portfw/compiler"
 	"github.com/portfw/portfw/internal/testpolicy"
+	"github.com/portfw/portfw/model"
 	"github.com/portfw/portfw/nft"
 	"github.com/portfw/portfw/policy"
 	"github.com/portfw/portfw/resolve"
@@ -297,5 +298,43 @@ func TestApplyLarge(t *testing.T) {
 			}
 		}
 		t.Fatalf("10k table reads back differently: %d lines, want %d", len(a), len(b))
+	}
+}
+
+// TestSetsMadeWithCapacity: the exact sets are made with their Capacity
+// (nft as the oracle), and a delta past it is refused whole with ErrFull.
+func TestSetsMadeWithCapacity(t *testing.T) {
+	testenv.RequireNetNS(t)
+	rs := testpolicy.Compile(t, "version: 1\nreservations:\n  - name: web\n    ports: [80, 443]\n    owner: { users: [33] }\n")
+	ns := testenv.NewNS(t)
+	c := open(t, ns)
+	if err := c.Apply(rs); err != nil {
+		t.Fatal(err)
+	}
+	if out := ns.Run(t, "nft", "list", "set", "inet", rs.Table, "res_port"); !strings.Contains(out, "size 256") {
+		t.Fatalf("res_port made without its size:\n%s", out)
+	}
+	var res *compiler.Set
+	for _, s := range rs.Sets {
+		if s.Name == "res_port" {
+			res = s
+		}
+	}
+	add := func(n int) compiler.Delta {
+		d := compiler.Delta{Table: rs.Table, Sets: map[string]*compiler.Set{res.Name: res}, Add: map[string][]compiler.Element{}}
+		for i := range n {
+			d.Add[res.Name] = append(d.Add[res.Name], compiler.Element{Proto: model.UDP, Ports: model.Port(uint16(20000 + i)), Comment: "more"})
+		}
+		return d
+	}
+	before := list(t, ns, rs.Table)
+	if err := c.ApplyDelta(add(300)); !errors.Is(err, nft.ErrFull) {
+		t.Fatalf("300 more elements into a set of 256: %v, want ErrFull", err)
+	}
+	if after := list(t, ns, rs.Table); after != before {
+		t.Fatalf("a refused delta changed the table:\n%s", after)
+	}
+	if err := c.ApplyDelta(add(200)); err != nil {
+		t.Fatalf("200 more elements into a set of 256 holding 4: %v", err)
 	}
 }

@@ -612,6 +612,12 @@ func (e *Engine) Sync(p *Plan, dry bool) (Result, error) {
 		if err == nil {
 			break
 		}
+		if errors.Is(err, nft.ErrFull) && res.Mode == ModeDelta {
+			// A set outgrew the size it was made with (nft.Capacity):
+			// the kernel took nothing; a new table makes room.
+			deltaOK = false
+			continue
+		}
 		if !errors.Is(err, nft.ErrChanged) || attempt == commitRetries {
 			if usesCgroups(p.Resolved) && (errors.Is(err, syscall.EOPNOTSUPP) || errors.Is(err, syscall.ENOENT)) {
 				err = fmt.Errorf("%w (owners that are units or cgroups need nftables' socket cgroupv2 match: Linux 5.13 or later with nft_socket)", err)

@@ -605,3 +605,31 @@ func TestNoSocketCgroupv2(t *testing.T) {
 		t.Error("the failed apply changed the table")
 	}
 }
+
+// TestDeltaPastCapacity: a change whose elements no longer fit the sets as
+// they were made (the kernel's ENFILE) replaces the table instead, sized
+// for the new policy; the next small change is a delta again.
+func TestDeltaPastCapacity(t *testing.T) {
+	w := newWorld(t)
+	many := func(n int, owner string) string {
+		var b strings.Builder
+		b.WriteString(policyText("bind_guard: off"))
+		for i := range n {
+			fmt.Fprintf(&b, "  - name: r%d\n    ports: [%d]\n    owner: { users: [%s] }\n", i, 20000+i, owner)
+		}
+		return b.String()
+	}
+	w.mustApply(many(10, "alice")) // 21 tcp+udp keys: sets of 256
+	r := w.mustApply(many(200, "alice"))
+	if r.Mode != ModeReplace || r.Read {
+		t.Fatalf("400 keys into sets of 256: %+v; want a replace without a read", r)
+	}
+	_, want := load(t, many(200, "alice"))
+	p, _ := w.e.Prepare("p.yaml", nil, want)
+	if got, _ := w.tables.Read(model.DefaultTable); !compiler.Diff(got, p.Ruleset()).InSync() {
+		t.Fatalf("the kernel does not hold the bigger policy's table")
+	}
+	if r := w.mustApply(many(200, "www-data")); r.Mode != ModeDelta {
+		t.Fatalf("an owner change after the replace: %+v; want a delta", r)
+	}
+}
