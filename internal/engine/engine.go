@@ -537,12 +537,32 @@ func (e *Engine) Sync(p *Plan, dry bool) (Result, error) {
 		}
 		return nil
 	}
+	// 1. The guard, which does not depend on the table: it goes in while
+	// the change is worked out (a fresh 10k table's compile and
+	// comparison), and the table is committed only once it is in.
+	var guardDone chan error
+	if !dry && p.Guard.On && res.Guard == GuardUpdated {
+		guardDone = make(chan error, 1)
+		go func() { guardDone <- h.Guard.Apply(p.Resolved) }()
+	}
+	waitGuard := func() error {
+		if guardDone == nil {
+			return nil
+		}
+		err := <-guardDone
+		guardDone = nil
+		return err
+	}
 	if known {
 		res.Changes, delta, deltaOK = compiler.Change(prev.resolved, p.Resolved)
 	} else if err := read(); err != nil {
+		waitGuard()
 		return res, err
 	}
 	if dry || res.InSync() {
+		if err := waitGuard(); err != nil {
+			return res, fmt.Errorf("install the bind guard: %w; nothing else was changed", err)
+		}
 		if !dry {
 			// In sync, but the state did not know it (first apply of an
 			// unchanged table, or another process committed something
@@ -559,11 +579,8 @@ func (e *Engine) Sync(p *Plan, dry bool) (Result, error) {
 		return res, nil
 	}
 
-	// 1. The guard.
-	if p.Guard.On && res.Guard == GuardUpdated {
-		if err := h.Guard.Apply(p.Resolved); err != nil {
-			return res, fmt.Errorf("install the bind guard: %w; nothing else was changed", err)
-		}
+	if err := waitGuard(); err != nil {
+		return res, fmt.Errorf("install the bind guard: %w; nothing else was changed", err)
 	}
 	// 2. The state, before any sysctl changes: the values found, so that a
 	// crash from here on still leaves what to restore. With no sysctl to

@@ -633,3 +633,29 @@ func TestDeltaPastCapacity(t *testing.T) {
 		t.Fatalf("an owner change after the replace: %+v; want a delta", r)
 	}
 }
+
+// TestGuardFailureChangesNothing: the guard goes in while the change is
+// worked out; when it fails, nothing else is changed, fresh or not.
+func TestGuardFailureChangesNothing(t *testing.T) {
+	w := newWorld(t)
+	w.guard.FailApply = errors.New("no room")
+	if _, err := w.apply(policyText("bind_guard: auto")); err == nil || !strings.Contains(err.Error(), "install the bind guard: no room; nothing else was changed") {
+		t.Fatalf("fresh apply with a failing guard: %v", err)
+	}
+	w.wantEvents()
+	if _, err := w.tables.Read(model.DefaultTable); !errors.Is(err, nft.ErrNoTable) {
+		t.Fatalf("a table was made: %v", err)
+	}
+	w.mustApply(policyText("bind_guard: auto"))
+	w.wantEvents("guard applied", "commit", "state(original=-)")
+	before, _ := w.tables.Read(model.DefaultTable)
+	w.guard.FailApply = errors.New("no room")
+	if _, err := w.apply(policyText("bind_guard: auto") + "  - name: app\n    ports: [8080]\n    owner: { users: [alice] }\n"); err == nil ||
+		!strings.Contains(err.Error(), "nothing else was changed") {
+		t.Fatalf("a change with a failing guard: %v", err)
+	}
+	w.wantEvents()
+	if after, _ := w.tables.Read(model.DefaultTable); after.String() != before.String() {
+		t.Fatalf("the table changed:\n%s", after)
+	}
+}
