@@ -427,7 +427,7 @@ func writeSet(b *strings.Builder, s *Set) {
 	// Compiled sets are sorted; sets read from the kernel come in its
 	// order, and print in the canonical one.
 	elems := s.Elements
-	if !slices.IsSortedFunc(elems, compareElements) {
+	if !sortedElements(elems) {
 		elems = slices.Clone(elems)
 		SortElements(elems)
 	}
