@@ -73,6 +73,19 @@ func BenchmarkString(b *testing.B) {
 	}
 }
 
+// BenchmarkPlan: what a fresh apply prints, every reservation's detail
+// worked out from the table (compiler.Changes.Plan).
+func BenchmarkPlan(b *testing.B) {
+	for _, n := range sizes {
+		c := compiler.Diff(nil, compiler.Compile(resolved(b, n)))
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			for b.Loop() {
+				c.Plan()
+			}
+		})
+	}
+}
+
 // editOwner is r with one reservation's owner changed: a membership-only
 // edit, the kind the daemon applies as an element delta.
 func editOwner(r *model.Resolved) *model.Resolved {
