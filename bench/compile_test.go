@@ -159,3 +159,39 @@ func BenchmarkResolveNames(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkReloadLoad: what the daemon's reload does before the engine, at
+// one owner edit per reload: read the file, parse the changed reservation,
+// resolve it, reuse the rest (resolve.Loader).
+func BenchmarkReloadLoad(b *testing.B) {
+	for _, n := range sizes {
+		data := spec(n).YAML(nil)
+		edited := []byte(strings.Replace(string(data), "users: [2500]", "users: [2500, 9999]", 1))
+		if string(edited) == string(data) {
+			b.Fatal("the edit changed nothing")
+		}
+		path := filepath.Join(b.TempDir(), "policy.yaml")
+		l := resolve.NewLoader(resolve.Static{})
+		load := func(d []byte) {
+			if err := os.WriteFile(path, d, 0o644); err != nil {
+				b.Fatal(err)
+			}
+			if _, _, err := l.Load([]string{path}); err != nil {
+				b.Fatal(err)
+			}
+		}
+		load(data)
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				i++
+				if i%2 == 1 {
+					load(edited)
+				} else {
+					load(data)
+				}
+			}
+		})
+	}
+}

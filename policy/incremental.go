@@ -154,13 +154,19 @@ func (l *layout) reparse(file string, data []byte, keep bool) (pol *Policy, next
 	var todo []int                  // the items to parse
 	keys := make([]int, len(items)) // the index in l of each reused item, or -1
 	used := make([]bool, len(l.texts))
+	misses := 0
 	for i, it := range items {
 		text := data[it.start:it.end]
 		j := -1
 		if i < len(l.texts) && l.texts[i] == string(text) {
 			j = i // where it was: an edit elsewhere, the common case
-		} else if k, ok := l.index()[string(text)]; ok {
-			j = k
+		} else if misses++; misses > 16 {
+			// Many not where they were: an insertion or a deletion
+			// shifted them. (The first few are parsed, not looked up:
+			// an edited reservation is not anywhere in l.)
+			if k, ok := l.index()[string(text)]; ok {
+				j = k
+			}
 		}
 		keys[i] = j
 		if j < 0 {
