@@ -20,8 +20,9 @@ type Fake struct {
 	tables map[string]*compiler.Ruleset
 	gen    uint32
 	// Replaces and Deltas count committed operations of each kind; Reads
-	// counts table reads (a dump of the whole table in the kernel).
-	Replaces, Deltas, Reads int
+	// counts table reads (a dump of the whole table in the kernel),
+	// SetReads reads of some sets (ReadSets).
+	Replaces, Deltas, Reads, SetReads int
 	// FailNext, if set, makes the next commit fail with it.
 	FailNext error
 	// caps is each exact set's compiler.Capacity, as the table was last replaced:
@@ -146,6 +147,10 @@ func (f *Fake) Read(table string) (*compiler.Ruleset, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.Reads++
+	return f.read(table)
+}
+
+func (f *Fake) read(table string) (*compiler.Ruleset, error) {
 	rs, ok := f.tables[table]
 	if !ok {
 		return nil, fmt.Errorf("read table %s: %w", table, ErrNoTable)
@@ -159,7 +164,10 @@ func (f *Fake) Read(table string) (*compiler.Ruleset, error) {
 
 // ReadSets returns a copy of the table's sets that want names.
 func (f *Fake) ReadSets(table string, want func(string) bool) (*compiler.Ruleset, error) {
-	rs, err := f.Read(table)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.SetReads++
+	rs, err := f.read(table)
 	if err != nil {
 		return nil, err
 	}
@@ -196,6 +204,24 @@ func (f *Fake) Tamper(table string, edit func(rs *compiler.Ruleset) *compiler.Ru
 		delete(f.tables, table)
 	}
 	f.bump()
+}
+
+// Count adds to the counter of the element of set with key's key, as
+// dropped packets do: the generation stays.
+func (f *Fake) Count(table, set string, key compiler.Element, packets, bytes uint64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, s := range f.tables[table].Sets {
+		if s.Name != set {
+			continue
+		}
+		for i := range s.Elements {
+			if s.Elements[i].Key() == key.Key() {
+				s.Elements[i].Packets += packets
+				s.Elements[i].Bytes += bytes
+			}
+		}
+	}
 }
 
 // Tables lists the tables the fake holds.

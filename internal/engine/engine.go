@@ -716,6 +716,58 @@ func hostDigest(h tune.Host) string {
 	return hex.EncodeToString(sum[:16])
 }
 
+// recordedTable is the table as portfw's last commit here made it, with
+// the drop counters read from the kernel: what a read of the whole table
+// returns while nobody else commits (the generation says so before and
+// after), for a read of the drop sets alone, while the record is compiled
+// on the other CPU. Nil when there is no such record: then read it all.
+func (e *Engine) recordedTable(st state.State, table string) *compiler.Ruleset {
+	h := e.Host
+	gen, err := h.Tables.Gen()
+	if err != nil || h.Snapshots == nil || st.Gen == 0 || st.Gen != gen || st.Table != table {
+		return nil
+	}
+	type read struct {
+		rs  *compiler.Ruleset
+		err error
+	}
+	c := make(chan read, 1)
+	go func() {
+		rs, err := h.Tables.ReadSets(table, func(set string) bool { return compiler.DropDirection(set) != "" })
+		c <- read{rs, err}
+	}()
+	var full *compiler.Ruleset
+	if rec := e.loadSnapshot(st, gen, table); rec != nil {
+		full = compiler.Compile(rec.resolved)
+	}
+	drops := <-c
+	if full == nil || drops.err != nil {
+		return nil
+	}
+	if now, err := h.Tables.Gen(); err != nil || now != gen {
+		return nil // a commit meanwhile: the counters may be of another table
+	}
+	kernel := map[string]*compiler.Set{}
+	for _, s := range drops.rs.Sets {
+		kernel[s.Name] = s
+	}
+	n := 0
+	for i, s := range full.Sets {
+		if compiler.DropDirection(s.Name) == "" {
+			continue
+		}
+		k := kernel[s.Name]
+		if k == nil || len(k.Elements) != len(s.Elements) {
+			return nil
+		}
+		full.Sets[i], n = k, n+1
+	}
+	if n != len(kernel) {
+		return nil
+	}
+	return full
+}
+
 // Drops reads the drop counters of the table (its drop sets alone), by
 // reservation.
 func (e *Engine) Drops(table string) ([]compiler.Summary, error) {
@@ -920,9 +972,11 @@ func (e *Engine) Status(table string) (Status, error) {
 	if table == "" {
 		table = model.DefaultTable
 	}
-	var err error
-	if s.Table, err = nft.ReadOrNil(h.Tables, table); err != nil {
-		return s, err
+	if s.Table = e.recordedTable(s.State, table); s.Table == nil {
+		var err error
+		if s.Table, err = nft.ReadOrNil(h.Tables, table); err != nil {
+			return s, err
+		}
 	}
 	s.Host, s.HostErr = tune.ReadHost(h.Sysctls)
 	if h.Guard == nil {

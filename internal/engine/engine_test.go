@@ -5,6 +5,7 @@ import (
 	"encoding/gob"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"strings"
 	"syscall"
@@ -657,5 +658,50 @@ func TestGuardFailureChangesNothing(t *testing.T) {
 	w.wantEvents()
 	if after, _ := w.tables.Read(model.DefaultTable); after.String() != before.String() {
 		t.Fatalf("the table changed:\n%s", after)
+	}
+}
+
+// TestStatusFromRecord: while portfw's last commit is the ruleset's last,
+// Status reads the drop sets alone and gives what a read of the whole
+// table gives, counters included; after another process's commit, or
+// with no record, it reads the whole table.
+func TestStatusFromRecord(t *testing.T) {
+	w := newWorld(t)
+	w.e.Host.Snapshots, w.e.KeepSnapshot = w.store, true
+	text := policyText("bind_guard: off") + "  - name: app\n    ports: [8080, \"9000-9009\"]\n    addresses: [192.0.2.1]\n    owner: { users: [alice] }\n"
+	w.mustApply(text)
+	full, _ := w.tables.Read(model.DefaultTable)
+	for _, s := range full.Sets {
+		if compiler.DropDirection(s.Name) != "" {
+			w.tables.Count(model.DefaultTable, s.Name, s.Elements[0], 3, 300)
+		}
+	}
+	want, _ := w.tables.Read(model.DefaultTable)
+	w.e.last = nil // a new process: `portfw status`
+	reads, setReads := w.tables.Reads, w.tables.SetReads
+	s, err := w.e.Status("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.tables.Reads != reads || w.tables.SetReads != setReads+1 {
+		t.Fatalf("%d full reads and %d set reads; want 0 and 1", w.tables.Reads-reads, w.tables.SetReads-setReads)
+	}
+	if got, wantSum := compiler.Summarize(s.Table), compiler.Summarize(want); !reflect.DeepEqual(got, wantSum) {
+		t.Fatalf("status from the record:\n%+v\nfrom the table:\n%+v", got, wantSum)
+	}
+	dropped := uint64(0)
+	for _, sum := range compiler.Summarize(s.Table) {
+		dropped += sum.DroppedPackets
+	}
+	if dropped == 0 {
+		t.Fatal("no counters")
+	}
+	if !compiler.Diff(s.Table, want).InSync() {
+		t.Fatal("the table from the record differs from the kernel's")
+	}
+	// Another process commits: the whole table is read.
+	w.tables.Tamper("other", func(*compiler.Ruleset) *compiler.Ruleset { return &compiler.Ruleset{Table: "other"} })
+	if _, err := w.e.Status(""); err != nil || w.tables.Reads != reads+1 {
+		t.Fatalf("after another commit: %v, %d full reads", err, w.tables.Reads-reads)
 	}
 }
