@@ -96,6 +96,11 @@ type Conn struct {
 	// elements from directly. It is used only between the library's
 	// operations, never at the same time.
 	raw *netlink.Conn
+	// second is another socket in the same namespace, opened on the first
+	// read of more than one set: the kernel dumps two sets at once, on two
+	// CPUs (most of a read is the kernel's walk of the sets).
+	netnsFd int
+	second  *netlink.Conn
 }
 
 // Open connects to nftables in the namespace of the calling process, or in
@@ -104,7 +109,7 @@ type Conn struct {
 // deleted anything waits for nf_tables' cleanup (an RCU grace period,
 // measured at 4-33 ms against 0.1 ms for the commit itself).
 func Open(netnsFd int) (*Conn, error) {
-	c := &Conn{}
+	c := &Conn{netnsFd: netnsFd}
 	keep := func(nl *netlink.Conn) error { c.raw = nl; return nil }
 	opts := []nftables.ConnOption{nftables.AsLasting(), nftables.WithSockOptions(socketBuffers, primeDumps, keep)}
 	if netnsFd >= 0 {
@@ -118,8 +123,35 @@ func Open(netnsFd int) (*Conn, error) {
 	return c, nil
 }
 
-// Close closes the connection's socket.
-func (c *Conn) Close() error { return c.nc.CloseLasting() }
+// Close closes the connection's sockets.
+func (c *Conn) Close() error {
+	if c.second != nil {
+		c.second.Close()
+	}
+	return c.nc.CloseLasting()
+}
+
+// dumpSocket is the second socket, opened (and primed) on first use; nil
+// when it cannot be (reads then go one set at a time).
+func (c *Conn) dumpSocket() *netlink.Conn {
+	if c.second != nil || c.raw == nil {
+		return c.second
+	}
+	cfg := &netlink.Config{}
+	if c.netnsFd >= 0 {
+		cfg.NetNS = c.netnsFd
+	}
+	nl, err := netlink.Dial(unix.NETLINK_NETFILTER, cfg)
+	if err != nil {
+		return nil
+	}
+	if socketBuffers(nl) != nil || primeDumps(nl) != nil {
+		nl.Close()
+		return nil
+	}
+	c.second = nl
+	return nl
+}
 
 // bufferLimit bounds the socket's send and receive buffers. The library
 // sizes them per transaction when it owns the socket's options; with ours

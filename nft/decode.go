@@ -33,12 +33,15 @@ func (c *Conn) Read(name string) (*compiler.Ruleset, error) {
 	}
 	sets := map[string]*compiler.Set{}
 	for _, ks := range ksets {
-		s, err := c.readSet(ks)
+		s, err := setOf(ks)
 		if err != nil {
 			return nil, err
 		}
 		sets[s.Name] = s
 		rs.Sets = append(rs.Sets, s)
+	}
+	if err := c.dumpSets(name, rs.Sets); err != nil {
+		return nil, err
 	}
 	chains, err := c.nc.ListChainsOfTableFamily(nftables.TableFamilyINet)
 	if err != nil {
@@ -82,11 +85,14 @@ func (c *Conn) ReadSets(name string, want func(string) bool) (*compiler.Ruleset,
 		if !want(ks.Name) {
 			continue
 		}
-		s, err := c.readSet(ks)
+		s, err := setOf(ks)
 		if err != nil {
 			return nil, err
 		}
 		rs.Sets = append(rs.Sets, s)
+	}
+	if err := c.dumpSets(name, rs.Sets); err != nil {
+		return nil, err
 	}
 	return rs, nil
 }
@@ -121,7 +127,10 @@ var fieldByType = map[string]compiler.Field{
 	"cgroupsv2": compiler.FieldCgroup,
 }
 
-func (c *Conn) readSet(ks *nftables.Set) (*compiler.Set, error) {
+// setOf is the declaration of a set read from the kernel; dumpSets reads
+// its elements, which stay in the kernel's order (comparisons go by key,
+// and the text form sorts what it prints).
+func setOf(ks *nftables.Set) (*compiler.Set, error) {
 	s := &compiler.Set{Name: ks.Name, Interval: ks.Interval}
 	for _, t := range nftables.ConcatSetTypeElements(ks.KeyType) {
 		f, ok := fieldByType[t.Name]
@@ -129,11 +138,6 @@ func (c *Conn) readSet(ks *nftables.Set) (*compiler.Set, error) {
 			return nil, fmt.Errorf("read set %s: key type %q is not one portfw writes", ks.Name, ks.KeyType.Name)
 		}
 		s.Fields = append(s.Fields, f)
-	}
-	// Elements stay in the kernel's order: comparisons go by key, and the
-	// text form sorts what it prints.
-	if err := c.dumpElements(ks.Table.Name, s); err != nil {
-		return nil, fmt.Errorf("read elements of set %s: %w", ks.Name, err)
 	}
 	return s, nil
 }

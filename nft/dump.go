@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"github.com/mdlayher/netlink"
@@ -30,17 +32,58 @@ func (c *Conn) dumpElements(table string, s *compiler.Set) error {
 	if c.raw == nil {
 		return errors.New("no netlink socket to dump with")
 	}
+	return dumpElements(c.raw, table, s)
+}
+
+// dumpSets reads the elements of every set, two at a time when a second
+// socket can be had (see Conn.second).
+func (c *Conn) dumpSets(table string, sets []*compiler.Set) error {
+	second := c.dumpSocket()
+	if len(sets) < 2 || second == nil {
+		for _, s := range sets {
+			if err := c.dumpElements(table, s); err != nil {
+				return fmt.Errorf("read elements of set %s: %w", s.Name, err)
+			}
+		}
+		return nil
+	}
+	if c.raw == nil {
+		return errors.New("no netlink socket to dump with")
+	}
+	var next atomic.Int32
+	errs := make([]error, 2)
+	var wg sync.WaitGroup
+	for i, nl := range []*netlink.Conn{c.raw, second} {
+		wg.Go(func() {
+			for {
+				k := int(next.Add(1)) - 1
+				if k >= len(sets) {
+					return
+				}
+				if err := dumpElements(nl, table, sets[k]); err != nil {
+					errs[i] = fmt.Errorf("read elements of set %s: %w", sets[k].Name, err)
+					next.Store(int32(len(sets))) // the other stops after its set
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+func dumpElements(nl *netlink.Conn, table string, s *compiler.Set) error {
 	var data []byte
 	data = appendAttr(data, unix.NFTA_SET_ELEM_LIST_TABLE, append([]byte(table), 0))
 	data = appendAttr(data, unix.NFTA_SET_ELEM_LIST_SET, append([]byte(s.Name), 0))
-	req, err := c.raw.Send(netlink.Message{
+	req, err := nl.Send(netlink.Message{
 		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETSETELEM), Flags: netlink.Request | netlink.Dump},
 		Data:   append([]byte{unix.NFPROTO_INET, unix.NFNETLINK_V0, 0, 0}, data...),
 	})
 	if err != nil {
 		return err
 	}
-	return c.receiveDump(req.Header.Sequence, func(m []byte) error {
+	return receiveDump(nl, req.Header.Sequence, func(m []byte) error {
 		if len(m) < 4 {
 			return nil
 		}
@@ -66,8 +109,8 @@ func (c *Conn) dumpElements(table string, s *compiler.Set) error {
 // buffer larger than any piece the kernel sends (dumpChunk, after
 // primeDumps), where the netlink package would peek at each piece with
 // growing buffers first: five copies of every piece instead of one.
-func (c *Conn) receiveDump(seq uint32, f func([]byte) error) error {
-	rc, err := c.raw.SyscallConn()
+func receiveDump(nl *netlink.Conn, seq uint32, f func([]byte) error) error {
+	rc, err := nl.SyscallConn()
 	if err != nil {
 		return err
 	}
