@@ -107,16 +107,35 @@ type Spec struct {
 // the policy allows it). It is pure and deterministic.
 func FromResolved(r *model.Resolved) Spec {
 	in := newInterner()
-	byKey := map[portKey][]holder{}
-	for _, res := range r.All() {
-		eachHolder(res, in, func(k portKey, h holder) { byKey[k] = append(byKey[k], h) })
+	// Most ports have one holder: it is kept in the map's value, and only
+	// more of them in a slice (20k slices of one at 10k reservations were
+	// most of the allocations).
+	type holders struct {
+		first holder
+		more  []holder
 	}
-	ports := make(map[portKey]portOwners, len(byKey))
+	byKey := map[portKey]*holders{}
+	for _, res := range r.All() {
+		eachHolder(res, in, func(k portKey, h holder) {
+			if hs := byKey[k]; hs == nil {
+				byKey[k] = &holders{first: h}
+			} else {
+				hs.more = append(hs.more, h)
+			}
+		})
+	}
+	// The ports in the spec's order, so that it needs no sorting after.
+	keys := make([]portKey, 0, len(byKey))
+	for k := range byKey {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b portKey) int { return cmp.Compare(a.sortKey(), b.sortKey()) })
+	ports := make([]portOwners, len(keys))
 	used := map[*ownerSet]bool{}
-	for k, hs := range byKey {
-		po := computePort(hs, in)
-		ports[k] = po
-		po.each(func(o *ownerSet) { used[o] = true })
+	for i, k := range keys {
+		hs := byKey[k]
+		ports[i] = computePort(append([]holder{hs.first}, hs.more...), in)
+		ports[i].each(func(o *ownerSet) { used[o] = true })
 	}
 	// Owner sets are numbered in sorted order, so the numbers depend only on
 	// which sets exist.
@@ -132,23 +151,29 @@ func FromResolved(r *model.Resolved) Spec {
 		spec.Owners[i] = o.o
 	}
 	spec.Ports = make([]Port, 0, len(ports))
-	for k, po := range ports {
-		port, scopes := po.spec(k, func(o *ownerSet) OwnerID { return ids[o] })
+	for i, po := range ports {
+		port, scopes := po.spec(keys[i], func(o *ownerSet) OwnerID { return ids[o] })
 		spec.Ports = append(spec.Ports, port)
 		spec.Scopes = append(spec.Scopes, scopes...)
 	}
-	sortSpec(&spec)
+	sortSpec(&spec) // in order already: checked in one pass
 	return spec
 }
 
 func sortSpec(spec *Spec) {
-	slices.SortFunc(spec.Ports, func(a, b Port) int {
-		return cmp.Or(cmp.Compare(a.Proto, b.Proto), cmp.Compare(a.Port, b.Port))
-	})
-	slices.SortFunc(spec.Scopes, func(a, b Scope) int {
-		return cmp.Or(cmp.Compare(a.Proto, b.Proto), cmp.Compare(a.Port, b.Port),
+	byPort := func(a, b Port) int {
+		return cmp.Compare(portKey{a.Proto, a.Port}.sortKey(), portKey{b.Proto, b.Port}.sortKey())
+	}
+	if !slices.IsSortedFunc(spec.Ports, byPort) {
+		slices.SortFunc(spec.Ports, byPort)
+	}
+	byScope := func(a, b Scope) int {
+		return cmp.Or(cmp.Compare(portKey{a.Proto, a.Port}.sortKey(), portKey{b.Proto, b.Port}.sortKey()),
 			a.Prefix.Addr().Compare(b.Prefix.Addr()), cmp.Compare(a.Prefix.Bits(), b.Prefix.Bits()))
-	})
+	}
+	if !slices.IsSortedFunc(spec.Scopes, byScope) {
+		slices.SortFunc(spec.Scopes, byScope)
+	}
 }
 
 // portKey is one guarded (protocol, port).
@@ -156,6 +181,9 @@ type portKey struct {
 	proto model.Protocol
 	port  uint16
 }
+
+// sortKey orders keys by protocol, then port.
+func (k portKey) sortKey() uint32 { return uint32(k.proto)<<16 | uint32(k.port) }
 
 // ownerSet is an interned owner set. The Builder numbers and counts it;
 // FromResolved only interns.
@@ -172,10 +200,12 @@ type interner map[string]*ownerSet
 func newInterner() interner { return interner{} }
 
 func (in interner) of(o Owners) *ownerSet {
-	k := ownersKey(o)
-	if s := in[k]; s != nil {
+	var buf [64]byte
+	b := appendOwnersKey(buf[:0], o)
+	if s := in[string(b)]; s != nil { // a lookup by bytes copies nothing
 		return s
 	}
+	k := string(b)
 	s := &ownerSet{o: o, key: k}
 	in[k] = s
 	return s
@@ -310,19 +340,22 @@ func intersectSet(a, b *ownerSet, in interner) *ownerSet {
 
 // ownersKey is an owner set's identity: the length of each list, then its
 // ranges and cgroup ids in binary.
-func ownersKey(o Owners) string {
-	b := make([]byte, 0, 12+8*(len(o.UIDs)+len(o.GIDs)+len(o.Cgroups)))
+func ownersKey(o Owners) string { return string(appendOwnersKey(nil, o)) }
+
+func appendOwnersKey(b []byte, o Owners) []byte {
 	for _, n := range []int{len(o.UIDs), len(o.GIDs), len(o.Cgroups)} {
 		b = binary.LittleEndian.AppendUint32(b, uint32(n))
 	}
-	for _, r := range slices.Concat(o.UIDs, o.GIDs) {
-		b = binary.LittleEndian.AppendUint32(b, r.Lo)
-		b = binary.LittleEndian.AppendUint32(b, r.Hi)
+	for _, ids := range [][]model.IDRange{o.UIDs, o.GIDs} {
+		for _, r := range ids {
+			b = binary.LittleEndian.AppendUint32(b, r.Lo)
+			b = binary.LittleEndian.AppendUint32(b, r.Hi)
+		}
 	}
 	for _, id := range o.Cgroups {
 		b = binary.LittleEndian.AppendUint64(b, id)
 	}
-	return string(b)
+	return b
 }
 
 // intersect is who owns both a and b, read conservatively: a uid in both,

@@ -227,11 +227,10 @@ func (o Owners) Equal(p Owners) bool {
 
 // allUIDs is UIDs with root folded in, merged.
 func (o Owners) allUIDs() []IDRange {
-	u := slices.Clone(o.UIDs)
-	if o.Root {
-		u = append(u, ID(0))
+	if !o.Root {
+		return MergeIDs(o.UIDs) // a copy already
 	}
-	return MergeIDs(u)
+	return MergeIDs(append(slices.Clone(o.UIDs), ID(0)))
 }
 
 // UIDSet is every uid that owns, root included, merged: the form the bind
