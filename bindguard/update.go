@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 )
@@ -224,16 +225,17 @@ func readAll(m *ebpf.Map) ([]kv, error) {
 	ks, vs := int(m.KeySize()), int(m.ValueSize())
 	const batch = 4096
 	kt, vt := reflect.ArrayOf(ks, reflect.TypeFor[byte]()), reflect.ArrayOf(vs, reflect.TypeFor[byte]())
-	keys, vals := reflect.MakeSlice(reflect.SliceOf(kt), batch, batch), reflect.MakeSlice(reflect.SliceOf(vt), batch, batch)
 	var out []kv
 	var cursor ebpf.MapBatchCursor
 	for {
+		// A new pair of arrays per batch: the entries returned are
+		// slices of them (two allocations per batch, not per entry).
+		keys, vals := reflect.MakeSlice(reflect.SliceOf(kt), batch, batch), reflect.MakeSlice(reflect.SliceOf(vt), batch, batch)
+		kb := unsafe.Slice((*byte)(keys.UnsafePointer()), batch*ks)
+		vb := unsafe.Slice((*byte)(vals.UnsafePointer()), batch*vs)
 		n, err := m.BatchLookup(&cursor, keys.Interface(), vals.Interface(), nil)
 		for i := range n {
-			k, v := make([]byte, ks), make([]byte, vs)
-			reflect.Copy(reflect.ValueOf(k), keys.Index(i))
-			reflect.Copy(reflect.ValueOf(v), vals.Index(i))
-			out = append(out, kv{k, v})
+			out = append(out, kv{kb[i*ks : (i+1)*ks : (i+1)*ks], vb[i*vs : (i+1)*vs : (i+1)*vs]})
 		}
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
 			return out, nil
