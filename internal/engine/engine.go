@@ -630,7 +630,7 @@ func (e *Engine) Sync(p *Plan, dry bool) (Result, error) {
 			break
 		}
 		if errors.Is(err, nft.ErrFull) && res.Mode == ModeDelta {
-			// A set outgrew the size it was made with (nft.Capacity):
+			// A set outgrew the size it was made with (compiler.Capacity):
 			// the kernel took nothing; a new table makes room.
 			deltaOK = false
 			continue
