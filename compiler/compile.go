@@ -366,25 +366,7 @@ func SortElements(es []Element) {
 	if sortedElements(es) {
 		return
 	}
-	idx := sortedIndexes(es)
-	// es[k] takes es[idx[k]]: follow each cycle of the permutation.
-	for k := range idx {
-		if idx[k] < 0 || int(idx[k]) == k {
-			continue
-		}
-		tmp := es[k]
-		j := k
-		for {
-			from := int(idx[j])
-			idx[j] = -1
-			if from == k {
-				es[j] = tmp
-				break
-			}
-			es[j] = es[from]
-			j = from
-		}
-	}
+	model.Permute(es, sortedIndexes(es))
 }
 
 // sortedIndexes is the order of es as indexes. Elements without an address

@@ -2,6 +2,9 @@ package model
 
 import (
 	"encoding/json"
+	"math/rand/v2"
+	"slices"
+	"strconv"
 	"testing"
 )
 
@@ -120,6 +123,29 @@ func TestUnitTypeAndSliceTree(t *testing.T) {
 		"/1.slice/2.slice/3.slice/4.slice/5.slice/6.slice/7.slice/8.slice": false} {
 		if got := SliceTree(path); got != want {
 			t.Errorf("SliceTree(%q) = %v, want %v", path, got, want)
+		}
+	}
+}
+
+// TestPermute: in place, as a copy in idx's order would be.
+func TestPermute(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	for _, n := range []int{0, 1, 2, 5, 100} {
+		s := make([]string, n)
+		for i := range s {
+			s[i] = strconv.Itoa(i)
+		}
+		idx := make([]int32, n)
+		for i, j := range r.Perm(n) {
+			idx[i] = int32(j)
+		}
+		want := make([]string, n)
+		for k, i := range idx {
+			want[k] = s[i]
+		}
+		Permute(s, idx)
+		if !slices.Equal(s, want) {
+			t.Fatalf("%d: %v, want %v", n, s, want)
 		}
 	}
 }

@@ -142,12 +142,12 @@ func resolve(p *policy.Policy, r Resolver, reuse reuser) (*model.Resolved, []int
 		perm[i] = int32(i)
 	}
 	slices.SortFunc(perm, func(a, b int32) int { return strings.Compare(res[a].Name, res[b].Name) })
-	sorted := make([]model.Reservation, len(res))
 	order := make([]int32, len(res))
 	for k, i := range perm {
-		sorted[k] = res[i]
 		order[i] = int32(k)
 	}
+	sorted := res
+	model.Permute(sorted, perm) // in place: no second 10k copy per reload
 	out := &model.Resolved{Settings: p.Settings, Reservations: sorted}
 	out.Warnings = append(out.Warnings, socketUnitWarnings(p)...)
 	for i := range sorted {
