@@ -137,7 +137,7 @@ func (l *layout) reparse(file string, data []byte, keep bool) (pol *Policy, next
 		return nil, nil, false
 	}
 	line := bytes.Count(l.header, []byte("\n")) + 1
-	var items []item
+	items := make([]item, 0, len(l.texts)+16)
 	for off := len(l.header); off < len(data); {
 		n, ok := chunkLen(data[off:], l.indent)
 		if !ok {

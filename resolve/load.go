@@ -1,6 +1,7 @@
 package resolve
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -23,13 +24,20 @@ func Read(path string) ([]byte, error) {
 		return nil, fmt.Errorf("read policy: %w", err)
 	}
 	defer f.Close()
-	if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() && fi.Size() > policy.MaxSize {
-		return nil, tooLarge(path, fi.Size())
+	size := int64(0)
+	if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() {
+		if size = fi.Size(); size > policy.MaxSize {
+			return nil, tooLarge(path, size)
+		}
 	}
-	data, err := io.ReadAll(io.LimitReader(f, policy.MaxSize+1))
-	if err != nil {
+	// One buffer of the file's size (and room to see it end), not the
+	// doublings of io.ReadAll: the daemon reads a 10k file on each reload.
+	var b bytes.Buffer
+	b.Grow(int(size) + bytes.MinRead)
+	if _, err := b.ReadFrom(io.LimitReader(f, policy.MaxSize+1)); err != nil {
 		return nil, fmt.Errorf("read policy: %w", err)
 	}
+	data := b.Bytes()
 	if len(data) > policy.MaxSize {
 		return nil, tooLarge(path, int64(len(data)))
 	}
