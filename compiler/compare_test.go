@@ -11,10 +11,8 @@ import (
 	"github.com/portfw/portfw/internal/testpolicy"
 )
 
-// TestCompareAgreesWithDiff: the one-pass Compare reports the same
-// changes as Diff, and its delta turns old into new.
-func TestCompareAgreesWithDiff(t *testing.T) {
-	const base = `version: 1
+// compareBase is the policy the comparisons start from.
+const compareBase = `version: 1
 reservations:
   - name: web
     ports: [80, 443]
@@ -27,6 +25,11 @@ reservations:
     ports: [7000]
     owner: { users: [alice] }
 `
+
+// TestCompareAgreesWithDiff: the one-pass Compare reports the same
+// changes as Diff, and its delta turns old into new.
+func TestCompareAgreesWithDiff(t *testing.T) {
+	base := compareBase
 	old := testpolicy.Compile(t, base)
 	for _, tc := range []struct{ name, from, to string }{
 		{"owner added", "[alice, \"2000", "[alice, 3000, \"2000"},
@@ -83,23 +86,13 @@ reservations:
 // TestDiffFromNothing: against no table, Diff lists every reservation as
 // added and the rules as changed, as it would against an empty table.
 func TestDiffFromNothing(t *testing.T) {
-	rs := testpolicy.Compile(t, `version: 1
-reservations:
-  - name: web
-    ports: [80, 443]
-    protocols: [tcp]
-    owner: { users: [www-data] }
-  - name: sip
-    ports: [5060, "5070-5079"]
-    addresses: [192.0.2.1]
-    owner: { users: [alice, "2000-2099"] }
-`)
+	rs := testpolicy.Compile(t, compareBase+"  - name: scoped\n    ports: [8080]\n    addresses: [192.0.2.1]\n    owner: { users: [alice] }\n")
 	got, want := compiler.Diff(nil, rs), compiler.Diff(&compiler.Ruleset{Table: rs.Table}, rs)
 	if !reflect.DeepEqual(got.Added, want.Added) || got.Removed != nil || got.Changed != nil ||
 		!got.RulesChanged || got.Unlabelled != 0 || !want.RulesChanged {
 		t.Fatalf("Diff(nil) = %+v, against an empty table %+v", got, want)
 	}
-	if !reflect.DeepEqual(got.Added, []string{"sip", "web"}) {
+	if !reflect.DeepEqual(got.Added, []string{"old", "scoped", "sip", "web"}) {
 		t.Fatalf("added %v", got.Added)
 	}
 }
