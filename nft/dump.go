@@ -4,14 +4,13 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"sync"
-	"sync/atomic"
 	"unsafe"
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/portfw/portfw/compiler"
+	"github.com/portfw/portfw/internal/parallel"
 )
 
 // Attribute numbers x/sys/unix does not have (include/uapi/linux/
@@ -22,56 +21,32 @@ const (
 	nlaTypeMask            = ^uint16(unix.NLA_F_NESTED | unix.NLA_F_NET_BYTEORDER)
 )
 
+// dumpSets reads the elements of every set, two at a time when there are
+// several and a second socket can be had (see Conn.second).
+func (c *Conn) dumpSets(table string, sets []*compiler.Set) error {
+	if c.raw == nil && len(sets) > 0 {
+		return errors.New("no netlink socket to dump with")
+	}
+	socks := []*netlink.Conn{c.raw}
+	if len(sets) > 1 {
+		if second := c.dumpSocket(); second != nil {
+			socks = append(socks, second)
+		}
+	}
+	return parallel.Each(len(socks), len(sets), func(w, i int) error {
+		if err := dumpElements(socks[w], table, sets[i]); err != nil {
+			return fmt.Errorf("read elements of set %s: %w", sets[i].Name, err)
+		}
+		return nil
+	})
+}
+
 // dumpElements reads every element of a set straight into the compiler's
 // vocabulary. It replaces the library's GetSetElements on the read path:
 // that one decodes each element into a SetElement of copied byte slices and
 // a parsed counter expression first, which at 10k reservations (60k
 // elements) cost more than the kernel's own dump. The attributes are
 // walked in place; only the comments are copied out.
-func (c *Conn) dumpElements(table string, s *compiler.Set) error {
-	if c.raw == nil {
-		return errors.New("no netlink socket to dump with")
-	}
-	return dumpElements(c.raw, table, s)
-}
-
-// dumpSets reads the elements of every set, two at a time when a second
-// socket can be had (see Conn.second).
-func (c *Conn) dumpSets(table string, sets []*compiler.Set) error {
-	second := c.dumpSocket()
-	if len(sets) < 2 || second == nil {
-		for _, s := range sets {
-			if err := c.dumpElements(table, s); err != nil {
-				return fmt.Errorf("read elements of set %s: %w", s.Name, err)
-			}
-		}
-		return nil
-	}
-	if c.raw == nil {
-		return errors.New("no netlink socket to dump with")
-	}
-	var next atomic.Int32
-	errs := make([]error, 2)
-	var wg sync.WaitGroup
-	for i, nl := range []*netlink.Conn{c.raw, second} {
-		wg.Go(func() {
-			for {
-				k := int(next.Add(1)) - 1
-				if k >= len(sets) {
-					return
-				}
-				if err := dumpElements(nl, table, sets[k]); err != nil {
-					errs[i] = fmt.Errorf("read elements of set %s: %w", sets[k].Name, err)
-					next.Store(int32(len(sets))) // the other stops after its set
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	return errors.Join(errs...)
-}
-
 func dumpElements(nl *netlink.Conn, table string, s *compiler.Set) error {
 	var data []byte
 	data = appendAttr(data, unix.NFTA_SET_ELEM_LIST_TABLE, append([]byte(table), 0))

@@ -2,12 +2,13 @@ package policy
 
 import (
 	"bytes"
+	"errors"
 	"runtime"
 	"slices"
-	"sync"
-	"sync/atomic"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/portfw/portfw/internal/parallel"
 )
 
 // Reparser parses successive versions of one policy file, reusing the
@@ -227,40 +228,18 @@ func parseItems(file string, data []byte, items []item, todo []int, out []Reserv
 		batches = append(batches, b)
 		k += b.n
 	}
-	parse := func(b batch) bool {
+	return parallel.Each(runtime.GOMAXPROCS(0), len(batches), func(_, k int) error {
+		b := batches[k]
 		first, last := items[b.first], items[b.first+b.n-1]
-		return parseBatch(file, data[first.start:last.end], first.line, b.first, out[b.first:b.first+b.n])
-	}
-	workers := min(runtime.GOMAXPROCS(0), len(batches))
-	if workers <= 1 {
-		for _, b := range batches {
-			if !parse(b) {
-				return false
-			}
+		if !parseBatch(file, data[first.start:last.end], first.line, b.first, out[b.first:b.first+b.n]) {
+			return errNotPlain
 		}
-		return true
-	}
-	var (
-		wg     sync.WaitGroup
-		next   atomic.Int64
-		failed atomic.Bool
-	)
-	for range workers {
-		wg.Go(func() {
-			for !failed.Load() {
-				k := int(next.Add(1)) - 1
-				if k >= len(batches) {
-					return
-				}
-				if !parse(batches[k]) {
-					failed.Store(true)
-				}
-			}
-		})
-	}
-	wg.Wait()
-	return !failed.Load()
+		return nil
+	}) == nil
 }
+
+// errNotPlain is a batch that parseBatch would not take.
+var errNotPlain = errors.New("a batch is not plain, valid reservations")
 
 // parseBatch parses text, len(out) consecutive items of which the first is
 // reservations[first] and begins at line, on its own; ok is false for
