@@ -733,7 +733,7 @@ func (e *Engine) recordedTable(st state.State, table string) *compiler.Ruleset {
 	}
 	c := make(chan read, 1)
 	go func() {
-		rs, err := h.Tables.ReadSets(table, func(set string) bool { return compiler.DropDirection(set) != "" })
+		rs, err := h.Tables.ReadSets(table, isDropSet)
 		c <- read{rs, err}
 	}()
 	var full *compiler.Ruleset
@@ -753,7 +753,7 @@ func (e *Engine) recordedTable(st state.State, table string) *compiler.Ruleset {
 	}
 	n := 0
 	for i, s := range full.Sets {
-		if compiler.DropDirection(s.Name) == "" {
+		if !isDropSet(s.Name) {
 			continue
 		}
 		k := kernel[s.Name]
@@ -768,10 +768,13 @@ func (e *Engine) recordedTable(st state.State, table string) *compiler.Ruleset {
 	return full
 }
 
+// isDropSet says whether a set holds drop counters.
+func isDropSet(set string) bool { return compiler.DropDirection(set) != "" }
+
 // Drops reads the drop counters of the table (its drop sets alone), by
 // reservation.
 func (e *Engine) Drops(table string) ([]compiler.Summary, error) {
-	rs, err := e.Host.Tables.ReadSets(table, func(set string) bool { return compiler.DropDirection(set) != "" })
+	rs, err := e.Host.Tables.ReadSets(table, isDropSet)
 	if err != nil {
 		return nil, err
 	}
