@@ -280,25 +280,7 @@ func TestApplyLarge(t *testing.T) {
 	}
 	path := filepath.Join(t.TempDir(), "big.yaml")
 	os.WriteFile(path, []byte(b.String()), 0o644)
-	rs := compileFile(t, path)
-	ns := testenv.NewNS(t)
-	c := open(t, ns)
-	if err := c.Apply(rs); err != nil {
-		t.Fatalf("apply 10k: %v", err)
-	}
-	back, err := c.Read(rs.Table)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if back.String() != rs.String() {
-		a, b := strings.Split(back.String(), "\n"), strings.Split(rs.String(), "\n")
-		for i := range min(len(a), len(b)) {
-			if a[i] != b[i] {
-				t.Fatalf("10k table reads back differently at line %d: %q, want %q", i+1, a[i], b[i])
-			}
-		}
-		t.Fatalf("10k table reads back differently: %d lines, want %d", len(a), len(b))
-	}
+	applyAndReadBack(t, compileFile(t, path))
 }
 
 // TestSetsMadeWithCapacity: the exact sets are made with their Capacity
