@@ -109,14 +109,24 @@ type Conn struct {
 // deleted anything waits for nf_tables' cleanup (an RCU grace period,
 // measured at 4-33 ms against 0.1 ms for the commit itself).
 func Open(netnsFd int) (*Conn, error) {
-	c := &Conn{netnsFd: netnsFd}
+	c := &Conn{netnsFd: -1}
 	keep := func(nl *netlink.Conn) error { c.raw = nl; return nil }
 	opts := []nftables.ConnOption{nftables.AsLasting(), nftables.WithSockOptions(socketBuffers, primeDumps, keep)}
 	if netnsFd >= 0 {
 		opts = append(opts, nftables.WithNetNSFd(netnsFd))
+		// A descriptor of its own for the second socket, opened later:
+		// the caller may close netnsFd once Open returns.
+		d, err := unix.FcntlInt(uintptr(netnsFd), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			return nil, fmt.Errorf("open nftables: %w", err)
+		}
+		c.netnsFd = d
 	}
 	nc, err := nftables.New(opts...)
 	if err != nil {
+		if c.netnsFd >= 0 {
+			unix.Close(c.netnsFd)
+		}
 		return nil, fmt.Errorf("open nftables: %w", err)
 	}
 	c.nc = nc
@@ -127,6 +137,9 @@ func Open(netnsFd int) (*Conn, error) {
 func (c *Conn) Close() error {
 	if c.second != nil {
 		c.second.Close()
+	}
+	if c.netnsFd >= 0 {
+		unix.Close(c.netnsFd)
 	}
 	return c.nc.CloseLasting()
 }
