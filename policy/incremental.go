@@ -228,10 +228,12 @@ func parseItems(file string, data []byte, items []item, todo []int, out []Reserv
 		batches = append(batches, b)
 		k += b.n
 	}
-	return parallel.Each(runtime.GOMAXPROCS(0), len(batches), func(_, k int) error {
+	workers := runtime.GOMAXPROCS(0)
+	slabs := make([]nodeSlab, workers) // each worker's nodes, batch after batch
+	return parallel.Each(workers, len(batches), func(w, k int) error {
 		b := batches[k]
-		first, last := items[b.first], items[b.first+b.n-1]
-		if !parseBatch(file, data[first.start:last.end], first.line, b.first, out[b.first:b.first+b.n]) {
+		slabs[w].reset()
+		if !parseBatch(file, data, items[b.first:b.first+b.n], b.first, out[b.first:b.first+b.n], &slabs[w]) {
 			return errNotPlain
 		}
 		return nil
@@ -241,20 +243,35 @@ func parseItems(file string, data []byte, items []item, todo []int, out []Reserv
 // errNotPlain is a batch that parseBatch would not take.
 var errNotPlain = errors.New("a batch is not plain, valid reservations")
 
-// parseBatch parses text, len(out) consecutive items of which the first is
-// reservations[first] and begins at line, on its own; ok is false for
-// anything but that many plain, valid reservations.
-func parseBatch(file string, text []byte, line, first int, out []ReservationSpec) bool {
-	p := &parser{file: file, lineOff: line - 1}
-	var doc yaml.Node
-	if err := decode(yaml.NewDecoder(bytes.NewReader(text)), &doc); err != nil || len(doc.Content) != 1 {
-		return false
+// parseBatch parses the items of data listed in out, len(out) consecutive
+// ones of which the first is reservations[first], on their own; ok is false
+// for anything but that many plain, valid reservations. Items in the simple
+// forms are scanned (scanItem); the batch is decoded by yaml.v3 when one is
+// not.
+func parseBatch(file string, data []byte, items []item, first int, out []ReservationSpec, slab *nodeSlab) bool {
+	p := &parser{file: file, lineOff: items[0].line - 1}
+	nodes := make([]*yaml.Node, len(items))
+	for k, it := range items {
+		n, ok := scanItem(data[it.start:it.end], it.line-items[0].line+1, slab)
+		if !ok {
+			nodes = nil
+			break
+		}
+		nodes[k] = n
 	}
-	seq := doc.Content[0]
-	if seq.Kind != yaml.SequenceNode || len(seq.Content) != len(out) || hasAnchors(seq) {
-		return false
+	if nodes == nil {
+		var doc yaml.Node
+		text := data[items[0].start:items[len(items)-1].end]
+		if err := decode(yaml.NewDecoder(bytes.NewReader(text)), &doc); err != nil || len(doc.Content) != 1 {
+			return false
+		}
+		seq := doc.Content[0]
+		if seq.Kind != yaml.SequenceNode || len(seq.Content) != len(out) || hasAnchors(seq) {
+			return false
+		}
+		nodes = seq.Content
 	}
-	for k, n := range seq.Content {
+	for k, n := range nodes {
 		spec, _, ok := p.reservation(n, index("reservations", first+k))
 		if !ok || p.errs.Len() > 0 {
 			return false

@@ -141,19 +141,19 @@ func (p *parser) policy(n *yaml.Node) *Policy {
 		return nil
 	}
 	pol := &Policy{File: p.file}
-	if v := vals["version"]; v == nil {
+	if v := vals.get("version"); v == nil {
 		p.errorf(n, "version", `missing; add "version: 1"`)
 	} else {
 		p.version(v)
 	}
-	if v := vals["settings"]; v != nil && p.dropIn {
+	if v := vals.get("settings"); v != nil && p.dropIn {
 		p.errorf(keyNode(n, "settings"), "settings", "a drop-in holds only version and reservations; "+
 			"settings belong in the main policy file, beside policy.d")
 		pol.Settings = model.DefaultSettings()
 	} else {
 		pol.Settings = p.settings(v)
 	}
-	if v := vals["reservations"]; v != nil && !isNull(v) {
+	if v := vals.get("reservations"); v != nil && !isNull(v) {
 		if items, ok := p.sequence(v, "reservations", "a list of reservations"); ok {
 			pol.Reservations = p.reservations(items)
 		}
@@ -180,7 +180,7 @@ func (p *parser) settings(n *yaml.Node) model.Settings {
 	if !ok {
 		return s
 	}
-	if v := vals["table"]; v != nil {
+	if v := vals.get("table"); v != nil {
 		if t, ok := p.scalar(v, "settings.table", "a table name", "!!str"); ok {
 			if tableRE.MatchString(t) {
 				s.Table = t
@@ -189,21 +189,21 @@ func (p *parser) settings(n *yaml.Node) model.Settings {
 			}
 		}
 	}
-	if v := vals["allow_root"]; v != nil {
+	if v := vals.get("allow_root"); v != nil {
 		if b, ok := p.boolean(v, "settings.allow_root", "true or false"); ok {
 			s.AllowRoot = b
 		}
 	}
-	if v := vals["unprivileged_port_start"]; v != nil {
+	if v := vals.get("unprivileged_port_start"); v != nil {
 		s.PortStart = p.portStart(v)
 	}
-	if v := vals["log"]; v != nil {
+	if v := vals.get("log"); v != nil {
 		s.Log = p.log(v)
 	}
-	if v := vals["marks"]; v != nil && !isNull(v) {
+	if v := vals.get("marks"); v != nil && !isNull(v) {
 		p.marks(v, &s)
 	}
-	if v := vals["bind_guard"]; v != nil {
+	if v := vals.get("bind_guard"); v != nil {
 		s.BindGuard = p.bindGuard(v)
 	}
 	return s
@@ -280,10 +280,10 @@ func (p *parser) log(n *yaml.Node) model.LogRate {
 		return model.DefaultLog
 	}
 	vals, ok := p.mapping(n, "settings.log", want, logKeys)
-	if !ok || vals["rate"] == nil {
+	if !ok || vals.get("rate") == nil {
 		return model.DefaultLog
 	}
-	v := vals["rate"]
+	v := vals.get("rate")
 	s, ok := p.scalar(v, "settings.log.rate", "a rate N/second, N/minute, N/hour or N/day", "!!str")
 	if !ok {
 		return model.DefaultLog
@@ -302,7 +302,7 @@ func (p *parser) marks(n *yaml.Node, s *model.Settings) {
 		return
 	}
 	mark := func(key string, dst *uint32) bool {
-		v := vals[key]
+		v := vals.get(key)
 		if v == nil {
 			return false
 		}
@@ -322,9 +322,9 @@ func (p *parser) marks(n *yaml.Node, s *model.Settings) {
 	owned := mark("owned", &s.MarkOwned)
 	squatted := mark("squatted", &s.MarkSquatted)
 	if s.MarkOwned == s.MarkSquatted {
-		at, field := vals["owned"], "settings.marks.owned"
+		at, field := vals.get("owned"), "settings.marks.owned"
 		if squatted || !owned {
-			at, field = vals["squatted"], "settings.marks.squatted"
+			at, field = vals.get("squatted"), "settings.marks.squatted"
 		}
 		p.errorf(at, field, "owned and squatted must be different bits (both are 0x%08x)", s.MarkOwned)
 	}
@@ -365,7 +365,7 @@ func (p *parser) reservation(n *yaml.Node, field string) (r ReservationSpec, nam
 		return r, nil, false
 	}
 	r.Pos = p.pos(n)
-	if v := vals["name"]; v == nil {
+	if v := vals.get("name"); v == nil {
 		p.errorf(n, field+".name", "missing; every reservation needs a name")
 	} else if s, ok := p.scalar(v, field+".name", "a name", "!!str"); ok {
 		if nameRE.MatchString(s) {
@@ -375,26 +375,26 @@ func (p *parser) reservation(n *yaml.Node, field string) (r ReservationSpec, nam
 			p.errorf(v, field+".name", "invalid name %q; use a letter then up to 63 letters, digits, _, . or -", s)
 		}
 	}
-	if v := vals["description"]; v != nil && !isNull(v) {
+	if v := vals.get("description"); v != nil && !isNull(v) {
 		if s, ok := p.scalar(v, field+".description", "a string", "!!str", "!!int", "!!float", "!!bool"); ok {
 			r.Description = s
 		}
 	}
-	if v := vals["ports"]; v == nil {
+	if v := vals.get("ports"); v == nil {
 		p.errorf(n, field+".ports", `missing; list the reserved ports, e.g. ports: [80, "8000-8080"]`)
 	} else {
 		r.Ports = p.ports(v, field+".ports")
 	}
 	r.Protocols = model.DefaultProtocols
-	if v := vals["protocols"]; v != nil {
+	if v := vals.get("protocols"); v != nil {
 		r.Protocols = p.protocols(v, field+".protocols")
 	}
-	if v := vals["owner"]; v == nil {
+	if v := vals.get("owner"); v == nil {
 		p.errorf(n, field+".owner", "missing; every reservation needs an owner with users, groups, units or cgroups")
 	} else {
 		p.owner(&r, v, field+".owner")
 	}
-	if v := vals["addresses"]; v != nil {
+	if v := vals.get("addresses"); v != nil {
 		r.Addresses = p.addresses(v, field+".addresses")
 	}
 	return r, nameNode, true
@@ -462,10 +462,10 @@ func (p *parser) owner(r *ReservationSpec, n *yaml.Node, field string) {
 		return
 	}
 	var uok, gok, nok, cok bool
-	r.Users, uok = p.ids(vals["users"], field+".users", "user", "uid")
-	r.Groups, gok = p.ids(vals["groups"], field+".groups", "group", "gid")
-	r.Units, nok = p.names(vals["units"], field+".units", `a list of systemd units such as [nginx.service, "app@*.service"]`, checkUnit)
-	r.Cgroups, cok = p.names(vals["cgroups"], field+".cgroups", `a list of cgroup paths such as ["/system.slice/app.service"]`, checkCgroup)
+	r.Users, uok = p.ids(vals.get("users"), field+".users", userIDs)
+	r.Groups, gok = p.ids(vals.get("groups"), field+".groups", groupIDs)
+	r.Units, nok = p.names(vals.get("units"), field+".units", `a list of systemd units such as [nginx.service, "app@*.service"]`, checkUnit)
+	r.Cgroups, cok = p.names(vals.get("cgroups"), field+".cgroups", `a list of cgroup paths such as ["/system.slice/app.service"]`, checkCgroup)
 	if uok && gok && nok && cok && len(r.Users)+len(r.Groups)+len(r.Units)+len(r.Cgroups) == 0 {
 		p.errorf(n, field, empty)
 	}
@@ -497,18 +497,31 @@ func (p *parser) names(n *yaml.Node, field, want string, check func(string) stri
 	return out, ok
 }
 
+// idKind names users or groups in ids' messages (made once, not per list).
+type idKind struct{ kind, id, list, entry string }
+
+var (
+	userIDs  = newIDKind("user", "uid")
+	groupIDs = newIDKind("group", "gid")
+)
+
+func newIDKind(kind, id string) idKind {
+	return idKind{kind, id, fmt.Sprintf("a list of %s names, %ss or %s ranges", kind, id, id), fmt.Sprintf("a %s name, %s or %s range", kind, id, id)}
+}
+
 // ids parses a list of names, ids and id ranges. ok is false when an
 // entry was wrong, so that the caller does not also call the owner empty.
-func (p *parser) ids(n *yaml.Node, field, kind, idName string) (out []OwnerRef, ok bool) {
+func (p *parser) ids(n *yaml.Node, field string, k idKind) (out []OwnerRef, ok bool) {
 	if n == nil || isNull(n) {
 		return nil, true
 	}
-	items, ok := p.sequence(n, field, fmt.Sprintf("a list of %s names, %ss or %s ranges", kind, idName, idName))
+	kind, idName := k.kind, k.id
+	items, ok := p.sequence(n, field, k.list)
 	if !ok {
 		return nil, false
 	}
 	for i, item := range items {
-		s, good := p.scalar(item, index(field, i), fmt.Sprintf("a %s name, %s or %s range", kind, idName, idName), "!!str", "!!int", "!!float")
+		s, good := p.scalar(item, index(field, i), k.entry, "!!str", "!!int", "!!float")
 		if !good {
 			ok = false
 			continue

@@ -188,13 +188,13 @@ func index(field string, i int) string { return field + "[" + strconv.Itoa(i) + 
 // mapping checks that n is a mapping whose keys are all in keys, each at
 // most once, and returns its values by key. ok is false when n is not a
 // mapping at all.
-func (p *parser) mapping(n *yaml.Node, field, want string, keys []string) (vals map[string]*yaml.Node, ok bool) {
+func (p *parser) mapping(n *yaml.Node, field, want string, keys []string) (vals fields, ok bool) {
 	n = deref(n)
 	if n.Kind != yaml.MappingNode {
 		p.wrongType(n, field, want)
 		return nil, false
 	}
-	vals = make(map[string]*yaml.Node, len(n.Content)/2)
+	vals = make(fields, 0, min(len(n.Content)/2, len(keys)))
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, v := deref(n.Content[i]), n.Content[i+1]
 		switch {
@@ -208,13 +208,32 @@ func (p *parser) mapping(n *yaml.Node, field, want string, keys []string) (vals 
 				msg += fmt.Sprintf(" (did you mean %q?)", s)
 			}
 			p.errorf(k, field, "%s; valid keys are %s", msg, strings.Join(keys, ", "))
-		case vals[k.Value] != nil:
+		case vals.get(k.Value) != nil:
 			p.errorf(k, field, "duplicate key %q (first at line %d)", k.Value, keyLine(n, k.Value))
 		default:
-			vals[k.Value] = v
+			vals = append(vals, keyValue{k.Value, v})
 		}
 	}
 	return vals, true
+}
+
+// fields are a mapping's values by key, each key at most once and one of
+// a handful (a slice: a map per mapping was a tenth of a parse).
+type fields []keyValue
+
+type keyValue struct {
+	key string
+	val *yaml.Node
+}
+
+// get is the value of key, or nil.
+func (f fields) get(key string) *yaml.Node {
+	for _, e := range f {
+		if e.key == key {
+			return e.val
+		}
+	}
+	return nil
 }
 
 // keyNode is the first key named key in mapping n, or n when none is.
