@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/portfw/portfw/model"
 )
@@ -81,16 +82,27 @@ type Stray struct {
 type planSource struct {
 	oldRS, newRS *Ruleset
 	oldM, newM   *model.Resolved
+
+	once sync.Once
+	plan Plan
 }
 
-// Plan works out what the changes do (see Plan). Changes made by hand
-// (not by Diff, Compare or Change) have no plan.
+// Plan works out what the changes do (see Plan), once: later calls, and
+// calls while the first is under way (apply starts one beside its commit),
+// return the first's Plan, which the callers share and must not change.
+// Changes made by hand (not by Diff, Compare or Change) have no plan.
 func (c Changes) Plan() Plan {
-	var p Plan
 	src := c.src
 	if src == nil {
-		return p
+		return Plan{}
 	}
+	src.once.Do(func() { src.plan = c.makePlan() })
+	return src.plan
+}
+
+func (c Changes) makePlan() Plan {
+	var p Plan
+	src := c.src
 	var olds, news map[string][]setElement
 	if src.oldRS != nil || src.newRS != nil {
 		olds, news = groupElements(src.oldRS), groupElements(src.newRS)

@@ -23,6 +23,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -108,9 +109,10 @@ type Engine struct {
 	last *record
 }
 
-// snapshot is a record as Host.Snapshots stores it.
+// snapshot is a record as Host.Snapshots stores it: a gob stream of its
+// body, known before the commit and encoded beside it, then the commit's
+// generation.
 type snapshot struct {
-	Gen      uint32
 	Table    string
 	Digest   string
 	Resolved *model.Resolved
@@ -129,29 +131,64 @@ func (e *Engine) loadSnapshot(st state.State, gen uint32, table string) *record 
 		return nil
 	}
 	var s snapshot
-	if gob.NewDecoder(bytes.NewReader(b)).Decode(&s) != nil || s.Resolved == nil {
+	var sgen uint32
+	dec := gob.NewDecoder(bytes.NewReader(b))
+	if dec.Decode(&s) != nil || dec.Decode(&sgen) != nil || s.Resolved == nil {
 		return nil
 	}
-	if s.Gen != gen || s.Table != table || s.Digest != st.Digest {
+	if sgen != gen || s.Table != table || s.Digest != st.Digest {
 		return nil
 	}
 	if d, _ := digests(s.Resolved); d != s.Digest {
 		return nil
 	}
-	return &record{gen: s.Gen, table: s.Table, digest: s.Digest, resolved: s.Resolved}
+	return &record{gen: sgen, table: s.Table, digest: s.Digest, resolved: s.Resolved}
 }
 
-// saveSnapshot saves r when the Engine keeps snapshots. A failure costs the
-// next apply a read of the table, nothing else: an old snapshot names an
-// older generation and is not used.
-func (e *Engine) saveSnapshot(r *record) {
+// pendingSnapshot is a snapshot whose body is being encoded.
+type pendingSnapshot struct {
+	buf  bytes.Buffer
+	enc  *gob.Encoder
+	done chan error
+	once sync.Once
+	err  error
+}
+
+// wait waits for the body's encoding; ps may be nil.
+func (ps *pendingSnapshot) wait() error {
+	if ps == nil {
+		return nil
+	}
+	ps.once.Do(func() { ps.err = <-ps.done })
+	return ps.err
+}
+
+// startSnapshot encodes the body of the snapshot of a commit of resolved
+// (of table, hashing to digest) in the background; nil when the Engine
+// keeps none.
+func (e *Engine) startSnapshot(table, digest string, resolved *model.Resolved) *pendingSnapshot {
 	if !e.KeepSnapshot || e.Host.Snapshots == nil {
+		return nil
+	}
+	ps := &pendingSnapshot{done: make(chan error, 1)}
+	ps.enc = gob.NewEncoder(&ps.buf)
+	go func() { ps.done <- ps.enc.Encode(snapshot{Table: table, Digest: digest, Resolved: resolved}) }()
+	return ps
+}
+
+// finishSnapshot saves ps with the generation of its commit. A failure
+// costs the next apply a read of the table, nothing else: an old snapshot
+// names an older generation and is not used. ps may be nil.
+func (e *Engine) finishSnapshot(ps *pendingSnapshot, gen uint32) {
+	if ps == nil || ps.wait() != nil || ps.enc.Encode(gen) != nil {
 		return
 	}
-	var b bytes.Buffer
-	if gob.NewEncoder(&b).Encode(snapshot{Gen: r.gen, Table: r.table, Digest: r.digest, Resolved: r.resolved}) == nil {
-		e.Host.Snapshots.SaveSnapshot(b.Bytes())
-	}
+	e.Host.Snapshots.SaveSnapshot(ps.buf.Bytes())
+}
+
+// saveSnapshot saves r when the Engine keeps snapshots.
+func (e *Engine) saveSnapshot(r *record) {
+	e.finishSnapshot(e.startSnapshot(r.table, r.digest, r.resolved), r.gen)
 }
 
 type record struct {
@@ -609,7 +646,14 @@ func (e *Engine) Sync(p *Plan, dry bool) (Result, error) {
 			return res, fmt.Errorf("%w; the table was not changed", err)
 		}
 	}
-	// 4. The table.
+	// 4. The table. Beside the kernel's commit, which leaves a CPU idle
+	// (0.2 s for a fresh 10k table): the snapshot's encoding, and the
+	// plan apply prints.
+	snap := e.startSnapshot(table, p.Digest, p.Resolved)
+	defer snap.wait() // nothing reads p past Sync
+	if !p.Quiet {
+		go res.Changes.Plan()
+	}
 	var newGen uint32
 	for attempt := 0; ; attempt++ {
 		tx := new(nft.Tx)
@@ -678,7 +722,7 @@ func (e *Engine) Sync(p *Plan, dry bool) (Result, error) {
 		return res, &PartialError{done, err}
 	}
 	e.last = &record{gen: newGen, table: table, digest: p.Digest, resolved: p.Resolved}
-	e.saveSnapshot(e.last)
+	e.finishSnapshot(snap, newGen)
 	e.afterSync(p, &res)
 	return res, nil
 }

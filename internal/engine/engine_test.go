@@ -545,7 +545,9 @@ func TestChangeFromSnapshot(t *testing.T) {
 	st, _ := w.store.Load()
 	_, other := load(t, two("alice"))
 	var b bytes.Buffer
-	gob.NewEncoder(&b).Encode(snapshot{Gen: st.Gen, Table: st.Table, Digest: st.Digest, Resolved: other})
+	enc := gob.NewEncoder(&b)
+	enc.Encode(snapshot{Table: st.Table, Digest: st.Digest, Resolved: other})
+	enc.Encode(st.Gen)
 	w.store.Snapshot = b.Bytes()
 	w.e.last = nil
 	if r = w.mustApply(two("alice")); !r.Read {
