@@ -140,12 +140,13 @@ func (d Dir) Save(st State) error {
 	if err != nil {
 		return fmt.Errorf("write state: %w", err)
 	}
-	return writeAtomic(d.Path(), append(b, '\n'))
+	return writeAtomic(d.Path(), append(b, '\n'), true)
 }
 
 // writeAtomic writes a temporary file, syncs it, renames it over path and
 // syncs the directory, so the rename is on disk before portfw goes on.
-func writeAtomic(path string, data []byte) error {
+// Without durable, nothing is synced: for what is checked when read.
+func writeAtomic(path string, data []byte, durable bool) error {
 	tmp, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".tmp-*")
 	if err != nil {
 		return fmt.Errorf("write state: %w", err)
@@ -159,15 +160,20 @@ func writeAtomic(path string, data []byte) error {
 		tmp.Close()
 		return fmt.Errorf("write state: %w", err)
 	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write state: %w", err)
+	if durable {
+		if err := tmp.Sync(); err != nil {
+			tmp.Close()
+			return fmt.Errorf("write state: %w", err)
+		}
 	}
 	if err := tmp.Close(); err != nil {
 		return fmt.Errorf("write state: %w", err)
 	}
 	if err := os.Rename(tmp.Name(), path); err != nil {
 		return fmt.Errorf("write state: %w", err)
+	}
+	if !durable {
+		return nil
 	}
 	if dir, err := os.Open(filepath.Dir(path)); err == nil {
 		dir.Sync()
@@ -192,12 +198,15 @@ func (d Dir) LoadSnapshot() ([]byte, error) {
 	return b, err
 }
 
-// SaveSnapshot replaces the snapshot, atomically.
+// SaveSnapshot replaces the snapshot, atomically but not durably: after a
+// crash it may be the old one or empty, which the engine checks for (an
+// old one names an older generation than the state), so an apply does not
+// wait for the disk (570 KB at 10k reservations: 10-20 ms here).
 func (d Dir) SaveSnapshot(b []byte) error {
 	if err := os.MkdirAll(d.Dir, 0o755); err != nil {
 		return err
 	}
-	return writeAtomic(d.snapshotPath(), b)
+	return writeAtomic(d.snapshotPath(), b, false)
 }
 
 func (d Dir) Delete() error {
