@@ -69,49 +69,89 @@ func newSet(t *nftables.Table, s *compiler.Set) (*nftables.Set, []nftables.SetEl
 		Counter:       s.Counter,
 	}
 	elems := make([]nftables.SetElement, len(s.Elements))
+	// Every key (and end) of the set in one buffer: 60k elements were
+	// half a million small allocations.
+	buf := make([]byte, 0, len(s.Elements)*keyLen(s))
 	for i, e := range s.Elements {
-		elems[i] = encodeElement(s, e)
+		elems[i], buf = encodeElement(s, e, buf)
 	}
 	return set, elems, nil
 }
 
-func encodeElement(s *compiler.Set, e compiler.Element) nftables.SetElement {
-	var key, end []byte
+// keyLen is the bytes encodeElement appends per element of s.
+func keyLen(s *compiler.Set) int {
+	n := 0
 	for _, f := range s.Fields {
-		lo, hi := fieldBytes(f, e, s.Interval)
-		key = append(key, lo...)
-		end = append(end, hi...)
+		switch f {
+		case compiler.FieldIPv6:
+			n += 16
+		case compiler.FieldCgroup:
+			n += 8
+		default:
+			n += 4
+		}
 	}
-	el := nftables.SetElement{Key: key, Comment: e.Comment}
 	if s.Interval {
-		el.KeyEnd = end
+		n *= 2
 	}
-	return el
+	return n
 }
 
-// fieldBytes encodes one field of an element, padded to a register, as the
-// low and high end of its range.
-func fieldBytes(f compiler.Field, e compiler.Element, interval bool) (lo, hi []byte) {
+// encodeElement encodes e, appending its key (and end) to buf, and returns
+// the element and buf.
+func encodeElement(s *compiler.Set, e compiler.Element, buf []byte) (nftables.SetElement, []byte) {
+	start := len(buf)
+	for _, f := range s.Fields {
+		buf = appendField(buf, f, e, s.Interval, false)
+	}
+	el := nftables.SetElement{Key: buf[start:len(buf):len(buf)], Comment: e.Comment}
+	if s.Interval {
+		mid := len(buf)
+		for _, f := range s.Fields {
+			buf = appendField(buf, f, e, s.Interval, true)
+		}
+		el.KeyEnd = buf[mid:len(buf):len(buf)]
+	}
+	return el, buf
+}
+
+// appendField appends one field of an element, padded to a register: the
+// low end of its range, or with hi the high end.
+func appendField(b []byte, f compiler.Field, e compiler.Element, interval, hi bool) []byte {
 	switch f {
 	case compiler.FieldIPv4, compiler.FieldIPv6:
-		first := e.Addr.Masked().Addr()
-		last := lastAddr(e.Addr)
-		return first.AsSlice(), last.AsSlice()
+		a := e.Addr.Masked().Addr()
+		if hi {
+			a = lastAddr(e.Addr)
+		}
+		if a.Is4() {
+			v := a.As4()
+			return append(b, v[:]...)
+		}
+		v := a.As16()
+		return append(b, v[:]...)
 	case compiler.FieldProto:
-		p := byte(e.Proto)
-		return []byte{p, 0, 0, 0}, []byte{p, 0, 0, 0}
+		return append(b, byte(e.Proto), 0, 0, 0)
 	case compiler.FieldPort:
-		return pad4(binary.BigEndian.AppendUint16(nil, e.Ports.Lo)), pad4(binary.BigEndian.AppendUint16(nil, e.Ports.Hi))
+		port := e.Ports.Lo
+		if hi {
+			port = e.Ports.Hi
+		}
+		return append(binary.BigEndian.AppendUint16(b, port), 0, 0)
 	case compiler.FieldCgroup:
 		if interval {
-			return binary.BigEndian.AppendUint64(nil, e.Cgroup), binary.BigEndian.AppendUint64(nil, e.Cgroup)
+			return binary.BigEndian.AppendUint64(b, e.Cgroup)
 		}
-		return binary.NativeEndian.AppendUint64(nil, e.Cgroup), binary.NativeEndian.AppendUint64(nil, e.Cgroup)
+		return binary.NativeEndian.AppendUint64(b, e.Cgroup)
 	default: // uid, gid
-		if interval {
-			return binary.BigEndian.AppendUint32(nil, e.ID.Lo), binary.BigEndian.AppendUint32(nil, e.ID.Hi)
+		id := e.ID.Lo
+		if hi {
+			id = e.ID.Hi
 		}
-		return binary.NativeEndian.AppendUint32(nil, e.ID.Lo), binary.NativeEndian.AppendUint32(nil, e.ID.Hi)
+		if interval {
+			return binary.BigEndian.AppendUint32(b, id)
+		}
+		return binary.NativeEndian.AppendUint32(b, id)
 	}
 }
 
@@ -122,14 +162,6 @@ func lastAddr(p netip.Prefix) netip.Addr {
 	}
 	a, _ := netip.AddrFromSlice(b)
 	return a
-}
-
-// pad4 pads a value to a whole 32-bit register, as concatenations store it.
-func pad4(b []byte) []byte {
-	for len(b)%4 != 0 {
-		b = append(b, 0)
-	}
-	return b
 }
 
 // keyLoad is how a key is loaded: the expressions that put it in reg, and
