@@ -495,7 +495,7 @@ func (h *Host) detach(in *installed) error {
 // inner maps, switched to with one write. Either way no bind ever sees a
 // port unguarded.
 func (h *Host) Apply(cookie, inode uint64, spec Spec) error {
-	_, err := h.apply(cookie, inode, spec)
+	_, err := h.apply(cookie, inode, func() Spec { return spec })
 	return err
 }
 
@@ -508,7 +508,9 @@ type written struct {
 	size [4]int // entries in each inner map
 }
 
-func (h *Host) apply(cookie, inode uint64, spec Spec) (written, error) {
+// apply is Apply of the spec that spec returns, called once the kernel's
+// side is read (Namespace.Apply works the spec out meanwhile).
+func (h *Host) apply(cookie, inode uint64, spec func() Spec) (written, error) {
 	unlock, err := h.lock()
 	if err != nil {
 		return written{}, err
@@ -537,7 +539,7 @@ func (h *Host) apply(cookie, inode uint64, spec Spec) (written, error) {
 	if next == 0 {
 		next = 1
 	}
-	e := encode(spec)
+	e := encode(spec())
 	w := written{gen: next, num: func(id OwnerID) uint32 { return uint32(id) }}
 	for i, name := range mapNames[1:] {
 		// Room to grow in place (updateInPlace) before the next generation.

@@ -96,13 +96,17 @@ func (n *Namespace) Apply(r *model.Resolved) error {
 		}
 	}
 	n.w, n.b = nil, nil
-	spec := FromResolved(r)
+	// The spec (20-30 ms at 10k reservations) is worked out while apply
+	// reads what the kernel holds.
+	specs := make(chan Spec, 1)
+	go func() { specs <- FromResolved(r) }()
+	spec := sync.OnceValue(func() Spec { return <-specs })
 	w, err := h.apply(n.cookie, n.inode, spec)
 	if err != nil {
 		return err
 	}
 	n.w = &w
-	n.built.r, n.built.spec = r, spec
+	n.built.r, n.built.spec = r, spec()
 	return removeLegacy(n.cookie)
 }
 

@@ -141,15 +141,17 @@ type change struct {
 	put, del []kv
 }
 
-// updateInPlace changes the namespace's current inner maps to hold spec.
-// It returns false, having written nothing, when they cannot take it: a
-// map would outgrow its size, or the owner numbers would outgrow theirs.
-func updateInPlace(in *installed, cookie uint64, gen uint32, spec Spec) (written, bool, error) {
+// updateInPlace changes the namespace's current inner maps to hold the
+// spec that spec returns once they are read. It returns false, having
+// written nothing, when they cannot take it: a map would outgrow its size,
+// or the owner numbers would outgrow theirs.
+func updateInPlace(in *installed, cookie uint64, gen uint32, specOf func() Spec) (written, bool, error) {
 	c, err := readCurrent(in, cookie, gen)
 	if err != nil || c == nil {
 		return written{}, false, err
 	}
 	defer c.close()
+	spec := specOf()
 	num := c.numbering(spec)
 	for i := range spec.Owners {
 		if num(OwnerID(i+1)) > maxNum {
