@@ -66,6 +66,11 @@ func runApply(a *app, args []string) int {
 			return a.printUnchanged(e, *path, sum, *asJSON)
 		}
 	}
+	if e.Host.Guard != nil {
+		// Whether the guard can run here (a probe that loads both
+		// programs, ~10 ms) is found out while the policy is parsed.
+		go e.Host.Guard.Supported()
+	}
 	l, err := a.load(*path, *insecure)
 	if err != nil {
 		a.printError("apply", *path, err)

@@ -650,9 +650,18 @@ func (e *Engine) Sync(p *Plan, dry bool) (Result, error) {
 	// (0.2 s for a fresh 10k table): the snapshot's encoding, and the
 	// plan apply prints.
 	snap := e.startSnapshot(table, p.Digest, p.Resolved)
-	defer snap.wait() // nothing reads p past Sync
+	defer snap.wait()       // nothing reads p past Sync
+	var later func() Result // the sweep and the squatters, see afterSync
 	if !p.Quiet {
 		go res.Changes.Plan()
+		ch := make(chan Result, 1)
+		go func() {
+			var r Result
+			e.afterSync(p, &r)
+			ch <- r
+		}()
+		later = sync.OnceValue(func() Result { return <-ch })
+		defer later()
 	}
 	var newGen uint32
 	for attempt := 0; ; attempt++ {
@@ -723,7 +732,11 @@ func (e *Engine) Sync(p *Plan, dry bool) (Result, error) {
 	}
 	e.last = &record{gen: newGen, table: table, digest: p.Digest, resolved: p.Resolved}
 	e.finishSnapshot(snap, newGen)
-	e.afterSync(p, &res)
+	if later != nil {
+		r := later()
+		res.Swept, res.Squatters = r.Swept, r.Squatters
+		res.Warnings = append(res.Warnings, r.Warnings...)
+	}
 	return res, nil
 }
 
@@ -869,16 +882,19 @@ func (e *Engine) guardInSync(p *Plan) (bool, error) {
 	if p.State.GuardDigest != p.Guard.Digest {
 		return false, nil
 	}
-	info, err := e.Host.Guard.Status()
+	// Active, not Status: Status counts every entry (20k at 10k reservations).
+	active, err := e.Host.Guard.Active()
 	if err != nil {
 		return false, fmt.Errorf("read the bind guard: %w", err)
 	}
-	return info.Active, nil
+	return active, nil
 }
 
 // afterSync sweeps the guard entries of deleted namespaces and lists the
 // squatters that bound before the guard: neither changes this namespace's
-// enforcement, so their failures are warnings.
+// enforcement, so their failures are warnings. A commit runs it beside the
+// kernel's work (the guard is in by then; a socket bound meanwhile is the
+// same race as one bound just after).
 func (e *Engine) afterSync(p *Plan, res *Result) {
 	if p.Quiet {
 		return
