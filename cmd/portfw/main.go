@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/debug"
 	"runtime/pprof"
 	"strings"
 	"time"
@@ -86,9 +87,26 @@ func newApp(stdout, stderr io.Writer) *app {
 
 func main() {
 	stop := profile(os.Getenv("PORTFW_CPUPROFILE"))
+	limitMemory(os.Args[1:])
 	code := newApp(os.Stdout, os.Stderr).run(os.Args[1:])
 	stop()
 	os.Exit(code)
+}
+
+// oneShotMemory is the soft memory limit of the commands that exit when
+// done: the collector works harder near it instead of letting the heap
+// double. At 100k reservations a fresh apply's live heap peaks near 300 MB
+// and its resident size went to ~500 MB without it (~300 MB with, 0.5 s
+// slower); below some 50k reservations the heap never comes near it. The
+// daemon has none: a limit under its live heap would keep its collector
+// running. GOMEMLIMIT, when set, is the Go runtime's and wins.
+const oneShotMemory = 256 << 20
+
+func limitMemory(args []string) {
+	if os.Getenv("GOMEMLIMIT") != "" || len(args) > 0 && args[0] == "watch" {
+		return
+	}
+	debug.SetMemoryLimit(oneShotMemory)
 }
 
 // profile writes a CPU profile of the command to file, when it is set
