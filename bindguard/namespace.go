@@ -211,6 +211,9 @@ type Fake struct {
 	spec      *Spec
 	// Applies and Removes count calls that changed something.
 	Applies, Removes int
+	// Dead are the cookies of deleted namespaces whose entries the next
+	// Sweep removes.
+	Dead []uint64
 }
 
 // Supported returns Unsupported.
@@ -259,8 +262,14 @@ func (f *Fake) Active() (bool, error) {
 	return f.spec != nil, nil
 }
 
-// Sweep removes nothing: the fake guards one namespace.
-func (f *Fake) Sweep() ([]uint64, error) { return nil, nil }
+// Sweep removes Dead.
+func (f *Fake) Sweep() ([]uint64, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	swept := f.Dead
+	f.Dead = nil
+	return swept, nil
+}
 
 // Cgroup is the root.
 func (f *Fake) Cgroup() string { return "/" }

@@ -50,6 +50,10 @@ func runRemove(a *app, args []string) int {
 	if rr.Guard {
 		fmt.Fprintln(a.stdout, "removed this namespace's bind guard")
 	}
+	if rr.Swept > 0 {
+		fmt.Fprintf(a.stdout, "removed the bind guard entries of %d deleted namespaces\n", rr.Swept)
+	}
+	a.printWarnings(rr.Warnings)
 	for _, t := range rr.Tables {
 		fmt.Fprintf(a.stdout, "removed table inet %s\n", t)
 	}

@@ -932,6 +932,12 @@ type RemoveResult struct {
 	// set to the safest value instead of the recorded one, and reserved
 	// ports portfw may have added were left in place.
 	Corrupt error
+	// Swept counts guard entries of deleted namespaces removed with this
+	// namespace's (so the last remove on a host detaches the programs even
+	// when namespaces were deleted without one).
+	Swept int
+	// Warnings are problems that did not fail the remove.
+	Warnings []string
 }
 
 // Remove undoes portfw in this namespace: the threshold goes back up
@@ -969,6 +975,11 @@ func (e *Engine) Remove(tables ...string) (RemoveResult, error) {
 	if h.Guard != nil && h.Guard.Supported() == nil {
 		if rr.Guard, err = h.Guard.Remove(); err != nil {
 			return rr, fmt.Errorf("remove the bind guard: %w", err)
+		}
+		swept, err := h.Guard.Sweep()
+		rr.Swept = len(swept)
+		if err != nil {
+			rr.Warnings = append(rr.Warnings, "bind guard: entries of deleted namespaces not swept: "+err.Error())
 		}
 	}
 	names := tables

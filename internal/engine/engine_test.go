@@ -492,6 +492,13 @@ func TestSquattersReported(t *testing.T) {
 	if len(r.Squatters) != 1 || r.Squatters[0].UID != 1000 || r.Squatters[0].Reservation != "web" {
 		t.Errorf("squatters %+v", r.Squatters)
 	}
+	// The listing runs beside the commit: its failure is a warning of the
+	// sync that committed, and the commit stands.
+	w.e.Host.Sockets = func() ([]audit.Socket, error) { return nil, errors.New("sock_diag: no") }
+	r = w.mustApply(policyText("bind_guard: auto, allow_root: false"))
+	if r.Mode == ModeNone || len(r.Squatters) != 0 || !slices.ContainsFunc(r.Warnings, func(s string) bool { return strings.Contains(s, "sock_diag: no") }) {
+		t.Errorf("a failed listing beside a commit: %+v", r)
+	}
 }
 
 // TestDry: a dry sync changes nothing.
@@ -705,5 +712,26 @@ func TestStatusFromRecord(t *testing.T) {
 	w.tables.Tamper("other", func(*compiler.Ruleset) *compiler.Ruleset { return &compiler.Ruleset{Table: "other"} })
 	if _, err := w.e.Status(""); err != nil || w.tables.Reads != reads+1 {
 		t.Fatalf("after another commit: %v, %d full reads", err, w.tables.Reads-reads)
+	}
+}
+
+// TestSweepOnApplyAndRemove: the guard entries of namespaces deleted
+// without a remove are swept by the next apply that commits, and by a
+// remove (so the last remove on a host detaches the programs).
+func TestSweepOnApplyAndRemove(t *testing.T) {
+	w := newWorld(t)
+	w.guard.Dead = []uint64{41, 42}
+	if r := w.mustApply(policyText("bind_guard: on")); r.Swept != 2 {
+		t.Errorf("apply swept %d entries, want 2", r.Swept)
+	}
+	w.guard.Dead = []uint64{43}
+	unlock, err := w.e.Lock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rr, err := w.e.Remove()
+	unlock()
+	if err != nil || !rr.Guard || rr.Swept != 1 || len(w.guard.Dead) != 0 {
+		t.Errorf("remove: %+v %v (left %v), want this namespace's entry and one dead one removed", rr, err, w.guard.Dead)
 	}
 }
