@@ -484,7 +484,8 @@ func (r *report) markdown() string {
 	w("`portfw status` (the drop sets read back for their counters, the rest compiled from portfw's record of its commit, ")
 	w("which the generation says the kernel still holds; the whole table read when it does not). *One-owner change*: then an apply of the policy with one ")
 	w("reservation's owner changed. At 100k every reservation has one protocol (ports 12000-61999, the ")
-	w("namespace's ephemeral range moved to 62000-65000).\n\n")
+	w("namespace's ephemeral range moved to 62000-65000). The one-shot commands run with a 256 MiB soft memory limit ")
+	w("(cmd/portfw: the collector works harder near it; at 100k a fresh apply's live heap comes close, below it the limit changes nothing).\n\n")
 	w("| reservations | fresh | `nft -f` same ruleset | in sync | status | one-owner change | peak RSS fresh / change |\n|--:|--:|--:|--:|--:|--:|--:|\n")
 	for _, n := range []string{"1000", "10000", "100000"} {
 		mb := func(tool string) string {
@@ -611,11 +612,11 @@ func (r *report) reading(w func(string, ...any)) {
 
 	ap, nf := median(r.apply["10000/portfw"]), median(r.apply["10000/nft"])
 	w("- **Apply.** A fresh `portfw apply` of 10k takes %s s against %s s for `nft -f` of the same ruleset. ", f3(ap/1000), f3(nf/1000))
-	w("In process, parsing and resolving the YAML takes %s ms (most of it gopkg.in/yaml.v3's decoder, run in batches of 512 reservations on every CPU), ", f1(r.phase("load")))
+	w("In process, parsing and resolving the YAML takes %s ms (in batches of 512 reservations on every CPU; reservations written in the simple forms are scanned by portfw into the node trees gopkg.in/yaml.v3 would decode, anything else goes to its decoder), ", f1(r.phase("load")))
 	w("preparing %s ms, and the sync with the table absent %s ms, most of it the kernel's own commit ", f1(r.phase("prepare")), f1(r.phase("sync_cold")))
-	w("of the table's 80k elements (one sendmsg: `nft -f` sends the same and waits as long; the sets are made with a size, so the kernel gives them fixed hash buckets, design.md). An apply with nothing to do takes %s ms: ", f1(median(r.apply["10000/insync"])))
+	w("of the table's 80k elements (one sendmsg: `nft -f` sends the same and waits as long; the sets are made with a size, so the kernel gives them fixed hash buckets, design.md; the plan apply prints, the snapshot and the squatter listing are worked out on the other CPU meanwhile). An apply with nothing to do takes %s ms: ", f1(median(r.apply["10000/insync"])))
 	w("it compares a digest of its inputs with the state and reads neither the policy nor the table. ")
-	w("A one-owner change (%s ms at 10k) parses the whole file (in those batches) but does not read the table back: ", f1(median(r.apply["10000/change"])))
+	w("A one-owner change (%s ms at 10k) parses the whole file (in those batches) but does not read the table back, and the bind guard's new spec is worked out while its maps are read: ", f1(median(r.apply["10000/change"])))
 	w("the previous apply saved its record of the table beside the state, and the change is computed from it ")
 	w("while the generation and digest say the kernel still holds exactly that.\n")
 
