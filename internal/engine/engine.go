@@ -508,6 +508,25 @@ func (e *Engine) Sync(p *Plan, dry bool) (Result, error) {
 	st := p.State
 	table := p.Table
 	res := Result{Mode: ModeNone, Sysctls: p.Sysctls.Changes(), Guard: GuardUnchanged}
+	// The sweep and the squatter listing (afterSync) run beside the rest:
+	// they change nothing this namespace enforces, and a socket bound
+	// meanwhile is the race one bound just after always was.
+	afterDone := func() {}
+	if !dry && !p.Quiet {
+		ch := make(chan Result, 1)
+		go func() {
+			var r Result
+			e.afterSync(p, &r)
+			ch <- r
+		}()
+		after := sync.OnceValue(func() Result { return <-ch })
+		defer after() // nothing runs past Sync
+		afterDone = func() {
+			r := after()
+			res.Swept, res.Squatters = r.Swept, r.Squatters
+			res.Warnings = append(res.Warnings, r.Warnings...)
+		}
+	}
 
 	guardOK, err := e.guardInSync(p)
 	if err != nil {
@@ -533,11 +552,28 @@ func (e *Engine) Sync(p *Plan, dry bool) (Result, error) {
 			if err := e.recordInputs(p, st); err != nil {
 				return res, err
 			}
-			e.afterSync(p, &res)
+			afterDone()
 		}
 		if res.InSync() || dry {
 			return res, nil
 		}
+	}
+	// 1. The guard, which does not depend on the table: it goes in while
+	// the change is worked out (the record of the last commit loaded, a
+	// fresh 10k table's compile and comparison), and the table is
+	// committed only once it is in.
+	var guardDone chan error
+	if !dry && p.Guard.On && res.Guard == GuardUpdated {
+		guardDone = make(chan error, 1)
+		go func() { guardDone <- h.Guard.Apply(p.Resolved) }()
+	}
+	waitGuard := func() error {
+		if guardDone == nil {
+			return nil
+		}
+		err := <-guardDone
+		guardDone = nil
+		return err
 	}
 	// Only this Engine has committed since its last commit: the table is
 	// what that commit made, and the change needs no read.
@@ -574,22 +610,6 @@ func (e *Engine) Sync(p *Plan, dry bool) (Result, error) {
 		}
 		return nil
 	}
-	// 1. The guard, which does not depend on the table: it goes in while
-	// the change is worked out (a fresh 10k table's compile and
-	// comparison), and the table is committed only once it is in.
-	var guardDone chan error
-	if !dry && p.Guard.On && res.Guard == GuardUpdated {
-		guardDone = make(chan error, 1)
-		go func() { guardDone <- h.Guard.Apply(p.Resolved) }()
-	}
-	waitGuard := func() error {
-		if guardDone == nil {
-			return nil
-		}
-		err := <-guardDone
-		guardDone = nil
-		return err
-	}
 	if known {
 		res.Changes, delta, deltaOK = compiler.Change(prev.resolved, p.Resolved)
 	} else if err := read(); err != nil {
@@ -611,7 +631,7 @@ func (e *Engine) Sync(p *Plan, dry bool) (Result, error) {
 			}
 			e.last = &record{gen: gen, table: table, digest: p.Digest, resolved: p.Resolved}
 			e.saveSnapshot(e.last)
-			e.afterSync(p, &res)
+			afterDone()
 		}
 		return res, nil
 	}
@@ -651,17 +671,8 @@ func (e *Engine) Sync(p *Plan, dry bool) (Result, error) {
 	// plan apply prints.
 	snap := e.startSnapshot(table, p.Digest, p.Resolved)
 	defer snap.wait()       // nothing reads p past Sync
-	var later func() Result // the sweep and the squatters, see afterSync
 	if !p.Quiet {
 		go res.Changes.Plan()
-		ch := make(chan Result, 1)
-		go func() {
-			var r Result
-			e.afterSync(p, &r)
-			ch <- r
-		}()
-		later = sync.OnceValue(func() Result { return <-ch })
-		defer later()
 	}
 	var newGen uint32
 	for attempt := 0; ; attempt++ {
@@ -732,11 +743,7 @@ func (e *Engine) Sync(p *Plan, dry bool) (Result, error) {
 	}
 	e.last = &record{gen: newGen, table: table, digest: p.Digest, resolved: p.Resolved}
 	e.finishSnapshot(snap, newGen)
-	if later != nil {
-		r := later()
-		res.Swept, res.Squatters = r.Swept, r.Squatters
-		res.Warnings = append(res.Warnings, r.Warnings...)
-	}
+	afterDone()
 	return res, nil
 }
 
@@ -892,9 +899,8 @@ func (e *Engine) guardInSync(p *Plan) (bool, error) {
 
 // afterSync sweeps the guard entries of deleted namespaces and lists the
 // squatters that bound before the guard: neither changes this namespace's
-// enforcement, so their failures are warnings. A commit runs it beside the
-// kernel's work (the guard is in by then; a socket bound meanwhile is the
-// same race as one bound just after).
+// enforcement, so their failures are warnings. Sync runs it beside its
+// other steps.
 func (e *Engine) afterSync(p *Plan, res *Result) {
 	if p.Quiet {
 		return
