@@ -670,7 +670,7 @@ func (e *Engine) Sync(p *Plan, dry bool) (Result, error) {
 	// (0.2 s for a fresh 10k table): the snapshot's encoding, and the
 	// plan apply prints.
 	snap := e.startSnapshot(table, p.Digest, p.Resolved)
-	defer snap.wait()       // nothing reads p past Sync
+	defer snap.wait() // nothing reads p past Sync
 	if !p.Quiet {
 		go res.Changes.Plan()
 	}
