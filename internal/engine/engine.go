@@ -784,12 +784,13 @@ func hostDigest(h tune.Host) string {
 // the drop counters read from the kernel: what a read of the whole table
 // returns while nobody else commits (the generation says so before and
 // after), for a read of the drop sets alone, while the record is compiled
-// on the other CPU. Nil when there is no such record: then read it all.
-func (e *Engine) recordedTable(st state.State, table string) *compiler.Ruleset {
+// on the other CPU, and the recorded policy it was compiled from. Nil when
+// there is no such record: then read it all.
+func (e *Engine) recordedTable(st state.State, table string) (*compiler.Ruleset, *model.Resolved) {
 	h := e.Host
 	gen, err := h.Tables.Gen()
 	if err != nil || h.Snapshots == nil || st.Gen == 0 || st.Gen != gen || st.Table != table {
-		return nil
+		return nil, nil
 	}
 	type read struct {
 		rs  *compiler.Ruleset
@@ -801,15 +802,16 @@ func (e *Engine) recordedTable(st state.State, table string) *compiler.Ruleset {
 		c <- read{rs, err}
 	}()
 	var full *compiler.Ruleset
-	if rec := e.loadSnapshot(st, gen, table); rec != nil {
+	rec := e.loadSnapshot(st, gen, table)
+	if rec != nil {
 		full = compiler.Compile(rec.resolved)
 	}
 	drops := <-c
 	if full == nil || drops.err != nil {
-		return nil
+		return nil, nil
 	}
 	if now, err := h.Tables.Gen(); err != nil || now != gen {
-		return nil // a commit meanwhile: the counters may be of another table
+		return nil, nil // a commit meanwhile: the counters may be of another table
 	}
 	kernel := map[string]*compiler.Set{}
 	for _, s := range drops.rs.Sets {
@@ -822,14 +824,14 @@ func (e *Engine) recordedTable(st state.State, table string) *compiler.Ruleset {
 		}
 		k := kernel[s.Name]
 		if k == nil || len(k.Elements) != len(s.Elements) {
-			return nil
+			return nil, nil
 		}
 		full.Sets[i], n = k, n+1
 	}
 	if n != len(kernel) {
-		return nil
+		return nil, nil
 	}
-	return full
+	return full, rec.resolved
 }
 
 // isDropSet says whether a set holds drop counters.
@@ -1027,6 +1029,9 @@ func (e *Engine) Remove(tables ...string) (RemoveResult, error) {
 type Status struct {
 	// Table is the table read (nil: not installed).
 	Table *compiler.Ruleset
+	// Recorded is the policy Table was compiled from when it came from
+	// portfw's record of its last commit (see recordedTable), else nil.
+	Recorded *model.Resolved
 	// State is what portfw recorded; StateErr why it could not be read.
 	State    state.State
 	StateErr error
@@ -1052,7 +1057,7 @@ func (e *Engine) Status(table string) (Status, error) {
 	if table == "" {
 		table = model.DefaultTable
 	}
-	if s.Table = e.recordedTable(s.State, table); s.Table == nil {
+	if s.Table, s.Recorded = e.recordedTable(s.State, table); s.Table == nil {
 		var err error
 		if s.Table, err = nft.ReadOrNil(h.Tables, table); err != nil {
 			return s, err

@@ -708,10 +708,21 @@ func TestStatusFromRecord(t *testing.T) {
 	if !compiler.Diff(s.Table, want).InSync() {
 		t.Fatal("the table from the record differs from the kernel's")
 	}
+	// What status says of a policy against the table: from the recorded
+	// policy, reservation by reservation, what the whole comparison says.
+	_, edited := load(t, strings.Replace(text, "users: [alice]", "users: [alice, 7]", 1)+"  - name: new\n    ports: [7000]\n    owner: { users: [1] }\n")
+	if s.Recorded == nil {
+		t.Fatal("status from the record has no recorded policy")
+	}
+	c, _, _ := compiler.Change(s.Recorded, edited)
+	if d := compiler.Diff(s.Table, compiler.Compile(edited)); !slices.Equal(c.Added, d.Added) || !slices.Equal(c.Changed, d.Changed) ||
+		!slices.Equal(c.Removed, d.Removed) || c.InSync() != d.InSync() || !slices.Equal(c.Added, []string{"new"}) {
+		t.Fatalf("from the record: %+v; comparing the tables: %+v", c, d)
+	}
 	// Another process commits: the whole table is read.
 	w.tables.Tamper("other", func(*compiler.Ruleset) *compiler.Ruleset { return &compiler.Ruleset{Table: "other"} })
-	if _, err := w.e.Status(""); err != nil || w.tables.Reads != reads+1 {
-		t.Fatalf("after another commit: %v, %d full reads", err, w.tables.Reads-reads)
+	if s, err := w.e.Status(""); err != nil || w.tables.Reads != reads+1 || s.Recorded != nil {
+		t.Fatalf("after another commit: %v, %d full reads, recorded %v", err, w.tables.Reads-reads, s.Recorded != nil)
 	}
 }
 
