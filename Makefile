@@ -99,6 +99,8 @@ test: deps ## run every test (root: network-namespace tests; PORTFW_REQUIRE_NETN
 	@# The DaemonSet against the Kubernetes API types: a module of its own,
 	@# so k8s.io/api is no dependency of portfw.
 	cd dist/kubernetes && $(GO) test -count=1 ./...
+	@# portfw's changes to its copy of google/nftables, against upstream's code.
+	cd third_party/nftables && $(GO) test -count=1 .
 
 demo: deps build ## apply examples/policy.yaml in a throwaway namespace: owner served, squatter blocked, counters shown (root)
 	$(GO) build -o bin/peer ./testenv/peer

@@ -434,33 +434,31 @@ func (cc *Conn) appendElemList(s *Set, vals []SetElement, msgType nftMsgType) er
 	if len(vals) == 0 {
 		return nil
 	}
-	var elements []netlink.Attribute
-	batchSize := 0
-	var batches [][]netlink.Attribute
-
-	for i, v := range vals {
-		encodedItem, err := cc.marshalSetElement(s, &v)
-		if err != nil {
+	// Each batch's elements are appended to one buffer as the encoded
+	// attributes netlink.MarshalAttributes would make of them (portfw:
+	// marshalling 80k elements one attribute slice at a time was most of
+	// the time before a large commit's sendmsg).
+	var batches [][]byte
+	var batch, item []byte
+	for i := range vals {
+		v := &vals[i]
+		var err error
+		if item, err = cc.appendSetElement(item[:0], s, v); err != nil {
 			return fmt.Errorf("marshal item %d: %v", i, err)
 		}
-
-		itemSize := unix.NLA_HDRLEN + len(encodedItem)
-		if batchSize+itemSize > maxElemBatchSize {
-			batches = append(batches, elements)
-			elements = nil
-			batchSize = 0
+		itemSize := unix.NLA_HDRLEN + len(item)
+		if len(batch)+itemSize > maxElemBatchSize {
+			batches = append(batches, batch)
+			batch = nil
 		}
-		elements = append(elements, netlink.Attribute{Type: uint16(i+1) | unix.NLA_F_NESTED, Data: encodedItem})
-		batchSize += itemSize
+		if batch == nil {
+			batch = make([]byte, 0, min(maxElemBatchSize, (len(vals)-i)*nlaAlign(itemSize)))
+		}
+		batch = appendAttr(batch, uint16(i+1)|unix.NLA_F_NESTED, item)
 	}
-	batches = append(batches, elements)
+	batches = append(batches, batch)
 
-	for _, batch := range batches {
-		encodedElem, err := netlink.MarshalAttributes(batch)
-		if err != nil {
-			return fmt.Errorf("marshal elements: %v", err)
-		}
-
+	for _, encodedElem := range batches {
 		message := []netlink.Attribute{
 			{Type: unix.NFTA_SET_ELEM_LIST_SET, Data: []byte(s.Name + "\x00")},
 			{Type: unix.NFTA_SET_ELEM_LIST_SET_ID, Data: binaryutil.BigEndian.PutUint32(s.ID)},
@@ -478,6 +476,66 @@ func (cc *Conn) appendElemList(s *Set, vals []SetElement, msgType nftMsgType) er
 	}
 	return nil
 }
+
+// appendSetElement appends the attributes of e to b: for the elements of a
+// plain set (a key, a key end, interval-end flag, a comment) directly, as
+// marshalSetElement encodes them; for anything else by marshalSetElement.
+func (cc *Conn) appendSetElement(b []byte, s *Set, e *SetElement) ([]byte, error) {
+	if (s.HasTimeout && e.Timeout != 0) || e.VerdictData != nil || len(e.Val) > 0 || e.IntervalOpen || e.Counter != nil ||
+		len(e.Comment) > 253 {
+		enc, err := cc.marshalSetElement(s, e)
+		return append(b, enc...), err
+	}
+	if e.IntervalEnd {
+		b = appendAttr(b, unix.NFTA_SET_ELEM_FLAGS|unix.NLA_F_NESTED, binaryutil.BigEndian.PutUint32(unix.NFT_SET_ELEM_INTERVAL_END))
+	}
+	b = appendNestedValue(b, unix.NFTA_SET_ELEM_KEY|unix.NLA_F_NESTED, e.Key)
+	if len(e.KeyEnd) > 0 {
+		b = appendNestedValue(b, NFTA_SET_ELEM_KEY_END|unix.NLA_F_NESTED, e.KeyEnd)
+	}
+	if len(e.Comment) > 0 {
+		// userdata.AppendString: type, length, the string and its NUL.
+		start := len(b)
+		b = appendAttrHeader(b, unix.NFTA_SET_ELEM_USERDATA, 2+len(e.Comment)+1)
+		b = append(b, byte(userdata.NFTNL_UDATA_SET_ELEM_COMMENT), byte(len(e.Comment)+1))
+		b = append(b, e.Comment...)
+		b = append(b, 0)
+		b = pad(b, start)
+	}
+	return b, nil
+}
+
+// appendNestedValue appends attribute typ holding one NFTA_DATA_VALUE.
+func appendNestedValue(b []byte, typ uint16, v []byte) []byte {
+	start := len(b)
+	b = appendAttrHeader(b, typ, nlaAlign(unix.NLA_HDRLEN+len(v))) // the inner attribute, padded
+	b = appendAttr(b, unix.NFTA_DATA_VALUE, v)
+	return pad(b, start)
+}
+
+// appendAttr appends a netlink attribute as netlink.MarshalAttributes
+// encodes it: length (without padding), type, data, zeros to 4 bytes.
+func appendAttr(b []byte, typ uint16, data []byte) []byte {
+	start := len(b)
+	b = appendAttrHeader(b, typ, len(data))
+	b = append(b, data...)
+	return pad(b, start)
+}
+
+func appendAttrHeader(b []byte, typ uint16, dataLen int) []byte {
+	b = binary.NativeEndian.AppendUint16(b, uint16(unix.NLA_HDRLEN+dataLen))
+	return binary.NativeEndian.AppendUint16(b, typ)
+}
+
+// pad pads the attribute that begins at start to a multiple of 4 bytes.
+func pad(b []byte, start int) []byte {
+	for (len(b)-start)%unix.NLA_ALIGNTO != 0 {
+		b = append(b, 0)
+	}
+	return b
+}
+
+func nlaAlign(n int) int { return (n + unix.NLA_ALIGNTO - 1) &^ (unix.NLA_ALIGNTO - 1) }
 
 func (cc *Conn) marshalSetElement(s *Set, e *SetElement) ([]byte, error) {
 	item := make([]netlink.Attribute, 0)
