@@ -53,6 +53,18 @@ type Kernel interface {
 // a batch queued on a long-lived connection for the next commit to send.
 type Tx struct {
 	ops []txOp
+	// enc is Encode's result, nil until then or after a change.
+	enc    *encoded
+	encErr error
+}
+
+// Encode works out the transaction's netlink messages now, not in Commit:
+// it is pure (no kernel), so a caller can do it while it waits for
+// something else. Commit returns its error. A change to tx after it
+// undoes it.
+func (tx *Tx) Encode() error {
+	tx.enc, tx.encErr = encodeTx(tx)
+	return tx.encErr
 }
 
 type txOp struct {
@@ -64,6 +76,7 @@ type txOp struct {
 // Replace makes the kernel's table equal to rs: created if missing,
 // emptied, filled.
 func (tx *Tx) Replace(rs *compiler.Ruleset) *Tx {
+	tx.enc, tx.encErr = nil, nil
 	tx.ops = append(tx.ops, txOp{replace: rs})
 	return tx
 }
@@ -73,6 +86,7 @@ func (tx *Tx) Replace(rs *compiler.Ruleset) *Tx {
 // replaced. Every set it names must exist.
 func (tx *Tx) Delta(d compiler.Delta) *Tx {
 	if !d.Empty() {
+		tx.enc, tx.encErr = nil, nil
 		tx.ops = append(tx.ops, txOp{delta: &d})
 	}
 	return tx
@@ -80,6 +94,7 @@ func (tx *Tx) Delta(d compiler.Delta) *Tx {
 
 // Remove deletes a table if it exists.
 func (tx *Tx) Remove(table string) *Tx {
+	tx.enc, tx.encErr = nil, nil
 	tx.ops = append(tx.ops, txOp{remove: table})
 	return tx
 }
@@ -340,7 +355,10 @@ func (c *Conn) Commit(tx *Tx, gen uint32) (uint32, error) {
 	if tx.Empty() {
 		return c.Gen()
 	}
-	e, err := encodeTx(tx)
+	e, err := tx.enc, tx.encErr
+	if e == nil && err == nil {
+		e, err = encodeTx(tx)
+	}
 	if err != nil {
 		return 0, err
 	}

@@ -116,7 +116,13 @@ func applyAndReadBack(t *testing.T, rs *compiler.Ruleset) *testenv.NS {
 	t.Helper()
 	ns := testenv.NewNS(t)
 	c := open(t, ns)
-	if err := c.Apply(rs); err != nil {
+	// Encoded ahead, as a sync that waits for the guard does (Commit
+	// encodes it itself elsewhere).
+	tx := new(nft.Tx).Replace(rs)
+	if err := tx.Encode(); err != nil {
+		t.Fatalf("encode: %v", err)
+	}
+	if _, err := c.Commit(tx, 0); err != nil {
 		t.Fatalf("apply: %v", err)
 	}
 	back, err := c.Read(rs.Table)

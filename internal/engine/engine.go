@@ -636,6 +636,28 @@ func (e *Engine) Sync(p *Plan, dry bool) (Result, error) {
 		return res, nil
 	}
 
+	// The transaction, encoded while the guard goes in (a fresh 10k
+	// table's 80k elements: 20-40 ms).
+	buildTx := func() *nft.Tx {
+		tx := new(nft.Tx)
+		if res.Changes.InSync() {
+			// only the old table to delete
+		} else if deltaOK {
+			res.Mode = ModeDelta
+			tx.Delta(delta)
+		} else {
+			res.Mode = ModeReplace
+			tx.Replace(p.Ruleset())
+		}
+		if res.OldTable != "" {
+			tx.Remove(res.OldTable)
+		}
+		return tx
+	}
+	tx := buildTx()
+	if guardDone != nil {
+		tx.Encode()
+	}
 	if err := waitGuard(); err != nil {
 		return res, fmt.Errorf("install the bind guard: %w; nothing else was changed", err)
 	}
@@ -676,18 +698,8 @@ func (e *Engine) Sync(p *Plan, dry bool) (Result, error) {
 	}
 	var newGen uint32
 	for attempt := 0; ; attempt++ {
-		tx := new(nft.Tx)
-		if res.Changes.InSync() {
-			// only the old table to delete
-		} else if deltaOK {
-			res.Mode = ModeDelta
-			tx.Delta(delta)
-		} else {
-			res.Mode = ModeReplace
-			tx.Replace(p.Ruleset())
-		}
-		if res.OldTable != "" {
-			tx.Remove(res.OldTable)
+		if attempt > 0 {
+			tx = buildTx()
 		}
 		newGen, err = h.Tables.Commit(tx, gen)
 		if err == nil {
