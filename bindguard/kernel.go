@@ -15,6 +15,7 @@ import (
 	"github.com/cilium/ebpf/link"
 
 	"github.com/portfw/portfw/internal/netns"
+	"github.com/portfw/portfw/internal/parallel"
 	"golang.org/x/sys/unix"
 )
 
@@ -541,21 +542,31 @@ func (h *Host) apply(cookie, inode uint64, spec func() Spec) (written, error) {
 	}
 	e := encode(spec())
 	w := written{gen: next, num: func(id OwnerID) uint32 { return uint32(id) }}
-	for i, name := range mapNames[1:] {
+	// The four inner maps at once: each insertion into an outer map waits
+	// for an RCU grace period (the kernel lets running programs finish
+	// with the old value), 6-20 ms each here; concurrent ones share it.
+	// Their order does not matter: binds read them only once the nets
+	// entry below names the generation.
+	inners := mapNames[1:]
+	err = parallel.Each(len(inners), len(inners), func(_, i int) error {
+		name := inners[i]
 		// Room to grow in place (updateInPlace) before the next generation.
 		inner, err := ebpf.NewMap(innerSpec(name, 2*len(e.of(name))+64))
 		if err != nil {
-			return written{}, fmt.Errorf("create map %s: %w", name, err)
+			return fmt.Errorf("create map %s: %w", name, err)
 		}
-		err = put(inner, name, e.of(name))
-		if err == nil {
-			err = in.maps[name].Put(outerKey(cookie, next), inner)
+		defer inner.Close() // the outer map holds it then
+		if err := put(inner, name, e.of(name)); err != nil {
+			return fmt.Errorf("update map %s: %w", name, err)
+		}
+		if err := in.maps[name].Put(outerKey(cookie, next), inner); err != nil {
+			return fmt.Errorf("update map %s: %w", name, err)
 		}
 		w.ids[i], w.size[i] = mapID(inner), len(e.of(name))
-		inner.Close() // the outer map holds it now
-		if err != nil {
-			return written{}, fmt.Errorf("update map %s: %w", name, err)
-		}
+		return nil
+	})
+	if err != nil {
+		return written{}, err
 	}
 	if err := in.maps[mapNets].Put(cookie, netEntry{gen: next, inode: inode}.bytes()); err != nil {
 		return written{}, fmt.Errorf("update map %s: %w", mapNets, err)
@@ -704,7 +715,11 @@ func batchOf(kvs []kv) (keys, vals any, ok bool) {
 // deleteGenerations deletes the inner maps of cookie whose generation is
 // not in keep (all of them for a nil keep).
 func deleteGenerations(maps map[string]*ebpf.Map, cookie uint64, keep []uint32) error {
-	for _, name := range mapNames[1:] {
+	// One outer map per goroutine: each deletion waits for a grace period
+	// (see Host.apply), and concurrent ones share it.
+	inners := mapNames[1:]
+	return parallel.Each(len(inners), len(inners), func(_, i int) error {
+		name := inners[i]
 		keys, err := allKeys(maps[name])
 		if err != nil {
 			return fmt.Errorf("read map %s: %w", name, err)
@@ -718,8 +733,8 @@ func deleteGenerations(maps map[string]*ebpf.Map, cookie uint64, keep []uint32) 
 				return fmt.Errorf("delete from map %s: %w", name, err)
 			}
 		}
-	}
-	return nil
+		return nil
+	})
 }
 
 func allKeys(m *ebpf.Map) ([][]byte, error) {
