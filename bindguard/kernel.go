@@ -187,6 +187,10 @@ type Host struct {
 	mu       sync.Mutex
 	found    *installed
 	foundIDs []ebpf.ProgramID
+
+	// ops makes lock exclusive within the process too: the flock is taken
+	// on h.dir, one descriptor, so every goroutine would hold it at once.
+	ops sync.Mutex
 }
 
 // OpenHost opens the guard of the cgroup at path (relative to the root of
@@ -214,10 +218,15 @@ func (h *Host) Close() error {
 }
 
 func (h *Host) lock() (func(), error) {
+	h.ops.Lock()
 	if err := unix.Flock(int(h.dir.Fd()), unix.LOCK_EX); err != nil {
+		h.ops.Unlock()
 		return nil, fmt.Errorf("lock the bind guard: %w", err)
 	}
-	return func() { unix.Flock(int(h.dir.Fd()), unix.LOCK_UN) }, nil
+	return func() {
+		unix.Flock(int(h.dir.Fd()), unix.LOCK_UN)
+		h.ops.Unlock()
+	}, nil
 }
 
 // installed is the guard the kernel runs: both programs and their maps.

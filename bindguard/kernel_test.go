@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -430,5 +431,41 @@ func TestGuardFoundOnce(t *testing.T) {
 	defer in.close()
 	if got := ids(in); !slices.Equal(got, again) || slices.Equal(got, want) {
 		t.Fatalf("after a new apply, programs %v; attached %v, before %v", got, again, want)
+	}
+}
+
+// TestHostLockInProcess: the guard's lock excludes the goroutines of one
+// process too (its flock is on one descriptor, which every goroutine
+// shares): a sweep beside an apply once detached the programs the apply
+// had just attached.
+func TestHostLockInProcess(t *testing.T) {
+	e := newGuardEnv(t)
+	h, err := OpenHost(e.cg.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	unlock, err := h.lock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan struct{})
+	go func() {
+		unlock2, err := h.lock()
+		if err == nil {
+			unlock2()
+		}
+		close(got)
+	}()
+	select {
+	case <-got:
+		t.Fatal("a second goroutine took the lock while the first held it")
+	case <-time.After(200 * time.Millisecond):
+	}
+	unlock()
+	select {
+	case <-got:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the second goroutine did not get the lock after the first released it")
 	}
 }
