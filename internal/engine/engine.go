@@ -508,22 +508,24 @@ func (e *Engine) Sync(p *Plan, dry bool) (Result, error) {
 	st := p.State
 	table := p.Table
 	res := Result{Mode: ModeNone, Sysctls: p.Sysctls.Changes(), Guard: GuardUnchanged}
-	// The sweep and the squatter listing (afterSync) run beside the rest:
-	// they change nothing this namespace enforces, and a socket bound
-	// meanwhile is the race one bound just after always was.
+	// The squatter listing runs beside the rest (a socket bound meanwhile
+	// is the race one bound just after always was); the sweep of dead
+	// namespaces' guard entries runs after the sync's own guard work, in
+	// this goroutine: the guard's Host is not safe for concurrent use.
 	afterDone := func() {}
 	if !dry && !p.Quiet {
 		ch := make(chan Result, 1)
 		go func() {
 			var r Result
-			e.afterSync(p, &r)
+			e.listSquatters(p, &r)
 			ch <- r
 		}()
-		after := sync.OnceValue(func() Result { return <-ch })
-		defer after() // nothing runs past Sync
+		squatters := sync.OnceValue(func() Result { return <-ch })
+		defer squatters() // nothing runs past Sync
 		afterDone = func() {
-			r := after()
-			res.Swept, res.Squatters = r.Swept, r.Squatters
+			e.sweep(p, &res)
+			r := squatters()
+			res.Squatters = r.Squatters
 			res.Warnings = append(res.Warnings, r.Warnings...)
 		}
 	}
@@ -911,31 +913,32 @@ func (e *Engine) guardInSync(p *Plan) (bool, error) {
 	return active, nil
 }
 
-// afterSync sweeps the guard entries of deleted namespaces and lists the
-// squatters that bound before the guard: neither changes this namespace's
-// enforcement, so their failures are warnings. Sync runs it beside its
-// other steps.
-func (e *Engine) afterSync(p *Plan, res *Result) {
-	if p.Quiet {
+// sweep removes the guard entries of deleted namespaces, and listSquatters
+// lists the squatters that bound before the guard: neither changes this
+// namespace's enforcement, so their failures are warnings.
+func (e *Engine) sweep(p *Plan, res *Result) {
+	if !p.Guard.On {
 		return
 	}
-	if p.Guard.On {
-		swept, err := e.Host.Guard.Sweep()
-		res.Swept = len(swept)
-		if err != nil {
-			res.Warnings = append(res.Warnings, "bind guard: entries of deleted namespaces not swept: "+err.Error())
-		}
+	swept, err := e.Host.Guard.Sweep()
+	res.Swept = len(swept)
+	if err != nil {
+		res.Warnings = append(res.Warnings, "bind guard: entries of deleted namespaces not swept: "+err.Error())
 	}
-	if e.Host.Sockets != nil {
-		socks, err := e.Host.Sockets()
-		if err != nil {
-			res.Warnings = append(res.Warnings, "cannot list sockets to look for squatters: "+err.Error())
-			return
-		}
-		for _, f := range audit.Classify(p.Resolved, socks).Findings {
-			if f.Verdict == audit.Squatter {
-				res.Squatters = append(res.Squatters, f)
-			}
+}
+
+func (e *Engine) listSquatters(p *Plan, res *Result) {
+	if e.Host.Sockets == nil {
+		return
+	}
+	socks, err := e.Host.Sockets()
+	if err != nil {
+		res.Warnings = append(res.Warnings, "cannot list sockets to look for squatters: "+err.Error())
+		return
+	}
+	for _, f := range audit.Classify(p.Resolved, socks).Findings {
+		if f.Verdict == audit.Squatter {
+			res.Squatters = append(res.Squatters, f)
 		}
 	}
 }
