@@ -82,6 +82,7 @@ func runApply(a *app, args []string) int {
 		return exitNo
 	}
 	p.Inputs = inputs
+	p.ShowsPlan = true // printed, as text or in the JSON
 	if s, ok := a.resolver().(*resolve.System); ok && s.UsedNSS() {
 		p.Inputs = "" // names from NSS may change unseen: never skip the parse
 	}

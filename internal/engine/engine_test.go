@@ -199,6 +199,7 @@ func (w *world) apply(text string) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
+	p.ShowsPlan = true // as apply: the plan beside the commit (under -race)
 	return w.e.Sync(p, false)
 }
 
