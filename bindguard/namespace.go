@@ -11,6 +11,7 @@ import (
 	"github.com/cilium/ebpf/link"
 
 	"github.com/portfw/portfw/internal/netns"
+	"github.com/portfw/portfw/internal/parallel"
 	"github.com/portfw/portfw/model"
 )
 
@@ -98,9 +99,7 @@ func (n *Namespace) Apply(r *model.Resolved) error {
 	n.w, n.b = nil, nil
 	// The spec (20-30 ms at 10k reservations) is worked out while apply
 	// reads what the kernel holds.
-	specs := make(chan Spec, 1)
-	go func() { specs <- FromResolved(r) }()
-	spec := sync.OnceValue(func() Spec { return <-specs })
+	spec := parallel.Go(func() Spec { return FromResolved(r) })
 	w, err := h.apply(n.cookie, n.inode, spec)
 	if err != nil {
 		return err

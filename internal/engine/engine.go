@@ -23,13 +23,13 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
 	"github.com/portfw/portfw/audit"
 	"github.com/portfw/portfw/bindguard"
 	"github.com/portfw/portfw/compiler"
+	"github.com/portfw/portfw/internal/parallel"
 	"github.com/portfw/portfw/internal/state"
 	"github.com/portfw/portfw/internal/sysctl"
 	"github.com/portfw/portfw/internal/tune"
@@ -147,11 +147,9 @@ func (e *Engine) loadSnapshot(st state.State, gen uint32, table string) *record 
 
 // pendingSnapshot is a snapshot whose body is being encoded.
 type pendingSnapshot struct {
-	buf  bytes.Buffer
-	enc  *gob.Encoder
-	done chan error
-	once sync.Once
-	err  error
+	buf     bytes.Buffer
+	enc     *gob.Encoder
+	encoded func() error // waits for the body's encoding
 }
 
 // wait waits for the body's encoding; ps may be nil.
@@ -159,8 +157,7 @@ func (ps *pendingSnapshot) wait() error {
 	if ps == nil {
 		return nil
 	}
-	ps.once.Do(func() { ps.err = <-ps.done })
-	return ps.err
+	return ps.encoded()
 }
 
 // startSnapshot encodes the body of the snapshot of a commit of resolved
@@ -170,9 +167,9 @@ func (e *Engine) startSnapshot(table, digest string, resolved *model.Resolved) *
 	if !e.KeepSnapshot || e.Host.Snapshots == nil {
 		return nil
 	}
-	ps := &pendingSnapshot{done: make(chan error, 1)}
+	ps := &pendingSnapshot{}
 	ps.enc = gob.NewEncoder(&ps.buf)
-	go func() { ps.done <- ps.enc.Encode(snapshot{Table: table, Digest: digest, Resolved: resolved}) }()
+	ps.encoded = parallel.Go(func() error { return ps.enc.Encode(snapshot{Table: table, Digest: digest, Resolved: resolved}) })
 	return ps
 }
 
@@ -518,13 +515,10 @@ func (e *Engine) Sync(p *Plan, dry bool) (Result, error) {
 	// this goroutine: the guard's Host is not safe for concurrent use.
 	afterDone := func() {}
 	if !dry && !p.Quiet {
-		ch := make(chan Result, 1)
-		go func() {
-			var r Result
+		squatters := parallel.Go(func() (r Result) {
 			e.listSquatters(p, &r)
-			ch <- r
-		}()
-		squatters := sync.OnceValue(func() Result { return <-ch })
+			return r
+		})
 		defer squatters() // nothing runs past Sync
 		afterDone = func() {
 			e.sweep(p, &res)
@@ -568,18 +562,10 @@ func (e *Engine) Sync(p *Plan, dry bool) (Result, error) {
 	// the change is worked out (the record of the last commit loaded, a
 	// fresh 10k table's compile and comparison), and the table is
 	// committed only once it is in.
-	var guardDone chan error
-	if !dry && p.Guard.On && res.Guard == GuardUpdated {
-		guardDone = make(chan error, 1)
-		go func() { guardDone <- h.Guard.Apply(p.Resolved) }()
-	}
-	waitGuard := func() error {
-		if guardDone == nil {
-			return nil
-		}
-		err := <-guardDone
-		guardDone = nil
-		return err
+	guarding := !dry && p.Guard.On && res.Guard == GuardUpdated
+	waitGuard := func() error { return nil }
+	if guarding {
+		waitGuard = parallel.Go(func() error { return h.Guard.Apply(p.Resolved) })
 	}
 	// Only this Engine has committed since its last commit: the table is
 	// what that commit made, and the change needs no read.
@@ -661,7 +647,7 @@ func (e *Engine) Sync(p *Plan, dry bool) (Result, error) {
 		return tx
 	}
 	tx := buildTx()
-	if guardDone != nil {
+	if guarding {
 		tx.Encode()
 	}
 	if err := waitGuard(); err != nil {
@@ -814,17 +800,16 @@ func (e *Engine) recordedTable(st state.State, table string) (*compiler.Ruleset,
 		rs  *compiler.Ruleset
 		err error
 	}
-	c := make(chan read, 1)
-	go func() {
+	readDrops := parallel.Go(func() read {
 		rs, err := h.Tables.ReadSets(table, isDropSet)
-		c <- read{rs, err}
-	}()
+		return read{rs, err}
+	})
 	var full *compiler.Ruleset
 	rec := e.loadSnapshot(st, gen, table)
 	if rec != nil {
 		full = compiler.Compile(rec.resolved)
 	}
-	drops := <-c
+	drops := readDrops()
 	if full == nil || drops.err != nil {
 		return nil, nil
 	}

@@ -46,3 +46,11 @@ func Each(workers, n int, f func(w, i int) error) error {
 	wg.Wait()
 	return errors.Join(errs...)
 }
+
+// Go runs f in a goroutine of its own and returns a function that waits for
+// its result: every call, from any goroutine, returns the one result.
+func Go[T any](f func() T) func() T {
+	ch := make(chan T, 1)
+	go func() { ch <- f() }()
+	return sync.OnceValue(func() T { return <-ch })
+}

@@ -40,3 +40,20 @@ func TestEach(t *testing.T) {
 		}
 	}
 }
+
+// TestGo: f runs once, beside the caller, and every wait returns its one
+// result.
+func TestGo(t *testing.T) {
+	var runs atomic.Int32
+	release := make(chan struct{})
+	wait := Go(func() int { <-release; return int(runs.Add(1)) })
+	close(release) // f was not waited for to start: it runs beside us
+	for range 3 {
+		if got := wait(); got != 1 {
+			t.Fatalf("wait = %d, want 1", got)
+		}
+	}
+	if runs.Load() != 1 {
+		t.Fatalf("f ran %d times", runs.Load())
+	}
+}
