@@ -75,27 +75,25 @@ type txOp struct {
 
 // Replace makes the kernel's table equal to rs: created if missing,
 // emptied, filled.
-func (tx *Tx) Replace(rs *compiler.Ruleset) *Tx {
-	tx.enc, tx.encErr = nil, nil
-	tx.ops = append(tx.ops, txOp{replace: rs})
-	return tx
-}
+func (tx *Tx) Replace(rs *compiler.Ruleset) *Tx { return tx.add(txOp{replace: rs}) }
 
 // Delta deletes and adds set elements of an existing table: deletions
 // first, so an element whose key stays and whose comment changes is
 // replaced. Every set it names must exist.
 func (tx *Tx) Delta(d compiler.Delta) *Tx {
 	if !d.Empty() {
-		tx.enc, tx.encErr = nil, nil
-		tx.ops = append(tx.ops, txOp{delta: &d})
+		tx.add(txOp{delta: &d})
 	}
 	return tx
 }
 
 // Remove deletes a table if it exists.
-func (tx *Tx) Remove(table string) *Tx {
+func (tx *Tx) Remove(table string) *Tx { return tx.add(txOp{remove: table}) }
+
+// add appends op, undoing an Encode.
+func (tx *Tx) add(op txOp) *Tx {
 	tx.enc, tx.encErr = nil, nil
-	tx.ops = append(tx.ops, txOp{remove: table})
+	tx.ops = append(tx.ops, op)
 	return tx
 }
 
