@@ -27,7 +27,7 @@ type setSpec struct {
 	name     string
 	fields   []Field
 	interval bool
-	counter  bool
+	count    bool // a count set: dynamic, a counter per key
 }
 
 var (
@@ -58,14 +58,15 @@ const (
 	setOwn4GID
 	setOwn6UID
 	setOwn6GID
-	setDrop // the drop sets of output; setDropIn.. are input's
-	setDropR
-	setDrop4
-	setDrop6
-	setDropIn
-	setDropInR
-	setDropIn4
-	setDropIn6
+	// The count sets of output (setCnt..) and input (setCntIn..): dynamic
+	// sets the drop chains add a dropped packet's key to, each key with a
+	// counter (see dropChain).
+	setCnt
+	setCnt4
+	setCnt6
+	setCntIn
+	setCntIn4
+	setCntIn6
 	// The reservations only cgroups own (model.Owners.CgroupOnly): on
 	// input a socket outside them is dropped, since the socket lookup is
 	// exact there.
@@ -92,10 +93,20 @@ const (
 // cgSet is the index of the owner set of kind at level.
 func cgSet(level uint8, kind int) int { return setOwnCg + (int(level)-1)*cgKinds + kind }
 
-// dropIn is how far an output drop set's index is from input's: each
-// direction counts its own drops, so status and metrics can tell a
-// squatter's replies (out) from what clients sent it (in).
-const dropIn = setDropIn - setDrop
+// countSets is the count set of each membership set, output's then
+// input's: each direction counts its own drops, so status and metrics can
+// tell a squatter's replies (out) from what clients sent it (in). The exact
+// and range sets share one (its key is protocol . port).
+var countSets = map[int][2]int{
+	setRes: {setCnt, setCntIn}, setResR: {setCnt, setCntIn},
+	setRes4: {setCnt4, setCntIn4}, setRes6: {setCnt6, setCntIn6},
+}
+
+// CountSize is the most keys a count set holds: every port of two
+// protocols (half of it for address-scoped keys). The kernel allocates
+// per key added, not for the size. A full set counts no new key; the
+// packet is dropped all the same (dropChain).
+const CountSize = 1 << 17
 
 var specs = withCgroupSets([numSets]setSpec{
 	setRes:     {"res_port", pp, false, false},
@@ -110,14 +121,12 @@ var specs = withCgroupSets([numSets]setSpec{
 	setOwn4GID: {"own4_gid", pp4G, true, false},
 	setOwn6UID: {"own6_uid", pp6U, true, false},
 	setOwn6GID: {"own6_gid", pp6G, true, false},
-	setDrop:    {"drop_out", pp, false, true},
-	setDropR:   {"drop_out_r", pp, true, true},
-	setDrop4:   {"drop4_out", pp4, true, true},
-	setDrop6:   {"drop6_out", pp6, true, true},
-	setDropIn:  {"drop_in", pp, false, true},
-	setDropInR: {"drop_in_r", pp, true, true},
-	setDropIn4: {"drop4_in", pp4, true, true},
-	setDropIn6: {"drop6_in", pp6, true, true},
+	setCnt:     {"cnt_out", pp, false, true},
+	setCnt4:    {"cnt4_out", pp4, false, true},
+	setCnt6:    {"cnt6_out", pp6, false, true},
+	setCntIn:   {"cnt_in", pp, false, true},
+	setCntIn4:  {"cnt4_in", pp4, false, true},
+	setCntIn6:  {"cnt6_in", pp6, false, true},
 	setCgOnly:  {"cg_only", pp, false, false},
 	setCgOnlyR: {"cg_only_r", pp, true, false},
 	setCg4Only: {"cg4_only", pp4, true, false},
@@ -144,17 +153,28 @@ func withCgroupSets(specs [numSets]setSpec) [numSets]setSpec {
 }
 
 // DropDirection says which direction's drops a set counts: "in" or
-// "out", and "" for a set that is not a drop set.
+// "out", and "" for a set that is not a count set.
 func DropDirection(set string) string {
-	for i := setDrop; i <= setDropIn6; i++ {
+	for i := setCnt; i <= setCntIn6; i++ {
 		if specs[i].name == set {
-			if i >= setDropIn {
+			if i >= setCntIn {
 				return "in"
 			}
 			return "out"
 		}
 	}
 	return ""
+}
+
+// IsMembershipSet says whether a set is one of the membership sets (which
+// ports, and addresses, are reserved), which attribute the count sets' keys.
+func IsMembershipSet(set string) bool {
+	for m := range countSets {
+		if specs[m].name == set {
+			return true
+		}
+	}
+	return false
 }
 
 // Chain names. The base chains only classify (is the local port
@@ -213,6 +233,13 @@ func Compile(r *model.Resolved) *Ruleset {
 			declared[i] = true
 		}
 	}
+	// A count set (no elements: the kernel adds them) for each direction
+	// of each membership set in use.
+	for m, cnt := range countSets {
+		if len(elems[m]) > 0 {
+			declared[cnt[0]], declared[cnt[1]] = true, true
+		}
+	}
 	var sets [numSets]*Set
 	rs := &Ruleset{Table: r.Settings.Table}
 	for i, e := range elems {
@@ -221,7 +248,7 @@ func Compile(r *model.Resolved) *Ruleset {
 		}
 		SortElements(e)
 		sp := specs[i]
-		sets[i] = &Set{Name: sp.name, Fields: sp.fields, Interval: sp.interval, Counter: sp.counter, Elements: e}
+		sets[i] = &Set{Name: sp.name, Fields: sp.fields, Interval: sp.interval, Counter: sp.count, Dynamic: sp.count, Elements: e}
 		rs.Sets = append(rs.Sets, sets[i])
 	}
 	c := compiling{sets: &sets, st: r.Settings, rootRule: rootRule}
@@ -267,13 +294,11 @@ func eachElement(res *model.Reservation, rootRule bool, add func(set int, e Elem
 			portRange := ports.Lo != ports.Hi
 			if len(res.Addresses) == 0 {
 				e := Element{Proto: proto, Ports: ports, Comment: res.Name}
-				membership, drop := setRes, setDrop
+				membership := setRes
 				if portRange {
-					membership, drop = setResR, setDropR
+					membership = setResR
 				}
 				add(membership, e)
-				add(drop, e)
-				add(drop+dropIn, e)
 				for _, id := range uids {
 					e.ID = id
 					add(pick(portRange || id.Lo != id.Hi, setOwnUID, setOwnUIDR), e)
@@ -293,14 +318,12 @@ func eachElement(res *model.Reservation, rootRule bool, add func(set int, e Elem
 				continue
 			}
 			for _, addr := range res.Addresses {
-				membership, drop, ownU, ownG := setRes4, setDrop4, setOwn4UID, setOwn4GID
+				membership, ownU, ownG := setRes4, setOwn4UID, setOwn4GID
 				if addr.Addr().Is6() {
-					membership, drop, ownU, ownG = setRes6, setDrop6, setOwn6UID, setOwn6GID
+					membership, ownU, ownG = setRes6, setOwn6UID, setOwn6GID
 				}
 				e := Element{Addr: addr, Proto: proto, Ports: ports, Comment: res.Name}
 				add(membership, e)
-				add(drop, e)
-				add(drop+dropIn, e)
 				for _, id := range uids {
 					e.ID = id
 					add(ownU, e)
@@ -685,22 +708,27 @@ func synChain() *Chain {
 	return ch
 }
 
-// dropChain logs (rate-limited), counts per reservation and drops. The
-// counters live on elements of the drop sets, looked up only here, so they
-// count dropped packets alone and cost nothing on traffic that passes.
+// dropChain logs (rate-limited), counts and drops. A dropped packet's key
+// (protocol . port, with the address for address-scoped reservations) is
+// added to the direction's count set, whose elements each carry a counter:
+// the kernel keeps counters only for keys that were dropped, and status
+// and metrics attribute them to reservations through the membership sets
+// (Summarize). Counters on every element of sets as large as the
+// membership sets were half the kernel's work of loading a table. Should a
+// count set be full, the update fails, the rule does not match, and the
+// chain's last rule drops the packet uncounted: it fails closed.
 func (c *compiling) dropChain(name, prefix string, d direction) *Chain {
 	ch := &Chain{Name: name}
 	if c.st.Log.Enabled() {
 		ch.Rules = append(ch.Rules, Rule{LimitLog{Rate: c.st.Log, Prefix: prefix}})
 	}
-	base := setDropIn
-	if d.output {
-		base = setDrop
-	}
-	for _, i := range []int{base, base + 1, base + 2, base + 3} {
-		if s := c.sets[i]; s != nil {
-			ch.Rules = append(ch.Rules, Rule{Lookup{d.keys(s), s}, Verdict{Kind: Drop}})
+	for _, m := range []int{setRes, setResR, setRes4, setRes6} {
+		s := c.sets[m]
+		if s == nil {
+			continue
 		}
+		cnt := c.sets[countSets[m][pick(!d.output, 0, 1)]]
+		ch.Rules = append(ch.Rules, Rule{Lookup{d.keys(s), s}, Update{d.keys(cnt), cnt}, Verdict{Kind: Drop}})
 	}
 	ch.Rules = append(ch.Rules, Rule{Verdict{Kind: Drop}})
 	return ch
@@ -711,4 +739,4 @@ func (c *compiling) dropChain(name, prefix string, d direction) *Chain {
 // kernel's table to be what it would compile now when both match; so any
 // change to Compile's output for the same policy must come with a new
 // Version. TestVersion fails when the goldens change and Version does not.
-const Version = 7
+const Version = 8

@@ -122,6 +122,9 @@ func skeleton(rs *Ruleset) string {
 		if s.Counter {
 			b.WriteString(" counter\n")
 		}
+		if s.Dynamic {
+			b.WriteString(" dynamic\n")
+		}
 	}
 	for _, c := range rs.Chains {
 		writeChain(&b, c)

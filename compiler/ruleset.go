@@ -40,8 +40,14 @@ type Set struct {
 	Name     string
 	Fields   []Field
 	Interval bool // a range in some element; lookups cost more, keep it small
-	Counter  bool // every element carries a counter (drop counters)
+	Counter  bool // every element carries a counter
+	// Dynamic sets get their elements from the packet path (a count set:
+	// the keys of dropped packets, see dropChain). They compile empty, and
+	// what the kernel added reads back as Counts, never as Elements, so
+	// comparisons with a policy and deltas leave them alone.
+	Dynamic  bool
 	Elements []Element
+	Counts   []Element // a dynamic set's elements as read back, with their counters
 }
 
 // Capacity is the size a set of n exact elements is made with: room to
@@ -60,6 +66,22 @@ func Capacity(n int) uint32 {
 		c *= 2
 	}
 	return c
+}
+
+// Size is the size the set is made with: its Capacity; for a count set
+// CountSize (half of it for address-scoped keys); 0 (none) for an
+// interval set.
+func (s *Set) Size() uint32 {
+	switch {
+	case s.Interval:
+		return 0
+	case s.Dynamic:
+		if len(s.Fields) > 2 {
+			return CountSize / 2
+		}
+		return CountSize
+	}
+	return Capacity(len(s.Elements))
 }
 
 // Has reports whether the set's key includes f.
@@ -180,6 +202,14 @@ type Lookup struct {
 	Set  *Set
 }
 
+// Update adds the concatenation of Keys to the dynamic Set, or finds it
+// there, and counts the packet on its counter. It does not match when the
+// set is full.
+type Update struct {
+	Keys []Key
+	Set  *Set
+}
+
 // CtMarkHas matches when the connection's mark has Bit set.
 type CtMarkHas struct{ Bit uint32 }
 
@@ -280,6 +310,19 @@ func (l Lookup) text(b *strings.Builder) {
 	}
 	b.WriteString(" @")
 	b.WriteString(l.Set.Name)
+}
+
+func (u Update) text(b *strings.Builder) {
+	b.WriteString("update @")
+	b.WriteString(u.Set.Name)
+	b.WriteString(" { ")
+	for i, k := range u.Keys {
+		if i > 0 {
+			b.WriteString(" . ")
+		}
+		b.WriteString(k.String())
+	}
+	b.WriteString(" }")
 }
 
 func (c CtMarkHas) text(b *strings.Builder) {
@@ -414,12 +457,15 @@ func writeSet(b *strings.Builder, s *Set) {
 	if s.Interval {
 		b.WriteString("\t\tflags interval\n")
 	} else {
-		b.WriteString("\t\tsize " + strconv.Itoa(int(Capacity(len(s.Elements)))) + "\n")
+		b.WriteString("\t\tsize " + strconv.Itoa(int(s.Size())) + "\n")
+	}
+	if s.Dynamic {
+		b.WriteString("\t\tflags dynamic\n")
 	}
 	if s.Counter {
 		b.WriteString("\t\tcounter\n")
 	}
-	if len(s.Elements) == 0 { // an owner set of cgroups whose owners wait
+	if len(s.Elements) == 0 { // a count set; an owner set of cgroups whose owners wait
 		b.WriteString("\t}\n")
 		return
 	}

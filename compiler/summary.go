@@ -53,9 +53,11 @@ const Unlabelled = "(no reservation)"
 
 // Summarize lists the reservations in rs, sorted by name (elements of no
 // reservation as one named Unlabelled). Counters come
-// from the drop sets, so they are non-zero only for a ruleset read back
-// from the kernel. It is one pass over the elements with one accumulator
-// per reservation: at 10k reservations a table holds 60k elements.
+// from the count sets, so they are non-zero only for a ruleset read back
+// from the kernel; a counted key goes to the reservation whose membership
+// set holds it (keys no reservation holds now, counted before an edit,
+// are left out). It is one pass over the elements with one accumulator
+// per reservation: at 10k reservations a table holds 50k elements.
 func Summarize(rs *Ruleset) []Summary {
 	type portItem struct {
 		addr  netip.Prefix
@@ -69,10 +71,9 @@ func Summarize(rs *Ruleset) []Summary {
 	by := map[string]*acc{}
 	for _, s := range rs.Sets {
 		kind := 0 // membership
-		in := DropDirection(s.Name) == "in"
 		switch {
-		case s.Counter:
-			kind = 1
+		case s.Dynamic:
+			continue // counted below
 		case s.Has(FieldUID):
 			kind = 2
 		case s.Has(FieldGID):
@@ -94,15 +95,6 @@ func Summarize(rs *Ruleset) []Summary {
 				}
 			}
 			switch kind {
-			case 1:
-				a.sum.DroppedPackets += e.Packets
-				a.sum.DroppedBytes += e.Bytes
-				c := &a.sum.DroppedOut
-				if in {
-					c = &a.sum.DroppedIn
-				}
-				c.Packets += e.Packets
-				c.Bytes += e.Bytes
 			case 2:
 				a.sum.UIDs = append(a.sum.UIDs, e.ID)
 			case 3:
@@ -116,6 +108,21 @@ func Summarize(rs *Ruleset) []Summary {
 			}
 		}
 	}
+	attributeCounts(rs, func(name string, in bool, packets, bytes uint64) {
+		a := by[name]
+		if a == nil {
+			a = &acc{sum: Summary{Name: name}}
+			by[name] = a
+		}
+		a.sum.DroppedPackets += packets
+		a.sum.DroppedBytes += bytes
+		c := &a.sum.DroppedOut
+		if in {
+			c = &a.sum.DroppedIn
+		}
+		c.Packets += packets
+		c.Bytes += bytes
+	})
 	byLo := func(a, b model.IDRange) int { return cmp.Compare(a.Lo, b.Lo) }
 	out := make([]Summary, 0, len(by))
 	for _, a := range by {
@@ -192,4 +199,75 @@ func portGroups(byProto map[model.Protocol][]model.PortRange, addr netip.Prefix)
 		groups[i].Protocols = append(groups[i].Protocols, proto)
 	}
 	return groups
+}
+
+// attributeCounts calls count for each counted key of rs's count sets with
+// the reservation the key is in: the comment of the membership element
+// that holds it, found as the drop chains' rules found it (exact ports,
+// port ranges, then the address-scoped sets of the key's family). The
+// membership sets are indexed only when something was counted.
+func attributeCounts(rs *Ruleset, count func(name string, in bool, packets, bytes uint64)) {
+	var sets []*Set
+	for _, s := range rs.Sets {
+		if s.Dynamic && len(s.Counts) > 0 {
+			sets = append(sets, s)
+		}
+	}
+	if len(sets) == 0 {
+		return
+	}
+	type pp struct {
+		proto model.Protocol
+		port  uint16
+	}
+	exact := map[pp]string{}
+	var ranges, scoped []Element // ranges sorted by protocol and port
+	for _, s := range rs.Sets {
+		switch s.Name {
+		case specs[setRes].name:
+			for _, e := range s.Elements {
+				exact[pp{e.Proto, e.Ports.Lo}] = e.Comment
+			}
+		case specs[setResR].name:
+			ranges = append(ranges, s.Elements...)
+		case specs[setRes4].name, specs[setRes6].name:
+			scoped = append(scoped, s.Elements...)
+		}
+	}
+	slices.SortFunc(ranges, func(a, b Element) int {
+		return cmp.Or(cmp.Compare(a.Proto, b.Proto), cmp.Compare(a.Ports.Lo, b.Ports.Lo))
+	})
+	owner := func(k Element) (string, bool) {
+		port := k.Ports.Lo
+		if k.Addr.IsValid() {
+			for _, e := range scoped {
+				if e.Proto == k.Proto && e.Ports.Lo <= port && port <= e.Ports.Hi && e.Addr.Contains(k.Addr.Addr()) {
+					return e.Comment, true
+				}
+			}
+			return "", false
+		}
+		if name, ok := exact[pp{k.Proto, port}]; ok {
+			return name, true
+		}
+		// The last range starting at or below port (ranges do not overlap).
+		i, _ := slices.BinarySearchFunc(ranges, pp{k.Proto, port}, func(e Element, t pp) int {
+			return cmp.Or(cmp.Compare(e.Proto, t.proto), cmp.Compare(int(e.Ports.Lo), int(t.port)+1))
+		})
+		if i > 0 && ranges[i-1].Proto == k.Proto && ranges[i-1].Ports.Hi >= port {
+			return ranges[i-1].Comment, true
+		}
+		return "", false
+	}
+	for _, s := range sets {
+		in := DropDirection(s.Name) == "in"
+		for _, k := range s.Counts {
+			if name, ok := owner(k); ok {
+				if name == "" {
+					name = Unlabelled
+				}
+				count(name, in, k.Packets, k.Bytes)
+			}
+		}
+	}
 }

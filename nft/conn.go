@@ -285,9 +285,6 @@ func encodeReplace(e *encoded, rs *compiler.Ruleset) error {
 		if err != nil {
 			return fmt.Errorf("encode table %s: %w", rs.Table, err)
 		}
-		if !s.Interval {
-			set.Size = compiler.Capacity(len(s.Elements))
-		}
 		sets[s.Name] = set
 		e.add(func(nc *nftables.Conn) error {
 			if err := nc.AddSet(set, elems); err != nil {
@@ -328,7 +325,7 @@ func encodeDelta(e *encoded, d compiler.Delta) error {
 			if !ok {
 				return fmt.Errorf("encode delta: no declaration for set %s", name)
 			}
-			set, elems, err := newSet(t, &compiler.Set{Name: s.Name, Fields: s.Fields, Interval: s.Interval, Counter: s.Counter, Elements: pass.elems[name]})
+			set, elems, err := newSet(t, &compiler.Set{Name: s.Name, Fields: s.Fields, Interval: s.Interval, Counter: s.Counter, Dynamic: s.Dynamic, Elements: pass.elems[name]})
 			if err != nil {
 				return fmt.Errorf("encode delta: %w", err)
 			}

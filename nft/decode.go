@@ -9,6 +9,7 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
 
 	"github.com/portfw/portfw/compiler"
 	"github.com/portfw/portfw/model"
@@ -131,7 +132,7 @@ var fieldByType = map[string]compiler.Field{
 // its elements, which stay in the kernel's order (comparisons go by key,
 // and the text form sorts what it prints).
 func setOf(ks *nftables.Set) (*compiler.Set, error) {
-	s := &compiler.Set{Name: ks.Name, Interval: ks.Interval}
+	s := &compiler.Set{Name: ks.Name, Interval: ks.Interval, Counter: ks.Counter, Dynamic: ks.Dynamic}
 	for _, t := range nftables.ConcatSetTypeElements(ks.KeyType) {
 		f, ok := fieldByType[t.Name]
 		if !ok {
@@ -389,7 +390,7 @@ func (m matchSpec) decode(field compiler.MatchField, xs []expr.Any) (compiler.Ma
 }
 
 // decodeLookup reads a run of key loads (and nft's byteorder conversions)
-// ending in a set lookup.
+// ending in a set lookup, or in the update of a count set.
 func decodeLookup(xs []expr.Any, sets map[string]*compiler.Set) (compiler.Expr, int) {
 	var keys []compiler.Key
 	for i, x := range xs {
@@ -418,11 +419,31 @@ func decodeLookup(xs []expr.Any, sets map[string]*compiler.Set) (compiler.Expr, 
 				return nil, 0
 			}
 			return compiler.Lookup{Keys: keys, Set: s}, i + 1
+		case *expr.Dynset:
+			s := sets[x.SetName]
+			if s == nil || !s.Dynamic || x.Invert || len(keys) == 0 || x.Operation != unix.NFT_DYNSET_OP_UPDATE ||
+				x.SrcRegKey != 1 || x.SrcRegData != 0 || x.Timeout != 0 || !setExprs(x.Exprs, s) {
+				return nil, 0
+			}
+			return compiler.Update{Keys: keys, Set: s}, i + 1
 		default:
 			return nil, 0
 		}
 	}
 	return nil, 0
+}
+
+// setExprs reports whether an update's expressions are the ones the
+// kernel gives it from its set: none, or the set's counter.
+func setExprs(xs []expr.Any, s *compiler.Set) bool {
+	switch len(xs) {
+	case 0:
+		return true
+	case 1:
+		_, ok := xs[0].(*expr.Counter)
+		return ok && s.Counter
+	}
+	return false
 }
 
 func payloadKey(p *expr.Payload) (compiler.KeyKind, bool) {

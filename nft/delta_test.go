@@ -14,8 +14,9 @@ import (
 var compileText = testpolicy.Compile
 
 // TestApplyDelta: a membership-only change goes in as element adds and
-// deletes; the table then reads back as the new ruleset, and the counter of
-// an element the delta did not touch keeps counting from where it was.
+// deletes; the table then reads back as the new ruleset, and the count
+// sets' keys (the kernel's, not the policy's) keep their counters and are
+// no difference from the policy.
 func TestApplyDelta(t *testing.T) {
 	testenv.RequireNetNS(t)
 	const base = `version: 1
@@ -40,8 +41,9 @@ reservations:
 	if err := c.Apply(old); err != nil {
 		t.Fatal(err)
 	}
-	// Give web's tcp/80 drop counter a value: the delta must not reset it.
-	ns.Nft(t, "delete element inet portfw drop_out { tcp . 80 }\nadd element inet portfw drop_out { tcp . 80 counter packets 7 bytes 700 comment \"web\" }")
+	// Counted drops of web's tcp/80 and tcp/443: the delta must not reset
+	// them, nor remove 443's (it counts what was dropped).
+	ns.Nft(t, "add element inet portfw cnt_out { tcp . 80 counter packets 7 bytes 700, tcp . 443 counter packets 1 bytes 100 }")
 	if err := c.ApplyDelta(d); err != nil {
 		t.Fatalf("apply delta: %v", err)
 	}
@@ -52,12 +54,22 @@ reservations:
 	if diff := cmp.Diff(want.String(), back.String()); diff != "" {
 		t.Errorf("table after delta (-want +got):\n%s", diff)
 	}
+	counted := map[uint16]uint64{}
 	for _, s := range back.Sets {
-		for _, e := range s.Elements {
-			if s.Name == "drop_out" && e.Comment == "web" && e.Ports.Lo == 80 && e.Packets != 7 {
-				t.Errorf("counter of the untouched element tcp . 80 is %d packets after the delta, want 7", e.Packets)
+		if s.Name == "cnt_out" {
+			if len(s.Elements) != 0 || !s.Dynamic || !s.Counter {
+				t.Fatalf("count set read back with elements %v, dynamic %v, counter %v", s.Elements, s.Dynamic, s.Counter)
+			}
+			for _, e := range s.Counts {
+				counted[e.Ports.Lo] = e.Packets
 			}
 		}
+	}
+	if counted[80] != 7 || counted[443] != 1 || len(counted) != 2 {
+		t.Errorf("counted after the delta: %v, want 80: 7 and 443: 1", counted)
+	}
+	if c, d, ok := compiler.Compare(back, want); !ok || !c.InSync() || !d.Empty() {
+		t.Errorf("the table with counted keys compares with its policy as %+v, delta empty %v, ok %v; want in sync", c, d.Empty(), ok)
 	}
 	// A rules change is not a delta.
 	if _, ok := compiler.ElementDelta(old, compileText(t, "version: 1\nsettings: { allow_root: false }\n"+strings.SplitN(base, "\n", 2)[1])); ok {

@@ -177,6 +177,10 @@ func decodeListElem(s *compiler.Set, b []byte) error {
 		s.Counter = true
 		e.Packets, e.Bytes = packets, bytes
 	}
+	if s.Dynamic {
+		s.Counts = append(s.Counts, e)
+		return nil
+	}
 	s.Elements = append(s.Elements, e)
 	return nil
 }

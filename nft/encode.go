@@ -67,6 +67,8 @@ func newSet(t *nftables.Table, s *compiler.Set) (*nftables.Set, []nftables.SetEl
 		Interval:      s.Interval,
 		Concatenation: len(s.Fields) > 1,
 		Counter:       s.Counter,
+		Dynamic:       s.Dynamic,
+		Size:          s.Size(),
 	}
 	elems := make([]nftables.SetElement, len(s.Elements))
 	// Every key (and end) of the set in one buffer: 60k elements were
@@ -219,37 +221,23 @@ func encodeRule(e []compiler.Expr, sets map[string]*nftables.Set) ([]expr.Any, e
 	for _, x := range e {
 		switch x := x.(type) {
 		case compiler.Lookup:
-			for _, k := range x.Keys {
-				switch k.Kind {
-				case compiler.KeyIPSaddr, compiler.KeyIPDaddr:
-					out = append(out, nfprotoDep(unix.NFPROTO_IPV4)...)
-				case compiler.KeyIP6Saddr, compiler.KeyIP6Daddr:
-					out = append(out, nfprotoDep(unix.NFPROTO_IPV6)...)
-				}
-			}
-			off := uint32(0)
-			for _, k := range x.Keys {
-				reg := register(off)
-				out = append(out, keyLoad(k, reg)...)
-				f := k.Field()
-				if x.Set.Interval && hostEndian(f) {
-					// nft converts host-endian fields before an interval lookup.
-					size, n := uint32(4), uint32(4)
-					switch f {
-					case compiler.FieldCgroup:
-						size, n = 8, 8
-					case compiler.FieldProto:
-						size, n = 2, 1
-					}
-					out = append(out, &expr.Byteorder{SourceRegister: reg, DestRegister: reg, Op: expr.ByteorderHton, Len: n, Size: size})
-				}
-				off += words(f)
-			}
 			s, ok := sets[x.Set.Name]
 			if !ok {
 				return nil, fmt.Errorf("rule uses undeclared set %s", x.Set.Name)
 			}
+			out = appendKeys(out, x.Keys, x.Set, true)
 			out = append(out, &expr.Lookup{SourceRegister: 1, SetName: s.Name, SetID: s.ID})
+		case compiler.Update:
+			s, ok := sets[x.Set.Name]
+			if !ok || !x.Set.Dynamic {
+				return nil, fmt.Errorf("rule updates undeclared or static set %s", x.Set.Name)
+			}
+			// As nft: the key is loaded again, without the dependency (a
+			// count set's update follows the lookup that implies it), and
+			// the set's counter is not repeated: the kernel gives each new
+			// element the set's expressions.
+			out = appendKeys(out, x.Keys, x.Set, false)
+			out = append(out, &expr.Dynset{SrcRegKey: 1, SetName: s.Name, SetID: s.ID, Operation: unix.NFT_DYNSET_OP_UPDATE})
 		case compiler.CtMarkHas:
 			out = append(out,
 				&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
@@ -307,6 +295,39 @@ func encodeRule(e []compiler.Expr, sets map[string]*nftables.Set) ([]expr.Any, e
 		}
 	}
 	return out, nil
+}
+
+// appendKeys appends the loads of a set key's concatenation to out: with
+// deps, the nfproto dependency of address keys first.
+func appendKeys(out []expr.Any, keys []compiler.Key, set *compiler.Set, deps bool) []expr.Any {
+	for _, k := range keys {
+		switch {
+		case !deps:
+		case k.Kind == compiler.KeyIPSaddr, k.Kind == compiler.KeyIPDaddr:
+			out = append(out, nfprotoDep(unix.NFPROTO_IPV4)...)
+		case k.Kind == compiler.KeyIP6Saddr, k.Kind == compiler.KeyIP6Daddr:
+			out = append(out, nfprotoDep(unix.NFPROTO_IPV6)...)
+		}
+	}
+	off := uint32(0)
+	for _, k := range keys {
+		reg := register(off)
+		out = append(out, keyLoad(k, reg)...)
+		f := k.Field()
+		if set.Interval && hostEndian(f) {
+			// nft converts host-endian fields before an interval lookup.
+			size, n := uint32(4), uint32(4)
+			switch f {
+			case compiler.FieldCgroup:
+				size, n = 8, 8
+			case compiler.FieldProto:
+				size, n = 2, 1
+			}
+			out = append(out, &expr.Byteorder{SourceRegister: reg, DestRegister: reg, Op: expr.ByteorderHton, Len: n, Size: size})
+		}
+		off += words(f)
+	}
+	return out
 }
 
 func native32(v uint32) []byte { return binaryutil.NativeEndian.PutUint32(v) }

@@ -206,21 +206,24 @@ func (f *Fake) Tamper(table string, edit func(rs *compiler.Ruleset) *compiler.Ru
 	f.bump()
 }
 
-// Count adds to the counter of the element of set with key's key, as
-// dropped packets do: the generation stays.
+// Count counts packets and bytes under key in the count set, as the drop
+// chains do for dropped packets: the key is added on its first count, and
+// the generation stays.
 func (f *Fake) Count(table, set string, key compiler.Element, packets, bytes uint64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, s := range f.tables[table].Sets {
-		if s.Name != set {
+		if s.Name != set || !s.Dynamic {
 			continue
 		}
-		for i := range s.Elements {
-			if s.Elements[i].Key() == key.Key() {
-				s.Elements[i].Packets += packets
-				s.Elements[i].Bytes += bytes
-			}
+		key = key.Key()
+		i := slices.IndexFunc(s.Counts, func(x compiler.Element) bool { return x.Key() == key })
+		if i < 0 {
+			s.Counts = append(s.Counts, key)
+			i = len(s.Counts) - 1
 		}
+		s.Counts[i].Packets += packets
+		s.Counts[i].Bytes += bytes
 	}
 }
 
@@ -239,6 +242,7 @@ func clone(rs *compiler.Ruleset) *compiler.Ruleset {
 		c := *s
 		c.Fields = slices.Clone(s.Fields)
 		c.Elements = slices.Clone(s.Elements)
+		c.Counts = slices.Clone(s.Counts)
 		out.Sets = append(out.Sets, &c)
 		byName[s.Name] = &c
 	}
@@ -247,9 +251,13 @@ func clone(rs *compiler.Ruleset) *compiler.Ruleset {
 		for _, r := range ch.Rules {
 			nr := slices.Clone(r)
 			for i, e := range nr {
-				if l, ok := e.(compiler.Lookup); ok {
-					l.Set = byName[l.Set.Name]
-					nr[i] = l
+				switch x := e.(type) {
+				case compiler.Lookup:
+					x.Set = byName[x.Set.Name]
+					nr[i] = x
+				case compiler.Update:
+					x.Set = byName[x.Set.Name]
+					nr[i] = x
 				}
 			}
 			c.Rules = append(c.Rules, nr)

@@ -3,10 +3,13 @@ package main
 import (
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/portfw/portfw/compiler"
 	"github.com/portfw/portfw/testenv"
 )
 
@@ -448,5 +451,82 @@ func TestControlFastOpen(t *testing.T) {
 	}
 	if w.Server.Counter(t, "TcpExtTCPFastOpenPassive") == passive || tried() == 0 {
 		t.Errorf("control: the server took no Fast Open connection (%d SYNs with data sent)", tried())
+	}
+}
+
+// fillCounts fills the count sets of the input and output drop chains to
+// their size with keys of other ports (sctp . 0 and 1 stand in for the
+// test's two), so the keys of the test's drops cannot be added.
+func fillCounts(t *testing.T, w *world) {
+	t.Helper()
+	var b strings.Builder
+	for _, set := range []string{"cnt_in", "cnt_out"} {
+		fmt.Fprintf(&b, "add element inet portfw %s { sctp . 0, sctp . 1", set)
+		for _, proto := range []string{"tcp", "udp"} {
+			for port := range 65536 {
+				if (proto == "tcp" && port == 8080) || (proto == "udp" && port == 5060) {
+					continue
+				}
+				fmt.Fprintf(&b, ", %s . %d", proto, port)
+			}
+		}
+		b.WriteString(" }\n")
+	}
+	path := filepath.Join(t.TempDir(), "fill.nft")
+	if err := os.WriteFile(path, []byte(b.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	w.Server.Run(t, "nft", "-f", path)
+	if _, _, err := w.Server.Exec("nft", "add", "element", "inet", "portfw", "cnt_in", "{ sctp . 2 }"); err == nil {
+		t.Fatalf("the count set took one more key than its size (%d): the test would not try a full set", compiler.CountSize)
+	}
+}
+
+// TestCountSetFull: a squatter (or anyone) can fill the count sets with
+// the keys of its own dropped packets; then new keys are not counted, and
+// their packets are dropped all the same by the drop chains' last rule:
+// the squatter's TCP listener gets nothing, its UDP server's replies do
+// not leave, and nothing is counted for them. With the rules alone (the guard refuses the
+// binds before any of this).
+func TestCountSetFull(t *testing.T) {
+	for _, v := range vias {
+		t.Run(string(v), func(t *testing.T) {
+			t.Parallel()
+			w := setupVia(t, v, "")
+			w.applyWith(t, sipPolicy, "bind_guard: off")
+			fillCounts(t, w)
+			tcp := w.Server.Serve(t, testenv.ServeConfig{Addr: any6(8080), As: w.squat})
+			// A UDP squatter reads datagrams with the rules alone (the
+			// residual of TestUDPSilentSquatter); its replies are dropped.
+			w.Server.Serve(t, testenv.ServeConfig{Proto: testenv.UDP, Addr: any6(5060), As: w.squat})
+			testenv.Blocked(t, w.Client.Dial(t, testenv.DialConfig{Addr: w.v4(8080)}))
+			testenv.Blocked(t, w.Client.Dial(t, testenv.DialConfig{Addr: w.v6(8080)}))
+			testenv.Blocked(t, w.Client.Dial(t, udpFlow(w.v4(5060), 40051, "register")))
+			testenv.Blocked(t, w.Client.Dial(t, udpFlow(w.v6(5060), 40052, "register")))
+			if got := tcp.Conns(t); len(got) != 0 {
+				t.Errorf("the squatter's TCP listener accepted %d connections", len(got))
+			}
+			for _, set := range []string{"cnt_in", "cnt_out"} {
+				if out := w.Server.Run(t, "nft", "list", "set", "inet", "portfw", set); strings.Contains(out, "tcp . 8080 ") || strings.Contains(out, "udp . 5060 ") {
+					t.Errorf("%s counted a key past its size", set)
+				}
+			}
+		})
+	}
+}
+
+// TestControlCountSetFull: without the drop chains' last rules, a full
+// count set lets the squatter's traffic through: the test above would see
+// the leak.
+func TestControlCountSetFull(t *testing.T) {
+	t.Parallel()
+	w := setup(t, "")
+	controlRuleset(t, w, sipPolicy, func(s string) string {
+		return strings.ReplaceAll(s, "\t\tdrop\n\t}\n", "\t}\n")
+	})
+	fillCounts(t, w)
+	w.Server.Serve(t, testenv.ServeConfig{Addr: any6(8080), As: w.squat, Reply: "squatted"})
+	if r := w.Client.Dial(t, testenv.DialConfig{Addr: w.v4(8080)}); string(r.Received) != "squatted" {
+		t.Errorf("control: the squatter got nothing (%v) with the last rule gone; the full-set test would prove nothing", r)
 	}
 }

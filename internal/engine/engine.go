@@ -787,7 +787,7 @@ func hostDigest(h tune.Host) string {
 // recordedTable is the table as portfw's last commit here made it, with
 // the drop counters read from the kernel: what a read of the whole table
 // returns while nobody else commits (the generation says so before and
-// after), for a read of the drop sets alone, while the record is compiled
+// after), for a read of the count sets alone, while the record is compiled
 // on the other CPU, and the recorded policy it was compiled from. Nil when
 // there is no such record: then read it all.
 func (e *Engine) recordedTable(st state.State, table string) (*compiler.Ruleset, *model.Resolved) {
@@ -800,8 +800,8 @@ func (e *Engine) recordedTable(st state.State, table string) (*compiler.Ruleset,
 		rs  *compiler.Ruleset
 		err error
 	}
-	readDrops := parallel.Go(func() read {
-		rs, err := h.Tables.ReadSets(table, isDropSet)
+	readCounts := parallel.Go(func() read {
+		rs, err := h.Tables.ReadSets(table, isCountSet)
 		return read{rs, err}
 	})
 	var full *compiler.Ruleset
@@ -809,24 +809,24 @@ func (e *Engine) recordedTable(st state.State, table string) (*compiler.Ruleset,
 	if rec != nil {
 		full = compiler.Compile(rec.resolved)
 	}
-	drops := readDrops()
-	if full == nil || drops.err != nil {
+	counts := readCounts()
+	if full == nil || counts.err != nil {
 		return nil, nil
 	}
 	if now, err := h.Tables.Gen(); err != nil || now != gen {
 		return nil, nil // a commit meanwhile: the counters may be of another table
 	}
 	kernel := map[string]*compiler.Set{}
-	for _, s := range drops.rs.Sets {
+	for _, s := range counts.rs.Sets {
 		kernel[s.Name] = s
 	}
 	n := 0
 	for i, s := range full.Sets {
-		if !isDropSet(s.Name) {
+		if !isCountSet(s.Name) {
 			continue
 		}
 		k := kernel[s.Name]
-		if k == nil || len(k.Elements) != len(s.Elements) {
+		if k == nil || !k.Dynamic || len(k.Elements) != 0 {
 			return nil, nil
 		}
 		full.Sets[i], n = k, n+1
@@ -837,17 +837,31 @@ func (e *Engine) recordedTable(st state.State, table string) (*compiler.Ruleset,
 	return full, rec.resolved
 }
 
-// isDropSet says whether a set holds drop counters.
-func isDropSet(set string) bool { return compiler.DropDirection(set) != "" }
+// isCountSet says whether a set holds drop counters.
+func isCountSet(set string) bool { return compiler.DropDirection(set) != "" }
 
-// Drops reads the drop counters of the table (its drop sets alone), by
-// reservation.
+// Drops reads the drop counters of the table by reservation: its count
+// sets, and only when something was counted the membership sets that
+// attribute the counted keys.
 func (e *Engine) Drops(table string) ([]compiler.Summary, error) {
-	rs, err := e.Host.Tables.ReadSets(table, isDropSet)
+	rs, err := e.Host.Tables.ReadSets(table, isCountSet)
 	if err != nil {
 		return nil, err
 	}
-	return compiler.Summarize(rs), nil
+	if !slices.ContainsFunc(rs.Sets, func(s *compiler.Set) bool { return len(s.Counts) > 0 }) {
+		return nil, nil
+	}
+	rs, err = e.Host.Tables.ReadSets(table, func(set string) bool { return isCountSet(set) || compiler.IsMembershipSet(set) })
+	if err != nil {
+		return nil, err
+	}
+	var out []compiler.Summary
+	for _, s := range compiler.Summarize(rs) {
+		if s.DroppedPackets > 0 || s.DroppedBytes > 0 {
+			out = append(out, s)
+		}
+	}
+	return out, nil
 }
 
 // Unchanged reports whether applying the policy of these inputs again would

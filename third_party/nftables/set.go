@@ -930,6 +930,18 @@ func setsFromMsg(msg netlink.Message) (*Set, error) {
 				set.DataInterval = val == 1
 			}
 
+		case NFTA_SET_ELEM_EXPRESSIONS: // NFTA_SET_EXPR: one expression (portfw)
+			set.Counter = set.Counter || exprIsCounter(ad.Bytes())
+		case NFTA_SET_ELEM_EXPRESSIONS + 1: // NFTA_SET_EXPRESSIONS: a list of them
+			list, err := netlink.NewAttributeDecoder(ad.Bytes())
+			if err != nil {
+				return nil, err
+			}
+			for list.Next() {
+				if list.Type() == unix.NFTA_LIST_ELEM {
+					set.Counter = set.Counter || exprIsCounter(list.Bytes())
+				}
+			}
 		case unix.NFTA_SET_DESC:
 			nestedAD, err := netlink.NewAttributeDecoder(ad.Bytes())
 			if err != nil {
@@ -947,6 +959,21 @@ func setsFromMsg(msg netlink.Message) (*Set, error) {
 		}
 	}
 	return &set, nil
+}
+
+// exprIsCounter reports whether the attributes of an expression name a
+// counter (portfw: sets read back say whether they count).
+func exprIsCounter(b []byte) bool {
+	ad, err := netlink.NewAttributeDecoder(b)
+	if err != nil {
+		return false
+	}
+	for ad.Next() {
+		if ad.Type() == unix.NFTA_EXPR_NAME {
+			return ad.String() == "counter"
+		}
+	}
+	return false
 }
 
 func parseSetDatatype(magic uint32) (SetDatatype, error) {
