@@ -197,3 +197,15 @@ func BenchmarkReloadLoad(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkSummarize: status's per-reservation view of a table.
+func BenchmarkSummarize(b *testing.B) {
+	for _, n := range sizes {
+		rs := compiler.Compile(resolved(b, n))
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			for b.Loop() {
+				compiler.Summarize(rs)
+			}
+		})
+	}
+}

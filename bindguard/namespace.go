@@ -213,10 +213,17 @@ type Fake struct {
 	// Dead are the cookies of deleted namespaces whose entries the next
 	// Sweep removes.
 	Dead []uint64
+	// Probes counts calls of Supported.
+	Probes int
 }
 
 // Supported returns Unsupported.
-func (f *Fake) Supported() error { return f.Unsupported }
+func (f *Fake) Supported() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.Probes++
+	return f.Unsupported
+}
 
 // Apply records the spec of r.
 func (f *Fake) Apply(r *model.Resolved) error {

@@ -59,16 +59,29 @@ const Unlabelled = "(no reservation)"
 // are left out). It is one pass over the elements with one accumulator
 // per reservation: at 10k reservations a table holds 50k elements.
 func Summarize(rs *Ruleset) []Summary {
-	type portItem struct {
-		addr  netip.Prefix
-		proto model.Protocol
-		ports model.PortRange
-	}
 	type acc struct {
 		sum   Summary
 		ports []portItem
 	}
-	by := map[string]*acc{}
+	// Accumulators in a slice, found by name (and, for the runs of one
+	// reservation's elements that sets hold, by the last one used).
+	hint := 0 // reservations: about half the membership elements (two protocols)
+	for _, s := range rs.Sets {
+		if IsMembershipSet(s.Name) {
+			hint += len(s.Elements)/2 + 1
+		}
+	}
+	accs := make([]acc, 0, hint)
+	index := make(map[string]int, hint)
+	find := func(name string) *acc {
+		i, ok := index[name]
+		if !ok {
+			i = len(accs)
+			index[name] = i
+			accs = append(accs, acc{sum: Summary{Name: name}})
+		}
+		return &accs[i]
+	}
 	for _, s := range rs.Sets {
 		kind := 0 // membership
 		switch {
@@ -83,17 +96,16 @@ func Summarize(rs *Ruleset) []Summary {
 		case slices.Contains([]string{specs[setCgOnly].name, specs[setCgOnlyR].name, specs[setCg4Only].name, specs[setCg6Only].name}, s.Name):
 			kind = 5
 		}
-		var a *acc
+		last := -1
 		for _, e := range s.Elements {
 			if e.Comment == "" {
 				e.Comment = Unlabelled
 			}
-			if a == nil || a.sum.Name != e.Comment {
-				if a = by[e.Comment]; a == nil {
-					a = &acc{sum: Summary{Name: e.Comment}}
-					by[e.Comment] = a
-				}
+			if last < 0 || accs[last].sum.Name != e.Comment {
+				find(e.Comment)
+				last = index[e.Comment]
 			}
+			a := &accs[last]
 			switch kind {
 			case 2:
 				a.sum.UIDs = append(a.sum.UIDs, e.ID)
@@ -109,11 +121,7 @@ func Summarize(rs *Ruleset) []Summary {
 		}
 	}
 	attributeCounts(rs, func(name string, in bool, packets, bytes uint64) {
-		a := by[name]
-		if a == nil {
-			a = &acc{sum: Summary{Name: name}}
-			by[name] = a
-		}
+		a := find(name)
 		a.sum.DroppedPackets += packets
 		a.sum.DroppedBytes += bytes
 		c := &a.sum.DroppedOut
@@ -124,34 +132,90 @@ func Summarize(rs *Ruleset) []Summary {
 		c.Bytes += bytes
 	})
 	byLo := func(a, b model.IDRange) int { return cmp.Compare(a.Lo, b.Lo) }
-	out := make([]Summary, 0, len(by))
-	for _, a := range by {
+	order := make([]int, len(accs))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortFunc(order, func(i, j int) int { return cmp.Compare(accs[i].sum.Name, accs[j].sum.Name) })
+	out := make([]Summary, 0, len(accs))
+	for _, i := range order {
+		a := &accs[i]
 		s := a.sum
 		// A table read back holds its elements in the kernel's order, and
 		// an owner appears once per port in the owner sets.
-		slices.SortFunc(s.UIDs, byLo)
-		s.UIDs = slices.Compact(s.UIDs)
-		slices.SortFunc(s.GIDs, byLo)
-		s.GIDs = slices.Compact(s.GIDs)
-		slices.Sort(s.Cgroups)
-		s.Cgroups = slices.Compact(s.Cgroups)
-		slices.SortFunc(a.ports, func(x, y portItem) int {
-			return cmp.Or(comparePrefix(x.addr, y.addr), cmp.Compare(x.proto, y.proto), cmp.Compare(x.ports.Lo, y.ports.Lo))
-		})
-		a.ports = slices.Compact(a.ports)
-		for i := 0; i < len(a.ports); {
-			j := i
-			byProto := map[model.Protocol][]model.PortRange{}
-			for ; j < len(a.ports) && a.ports[j].addr == a.ports[i].addr; j++ {
-				byProto[a.ports[j].proto] = append(byProto[a.ports[j].proto], a.ports[j].ports)
-			}
-			s.Ports = append(s.Ports, portGroups(byProto, a.ports[i].addr)...)
-			i = j
+		s.UIDs = sortedIDs(s.UIDs, byLo)
+		s.GIDs = sortedIDs(s.GIDs, byLo)
+		if !slices.IsSorted(s.Cgroups) {
+			slices.Sort(s.Cgroups)
 		}
+		s.Cgroups = slices.Compact(s.Cgroups)
+		s.Ports = portGroups(a.ports)
 		out = append(out, s)
 	}
-	slices.SortFunc(out, func(a, b Summary) int { return cmp.Compare(a.Name, b.Name) })
 	return out
+}
+
+// portItem is a membership element's ports.
+type portItem struct {
+	addr  netip.Prefix
+	proto model.Protocol
+	ports model.PortRange
+}
+
+func sortedIDs(ids []model.IDRange, byLo func(a, b model.IDRange) int) []model.IDRange {
+	if !slices.IsSortedFunc(ids, byLo) {
+		slices.SortFunc(ids, byLo)
+	}
+	return slices.Compact(ids)
+}
+
+// protoRank orders protocols as the protocol table does, any others (a
+// table edited by hand) after them by number.
+var protoRank = func() (r [256]int) {
+	for i := range r {
+		r[i] = len(model.Protocols()) + i
+	}
+	for i, p := range model.Protocols() {
+		r[p.Protocol] = i
+	}
+	return r
+}()
+
+// portGroups groups a reservation's ports: by address (every address
+// first), per address the protocols in the protocol table's order, once
+// for protocols that have the same ports. items is sorted here.
+func portGroups(items []portItem) []PortGroup {
+	byItem := func(x, y portItem) int {
+		return cmp.Or(comparePrefix(x.addr, y.addr), cmp.Compare(protoRank[x.proto], protoRank[y.proto]), cmp.Compare(x.ports.Lo, y.ports.Lo))
+	}
+	if !slices.IsSortedFunc(items, byItem) {
+		slices.SortFunc(items, byItem)
+	}
+	items = slices.Compact(items)
+	var groups []PortGroup
+	for i := 0; i < len(items); {
+		addr := items[i].addr
+		first := len(groups)
+		for i < len(items) && items[i].addr == addr {
+			proto := items[i].proto
+			j := i
+			for j < len(items) && items[j].addr == addr && items[j].proto == proto {
+				j++
+			}
+			ports := make(model.Ports, j-i)
+			for k := range ports {
+				ports[k] = items[i+k].ports
+			}
+			g := slices.IndexFunc(groups[first:], func(g PortGroup) bool { return slices.Equal(g.Ports, ports) })
+			if g < 0 {
+				groups = append(groups, PortGroup{Ports: ports, Addr: addr})
+				g = len(groups) - 1 - first
+			}
+			groups[first+g].Protocols = append(groups[first+g].Protocols, proto)
+			i = j
+		}
+	}
+	return groups
 }
 
 // netip4or6 is an element's address as a map key; the zero prefix is
@@ -166,39 +230,6 @@ func (a netip4or6) text() string {
 		return "@" + a.p.Addr().String()
 	}
 	return "@" + a.p.String()
-}
-
-// portGroups groups the ports of one address by protocol, in the protocol
-// table's order, once for protocols that have the same ports.
-func portGroups(byProto map[model.Protocol][]model.PortRange, addr netip.Prefix) []PortGroup {
-	// The table's protocols in its order, then any others (a table edited
-	// by hand) by number.
-	var order []model.Protocol
-	for _, p := range model.Protocols() {
-		order = append(order, p.Protocol)
-	}
-	var others []model.Protocol
-	for p := range byProto {
-		if !slices.Contains(order, p) {
-			others = append(others, p)
-		}
-	}
-	slices.Sort(others)
-	var groups []PortGroup
-	for _, proto := range append(order, others...) {
-		rs, ok := byProto[proto]
-		if !ok {
-			continue
-		}
-		ports := model.Ports(rs) // sorted by the caller
-		i := slices.IndexFunc(groups, func(g PortGroup) bool { return slices.Equal(g.Ports, ports) })
-		if i < 0 {
-			groups = append(groups, PortGroup{Ports: ports, Addr: addr})
-			i = len(groups) - 1
-		}
-		groups[i].Protocols = append(groups[i].Protocols, proto)
-	}
-	return groups
 }
 
 // attributeCounts calls count for each counted key of rs's count sets with

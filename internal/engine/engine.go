@@ -1068,6 +1068,15 @@ type Status struct {
 func (e *Engine) Status(table string) (Status, error) {
 	h := e.Host
 	var s Status
+	type guardRead struct {
+		info bindguard.Info
+		err  error
+	}
+	// The guard's maps are read beside the table.
+	guard := parallel.Go(func() guardRead {
+		info, err := e.guardStatus()
+		return guardRead{info, err}
+	})
 	s.State, s.StateErr = h.State.Load()
 	if table == "" {
 		table = s.State.Table
@@ -1082,10 +1091,25 @@ func (e *Engine) Status(table string) (Status, error) {
 		}
 	}
 	s.Host, s.HostErr = tune.ReadHost(h.Sysctls)
-	if h.Guard == nil {
-		s.GuardErr = bindguard.ErrNotSupported
-	} else if s.GuardErr = h.Guard.Supported(); s.GuardErr == nil {
-		s.Guard, s.GuardErr = h.Guard.Status()
-	}
+	g := guard()
+	s.Guard, s.GuardErr = g.info, g.err
 	return s, nil
+}
+
+// guardStatus is the guard's Status, or why it cannot run here. A guard
+// attached and active for this namespace is its own proof that the kernel
+// runs it: the support probe, which loads both programs (~60 ms), is asked
+// only to explain a guard that is not.
+func (e *Engine) guardStatus() (bindguard.Info, error) {
+	g := e.Host.Guard
+	if g == nil {
+		return bindguard.Info{}, bindguard.ErrNotSupported
+	}
+	if info, err := g.Status(); err == nil && info.Attached && info.Active {
+		return info, nil
+	}
+	if err := g.Supported(); err != nil {
+		return bindguard.Info{}, err
+	}
+	return g.Status()
 }

@@ -725,6 +725,28 @@ func TestStatusFromRecord(t *testing.T) {
 	}
 }
 
+// TestStatusGuard: status reports an active guard without the support
+// probe (it loads both programs), and one that is not there with the
+// probe's reason.
+func TestStatusGuard(t *testing.T) {
+	w := newWorld(t)
+	w.mustApply(policyText("bind_guard: on"))
+	probes := w.guard.Probes
+	s, err := w.e.Status("")
+	if err != nil || s.GuardErr != nil || !s.Guard.Active || !s.Guard.Attached {
+		t.Fatalf("status of an active guard: %v, %v, %+v", err, s.GuardErr, s.Guard)
+	}
+	if w.guard.Probes != probes {
+		t.Errorf("status probed the kernel's support %d times for an active guard", w.guard.Probes-probes)
+	}
+	w.mustApply(policyText("bind_guard: off"))
+	w.guard.Unsupported = fmt.Errorf("%w: no BPF here", bindguard.ErrNotSupported)
+	s, err = w.e.Status("")
+	if err != nil || !errors.Is(s.GuardErr, bindguard.ErrNotSupported) || s.Guard.Active {
+		t.Fatalf("status without a guard on an unsupported kernel: %v, %v, %+v", err, s.GuardErr, s.Guard)
+	}
+}
+
 // TestSweepOnApplyAndRemove: the guard entries of namespaces deleted
 // without a remove are swept by the next apply that commits, and by a
 // remove (so the last remove on a host detaches the programs).

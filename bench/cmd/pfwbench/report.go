@@ -481,7 +481,7 @@ func (r *report) markdown() string {
 	w("*Fresh*: table absent. The `nft -f` input is `portfw compile` of the same policy, checked to produce the ")
 	w("identical table (`portfw diff` finds the table unchanged after it; only the bind guard, which `nft -f` does not load, differs). *In sync*: the same apply again (nothing to do: ")
 	w("the state says the inputs are those of the last sync, so it does not even parse). *Status*: ")
-	w("`portfw status` (the drop sets read back for their counters, the rest compiled from portfw's record of its commit, ")
+	w("`portfw status` (the count sets read back for the drop counters, the guard's maps beside them, the rest compiled from portfw's record of its commit, ")
 	w("which the generation says the kernel still holds; the whole table read when it does not). *One-owner change*: then an apply of the policy with one ")
 	w("reservation's owner changed. At 100k every reservation has one protocol (ports 12000-61999, the ")
 	w("namespace's ephemeral range moved to 62000-65000). The one-shot commands run with a 256 MiB soft memory limit ")
