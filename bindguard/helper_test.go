@@ -60,6 +60,8 @@ type guardReply struct {
 	Found       bool
 	Swept       []uint64
 	Info        Info
+	// Applied is Applied after an apply; Info its Status then.
+	Applied Info
 }
 
 func helperMain(mode string) error {
@@ -92,6 +94,11 @@ func helperMain(mode string) error {
 				}
 			}
 			rep.Incremental = ns.incremental
+			if err == nil {
+				if rep.Applied, err = ns.Applied(); err == nil {
+					rep.Info, err = ns.Status()
+				}
+			}
 		case "remove":
 			rep.Found, err = ns.Remove()
 		case "sweep":

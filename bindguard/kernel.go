@@ -919,7 +919,11 @@ type Info struct {
 }
 
 // Status reports the guard and the namespace's part of it.
-func (h *Host) Status(cookie uint64) (Info, error) {
+func (h *Host) Status(cookie uint64) (Info, error) { return h.status(cookie, nil) }
+
+// status is Status; with counts (ports, scopes), the namespace's entries
+// are not counted but taken from there: what the caller wrote.
+func (h *Host) status(cookie uint64, counts *[2]int) (Info, error) {
 	info := Info{Cgroup: h.name}
 	in, err := h.find()
 	if err != nil || in == nil {
@@ -950,6 +954,10 @@ func (h *Host) Status(cookie uint64) (Info, error) {
 		return info, err
 	}
 	info.Active = true
+	if counts != nil {
+		info.Ports, info.Scopes = counts[0], counts[1]
+		return info, nil
+	}
 	count := func(name string) (int, error) {
 		var inner *ebpf.Map
 		if err := in.maps[name].Lookup(outerKey(cookie, e.gen), &inner); err != nil {

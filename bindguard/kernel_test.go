@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -86,7 +87,12 @@ func TestGuard(t *testing.T) {
 	ns.IP(t, "addr", "add", "192.0.2.20/24", "dev", "lo")
 	ns.IP(t, "addr", "add", "2001:db8::10/64", "dev", "lo", "nodad")
 	ns.IP(t, "addr", "add", "2001:db8::20/64", "dev", "lo", "nodad")
-	guardOp(t, ns.Path, guardRequest{Op: "apply", Policies: []*model.Resolved{e.policy(true)}, Cgroup: e.cg.Path})
+	applied := guardOp(t, ns.Path, guardRequest{Op: "apply", Policies: []*model.Resolved{e.policy(true)}, Cgroup: e.cg.Path})
+	// What apply prints: the entries counted from the spec it wrote, the
+	// rest read, equal to a Status that reads them all.
+	if !reflect.DeepEqual(applied.Applied, applied.Info) || applied.Info.Ports == 0 || applied.Info.Scopes == 0 {
+		t.Errorf("after apply: Applied %+v, Status %+v", applied.Applied, applied.Info)
+	}
 
 	checkBinds(t, "owner", ns.Path, e.cg, e.owner,
 		bindCase{"tcp4 0.0.0.0 80", "ok"}, // below 1024, no capability: the guard grants it

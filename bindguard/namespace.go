@@ -35,6 +35,9 @@ type Namespace struct {
 		spec Spec
 	}
 	incremental int // applies that wrote only what changed (for tests)
+	// counts are the ports and scopes the last Apply wrote, when it wrote
+	// the whole spec (nil after an incremental one, and after Remove).
+	counts *[2]int
 }
 
 // ForNamespace is the guard of the calling thread's network namespace, on
@@ -79,6 +82,7 @@ func (n *Namespace) Apply(r *model.Resolved) error {
 	if err != nil {
 		return err
 	}
+	n.counts = nil
 	if n.w != nil {
 		if n.b == nil {
 			n.b = NewBuilder(n.built.r, n.built.spec, n.w.num)
@@ -106,13 +110,14 @@ func (n *Namespace) Apply(r *model.Resolved) error {
 	}
 	n.w = &w
 	n.built.r, n.built.spec = r, spec()
+	n.counts = &[2]int{len(n.built.spec.Ports), len(n.built.spec.Scopes)}
 	return removeLegacy(n.cookie)
 }
 
 // Remove takes this namespace's entries out (and the programs with the
 // last namespace). It reports whether there were any.
 func (n *Namespace) Remove() (bool, error) {
-	n.w, n.b = nil, nil
+	n.w, n.b, n.counts = nil, nil, nil
 	h, err := n.open()
 	if err != nil {
 		return false, err
@@ -131,6 +136,18 @@ func (n *Namespace) Status() (Info, error) {
 		return Info{}, err
 	}
 	return h.Status(n.cookie)
+}
+
+// Applied is Status after this Namespace's Apply wrote the whole spec:
+// the programs, the namespaces and this one's entry as the kernel holds
+// them, the entries counted from the spec written instead of read back
+// (20k at 10k reservations, ~15 ms). Without such an Apply it is Status.
+func (n *Namespace) Applied() (Info, error) {
+	h, err := n.open()
+	if err != nil {
+		return Info{}, err
+	}
+	return h.status(n.cookie, n.counts)
 }
 
 // Active reports whether this namespace has a policy in the guard.
@@ -260,6 +277,9 @@ func (f *Fake) Status() (Info, error) {
 	}
 	return Info{Attached: true, Active: true, Cgroup: "/", Namespaces: 1, Ports: len(f.spec.Ports), Scopes: len(f.spec.Scopes)}, nil
 }
+
+// Applied is Status.
+func (f *Fake) Applied() (Info, error) { return f.Status() }
 
 // Active reports whether a spec is held.
 func (f *Fake) Active() (bool, error) {

@@ -118,8 +118,7 @@ func runApply(a *app, args []string) int {
 		return exitOK
 	}
 	c := res.Changes
-	// What the guard holds now is read while the plan is printed (at 10k
-	// reservations each is ~15 ms).
+	// What the guard holds now is read while the plan is printed.
 	type guardRead struct {
 		info bindguard.Info
 		err  error
@@ -127,7 +126,7 @@ func runApply(a *app, args []string) int {
 	var guardInfo func() guardRead
 	if res.Guard == engine.GuardUpdated {
 		guardInfo = parallel.Go(func() guardRead {
-			info, err := e.Host.Guard.Status()
+			info, err := e.Host.Guard.Applied()
 			return guardRead{info, err}
 		})
 	}
@@ -234,7 +233,7 @@ func (a *app) applyJSON(e *engine.Engine, p *engine.Plan, res engine.Result, app
 		OldTable: res.OldTable, Sysctls: nonNil(res.Sysctls), Guard: res.Guard, Layers: planLayers(p), Squatters: nonNil(res.Squatters)}
 	out.InSync = res.InSync()
 	out.Warnings = append(out.Warnings, res.Warnings...)
-	if info, err := e.Host.Guard.Status(); err == nil {
+	if info, err := e.Host.Guard.Applied(); err == nil {
 		out.BindGuard = newBindGuardJSON(p.Guard.Mode.String(), info)
 	}
 	return out

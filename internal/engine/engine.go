@@ -49,6 +49,9 @@ type Guard interface {
 	Remove() (bool, error)
 	// Status reports the guard and the namespace's part of it.
 	Status() (bindguard.Info, error)
+	// Applied is Status after this process's Apply, the namespace's
+	// entries counted from what it wrote rather than read back.
+	Applied() (bindguard.Info, error)
 	// Sweep removes the entries of namespaces that no longer exist.
 	Sweep() ([]uint64, error)
 	// Active reports whether the guard holds a policy for the namespace
