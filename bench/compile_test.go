@@ -88,6 +88,20 @@ func BenchmarkPlan(b *testing.B) {
 	}
 }
 
+// BenchmarkPlanCreated: the same plan as apply works it out for a table
+// it creates, from the resolved policy (compiler.Created).
+func BenchmarkPlanCreated(b *testing.B) {
+	for _, n := range sizes {
+		r := resolved(b, n)
+		rs := compiler.Compile(r)
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			for b.Loop() {
+				compiler.Created(r, rs).Plan()
+			}
+		})
+	}
+}
+
 // editOwner is r with one reservation's owner changed: a membership-only
 // edit, the kind the daemon applies as an element delta.
 func editOwner(r *model.Resolved) *model.Resolved {

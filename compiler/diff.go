@@ -3,6 +3,8 @@ package compiler
 import (
 	"slices"
 	"strings"
+
+	"github.com/portfw/portfw/model"
 )
 
 // Changes is what applying one ruleset over another changes, in the
@@ -66,6 +68,16 @@ func Diff(old, new *Ruleset) Changes {
 	slices.Sort(c.Removed)
 	slices.Sort(c.Changed)
 	c.RulesChanged = old == nil || skeleton(old) != skeleton(new)
+	return c
+}
+
+// Created is Diff(nil, rs) for rs compiled from r: the changes of creating
+// the table where there is none. Its Plan works each reservation's detail
+// out from r, without grouping the table's elements by reservation (at
+// 100k reservations that was half a second).
+func Created(r *model.Resolved, rs *Ruleset) Changes {
+	c := Diff(nil, rs)
+	c.src.newM = r
 	return c
 }
 

@@ -104,17 +104,25 @@ func (c Changes) makePlan() Plan {
 	var p Plan
 	src := c.src
 	var olds, news map[string][]setElement
-	if src.oldRS != nil || src.newRS != nil {
+	created := src.oldRS == nil && src.newRS != nil && src.newM != nil // see Created
+	switch {
+	case created:
+	case src.oldRS != nil || src.newRS != nil:
 		olds, news = groupElements(src.oldRS), groupElements(src.newRS)
 		p.Unlabelled = strays(src.oldRS)
-	} else {
+	default:
 		olds, news = modelElements(src.oldM, c), modelElements(src.newM, c)
 	}
 	paths := cgroupPaths(src)
 	p.Reservations = make([]Detail, 0, len(c.Added)+len(c.Removed)+len(c.Changed))
 	add := func(names []string, a Action) {
 		for _, n := range names {
-			d := detail(n, a, olds[n], news[n])
+			var d Detail
+			if created {
+				d = detailOf(n, a, footprint{}, modelFootprint(reservationsNamed(src.newM, n), src.newM.Settings.AllowRoot), nil, nil)
+			} else {
+				d = detail(n, a, olds[n], news[n])
+			}
 			for _, cs := range [][]CgroupRef{d.CgroupsAdded, d.CgroupsRemoved} {
 				for i := range cs {
 					cs[i].Path = paths[cs[i].ID]
@@ -206,6 +214,20 @@ func groupElements(rs *Ruleset) map[string][]setElement {
 	return m
 }
 
+// reservationsNamed are the reservations of r that compile to elements
+// commented name: the root-only guard's for model.GuardName.
+func reservationsNamed(r *model.Resolved, name string) []*model.Reservation {
+	var out []*model.Reservation
+	if name == model.GuardName {
+		for i := range r.Guard {
+			out = append(out, &r.Guard[i])
+		}
+	} else if i, ok := sort.Find(len(r.Reservations), func(i int) int { return cmp.Compare(name, r.Reservations[i].Name) }); ok {
+		out = append(out, &r.Reservations[i])
+	}
+	return out
+}
+
 // modelElements compiles the reservations c names, as Compile would.
 func modelElements(r *model.Resolved, c Changes) map[string][]setElement {
 	m := map[string][]setElement{}
@@ -215,13 +237,7 @@ func modelElements(r *model.Resolved, c Changes) map[string][]setElement {
 	var all []*model.Reservation
 	for _, names := range [][]string{c.Added, c.Removed, c.Changed} {
 		for _, n := range names {
-			if n == model.GuardName {
-				for i := range r.Guard {
-					all = append(all, &r.Guard[i])
-				}
-			} else if i, ok := sort.Find(len(r.Reservations), func(i int) int { return cmp.Compare(n, r.Reservations[i].Name) }); ok {
-				all = append(all, &r.Reservations[i])
-			}
+			all = append(all, reservationsNamed(r, n)...)
 		}
 	}
 	for _, res := range all {
@@ -309,20 +325,47 @@ func (pp *protoPorts) add(p model.Protocol, r model.PortRange) {
 func footprintOf(es []setElement) footprint {
 	var f footprint
 	for _, se := range es {
-		switch setKinds[se.set] {
-		case kindReserved:
-			f.ports.add(se.e.Proto, se.e.Ports)
-			if se.e.Addr.IsValid() {
-				f.addrs = append(f.addrs, se.e.Addr)
-			}
-		case kindUID:
-			f.uids = append(f.uids, se.e.ID)
-		case kindGID:
-			f.gids = append(f.gids, se.e.ID)
-		case kindCgroup:
-			f.cgroups = append(f.cgroups, se.e.Cgroup)
-		}
+		f.add(setKinds[se.set], se.e)
 	}
+	return f.normal()
+}
+
+// setKindOf is setKinds by set index.
+var setKindOf = func() (k [numSets]int) {
+	for i, sp := range specs {
+		k[i] = setKinds[sp.name]
+	}
+	return k
+}()
+
+// modelFootprint is the footprint of the elements the reservations
+// compile to (eachElement, as Compile), without making a list of them.
+func modelFootprint(rs []*model.Reservation, rootRule bool) footprint {
+	var f footprint
+	for _, res := range rs {
+		eachElement(res, rootRule, func(set int, e Element) { f.add(setKindOf[set], &e) })
+	}
+	return f.normal()
+}
+
+func (f *footprint) add(kind int, e *Element) {
+	switch kind {
+	case kindReserved:
+		f.ports.add(e.Proto, e.Ports)
+		if e.Addr.IsValid() {
+			f.addrs = append(f.addrs, e.Addr)
+		}
+	case kindUID:
+		f.uids = append(f.uids, e.ID)
+	case kindGID:
+		f.gids = append(f.gids, e.ID)
+	case kindCgroup:
+		f.cgroups = append(f.cgroups, e.Cgroup)
+	}
+}
+
+// normal sorts and merges what add collected.
+func (f footprint) normal() footprint {
 	slices.Sort(f.cgroups)
 	f.cgroups = slices.Compact(f.cgroups)
 	for i := range f.ports {
@@ -341,8 +384,13 @@ func uniquePrefixes(ps []netip.Prefix) []netip.Prefix {
 }
 
 func detail(name string, a Action, olds, news []setElement) Detail {
+	return detailOf(name, a, footprintOf(olds), footprintOf(news), olds, news)
+}
+
+// detailOf is detail from the footprints of olds and news (the element
+// lists are needed only for a change in nothing the footprints show).
+func detailOf(name string, a Action, o, n footprint, olds, news []setElement) Detail {
 	d := Detail{Name: name, Action: a}
-	o, n := footprintOf(olds), footprintOf(news)
 	for _, pi := range model.Protocols() {
 		if add := n.ports.of(pi.Protocol).Minus(o.ports.of(pi.Protocol)); len(add) > 0 {
 			d.PortsAdded = append(d.PortsAdded, ProtoPorts{pi.Protocol, add})

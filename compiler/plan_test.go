@@ -2,10 +2,14 @@ package compiler_test
 
 import (
 	"net/netip"
+	"os"
+	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
 
+	"github.com/portfw/portfw/bench/gen"
 	"github.com/portfw/portfw/compiler"
 	"github.com/portfw/portfw/internal/testpolicy"
 	"github.com/portfw/portfw/model"
@@ -132,5 +136,49 @@ func TestPlanHandEdits(t *testing.T) {
 	}
 	if slices.Contains(c.Removed, "") || slices.Contains(c.Changed, "") {
 		t.Errorf("a blank reservation name in %+v", c)
+	}
+}
+
+// TestCreatedPlan: the plan of creating a table, worked out from the
+// resolved policy (Created), is the plan worked out from the compiled
+// table's elements (Diff against no table), for every golden policy, one
+// with the root-only guard's entries, and a generated one with ranges.
+func TestCreatedPlan(t *testing.T) {
+	var cases []*model.Resolved
+	dirs, err := filepath.Glob("testdata/*/policy.yaml")
+	if err != nil || len(dirs) == 0 {
+		t.Fatalf("no golden policies: %v", err)
+	}
+	for _, path := range dirs {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cases = append(cases, testpolicy.Resolve(t, path, string(data)))
+	}
+	guarded := *testpolicy.Resolve(t, "guarded.yaml", planBase)
+	guarded.Settings.AllowRoot = false
+	for _, proto := range []model.Protocol{model.TCP, model.UDP} {
+		guarded.Guard = append(guarded.Guard, model.Reservation{Name: model.GuardName, Protocols: []model.Protocol{proto},
+			Ports: []model.PortRange{{Lo: 81, Hi: 442}, {Lo: 444, Hi: 1023}}, Owners: model.Owners{Root: true}})
+	}
+	cases = append(cases, &guarded)
+	generated, err := gen.Spec{N: 300, Ranges: 4, Port: 11111, UID: 65534}.Resolved()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases = append(cases, generated)
+	for i, r := range cases {
+		rs := compiler.Compile(r)
+		got, want := compiler.Created(r, rs), compiler.Diff(nil, rs)
+		if !slices.Equal(got.Added, want.Added) || got.RulesChanged != want.RulesChanged {
+			t.Fatalf("case %d: Created %+v, Diff %+v", i, got, want)
+		}
+		if gp, wp := got.Plan(), want.Plan(); !reflect.DeepEqual(gp, wp) {
+			t.Errorf("case %d: plan from the policy:\n%+v\nfrom the table:\n%+v", i, gp, wp)
+		}
+		if len(r.Reservations) > 0 && len(want.Plan().Reservations) == 0 {
+			t.Errorf("case %d: an empty plan compares nothing", i)
+		}
 	}
 }

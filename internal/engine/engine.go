@@ -592,7 +592,11 @@ func (e *Engine) Sync(p *Plan, dry bool) (Result, error) {
 			return err
 		}
 		res.Read = true
-		res.Changes, delta, deltaOK = compiler.Compare(cur, p.Ruleset())
+		if cur == nil {
+			res.Changes, delta, deltaOK = compiler.Created(p.Resolved, p.Ruleset()), compiler.Delta{}, false
+		} else {
+			res.Changes, delta, deltaOK = compiler.Compare(cur, p.Ruleset())
+		}
 		res.OldTable = ""
 		if st.Table != "" && st.Table != table {
 			old, err := h.Tables.HasTable(st.Table)
