@@ -484,7 +484,7 @@ func (r *report) markdown() string {
 	w("`portfw status` (the count sets read back for the drop counters, the guard's maps beside them, the rest compiled from portfw's record of its commit, ")
 	w("which the generation says the kernel still holds; the whole table read when it does not). *One-owner change*: then an apply of the policy with one ")
 	w("reservation's owner changed. At 100k every reservation has one protocol (ports 12000-61999, the ")
-	w("namespace's ephemeral range moved to 62000-65000). The one-shot commands run with a 256 MiB soft memory limit ")
+	w("namespace's ephemeral range moved to 62000-65000). The one-shot commands run with a 200 MiB soft memory limit ")
 	w("(cmd/portfw: the collector works harder near it; at 100k a fresh apply's live heap comes close, below it the limit changes nothing).\n\n")
 	w("| reservations | fresh | `nft -f` same ruleset | in sync | status | one-owner change | peak RSS fresh / change |\n|--:|--:|--:|--:|--:|--:|--:|\n")
 	for _, n := range []string{"1000", "10000", "100000"} {
