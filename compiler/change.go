@@ -107,7 +107,7 @@ func Change(old, new *model.Resolved) (Changes, Delta, bool) {
 func declaration(name string) *Set {
 	for _, sp := range specs {
 		if sp.name == name {
-			return &Set{Name: sp.name, Fields: sp.fields, Interval: sp.interval, Counter: sp.count, Dynamic: sp.count}
+			return &Set{Name: sp.name, Fields: sp.fields, Interval: sp.interval, Counter: sp.counter, Dynamic: sp.dynamic}
 		}
 	}
 	return nil
@@ -173,11 +173,11 @@ func setsOf(res *model.Reservation, rootRule bool, sets *[numSets]bool) {
 	if len(res.Addresses) > 0 {
 		for _, a := range res.Addresses {
 			if a.Addr().Is6() {
-				sets[setRes6] = true
+				sets[setRes6], sets[setDrop6], sets[setDropIn6] = true, true, true
 				sets[setOwn6UID] = sets[setOwn6UID] || uids
 				sets[setOwn6GID] = sets[setOwn6GID] || gids
 			} else {
-				sets[setRes4] = true
+				sets[setRes4], sets[setDrop4], sets[setDropIn4] = true, true, true
 				sets[setOwn4UID] = sets[setOwn4UID] || uids
 				sets[setOwn4GID] = sets[setOwn4GID] || gids
 			}

@@ -27,7 +27,8 @@ type setSpec struct {
 	name     string
 	fields   []Field
 	interval bool
-	count    bool // a count set: dynamic, a counter per key
+	counter  bool // a counter on each element
+	dynamic  bool // a count set: the kernel adds the keys of drops
 }
 
 var (
@@ -58,15 +59,17 @@ const (
 	setOwn4GID
 	setOwn6UID
 	setOwn6GID
-	// The count sets of output (setCnt..) and input (setCntIn..): dynamic
-	// sets the drop chains add a dropped packet's key to, each key with a
-	// counter (see dropChain).
+	// The count sets of output and input: dynamic sets the drop chains
+	// add a dropped packet's protocol . port to, each key with a counter
+	// (see dropChain).
 	setCnt
-	setCnt4
-	setCnt6
 	setCntIn
-	setCntIn4
-	setCntIn6
+	// The drop sets of the address-scoped reservations, output's and
+	// input's: their elements, each with a counter, mirror res4 and res6.
+	setDrop4
+	setDrop6
+	setDropIn4
+	setDropIn6
 	// The reservations only cgroups own (model.Owners.CgroupOnly): on
 	// input a socket outside them is dropped, since the socket lookup is
 	// exact there.
@@ -93,44 +96,52 @@ const (
 // cgSet is the index of the owner set of kind at level.
 func cgSet(level uint8, kind int) int { return setOwnCg + (int(level)-1)*cgKinds + kind }
 
-// countSets is the count set of each membership set, output's then
-// input's: each direction counts its own drops, so status and metrics can
+// dropSets is where each membership set's drops are counted, output's
+// then input's: each direction counts its own, so status and metrics can
 // tell a squatter's replies (out) from what clients sent it (in). The exact
-// and range sets share one (its key is protocol . port).
-var countSets = map[int][2]int{
+// and range sets share a count set (its key is protocol . port).
+var dropSets = map[int][2]int{
 	setRes: {setCnt, setCntIn}, setResR: {setCnt, setCntIn},
-	setRes4: {setCnt4, setCntIn4}, setRes6: {setCnt6, setCntIn6},
+	setRes4: {setDrop4, setDropIn4}, setRes6: {setDrop6, setDropIn6},
 }
 
 // CountSize is the most keys a count set holds: every port of two
-// protocols (half of it for address-scoped keys). The kernel allocates
-// per key added, not for the size. A full set counts no new key; the
-// packet is dropped all the same (dropChain).
+// protocols. Its keys can only be reserved (protocol, port) pairs, so the
+// policy bounds them (a port range's drops are counted per port); the
+// kernel allocates per key added, not for the size. A full set counts no
+// new key; the packet is dropped all the same (dropChain).
+//
+// The address-scoped reservations keep a counter per element of drop sets
+// instead: keyed by the packet's address, a count set could be filled by
+// a squatter sending from 65536 addresses of a reserved IPv6 prefix
+// (IP_FREEBIND needs no privilege), blinding the counters and costing a
+// per-CPU counter each; those reservations are few, and so are their
+// elements.
 const CountSize = 1 << 17
 
 var specs = withCgroupSets([numSets]setSpec{
-	setRes:     {"res_port", pp, false, false},
-	setResR:    {"res_port_r", pp, true, false},
-	setRes4:    {"res4", pp4, true, false},
-	setRes6:    {"res6", pp6, true, false},
-	setOwnUID:  {"own_uid", ppU, false, false},
-	setOwnUIDR: {"own_uid_r", ppU, true, false},
-	setOwnGID:  {"own_gid", ppG, false, false},
-	setOwnGIDR: {"own_gid_r", ppG, true, false},
-	setOwn4UID: {"own4_uid", pp4U, true, false},
-	setOwn4GID: {"own4_gid", pp4G, true, false},
-	setOwn6UID: {"own6_uid", pp6U, true, false},
-	setOwn6GID: {"own6_gid", pp6G, true, false},
-	setCnt:     {"cnt_out", pp, false, true},
-	setCnt4:    {"cnt4_out", pp4, false, true},
-	setCnt6:    {"cnt6_out", pp6, false, true},
-	setCntIn:   {"cnt_in", pp, false, true},
-	setCntIn4:  {"cnt4_in", pp4, false, true},
-	setCntIn6:  {"cnt6_in", pp6, false, true},
-	setCgOnly:  {"cg_only", pp, false, false},
-	setCgOnlyR: {"cg_only_r", pp, true, false},
-	setCg4Only: {"cg4_only", pp4, true, false},
-	setCg6Only: {"cg6_only", pp6, true, false},
+	setRes:     {"res_port", pp, false, false, false},
+	setResR:    {"res_port_r", pp, true, false, false},
+	setRes4:    {"res4", pp4, true, false, false},
+	setRes6:    {"res6", pp6, true, false, false},
+	setOwnUID:  {"own_uid", ppU, false, false, false},
+	setOwnUIDR: {"own_uid_r", ppU, true, false, false},
+	setOwnGID:  {"own_gid", ppG, false, false, false},
+	setOwnGIDR: {"own_gid_r", ppG, true, false, false},
+	setOwn4UID: {"own4_uid", pp4U, true, false, false},
+	setOwn4GID: {"own4_gid", pp4G, true, false, false},
+	setOwn6UID: {"own6_uid", pp6U, true, false, false},
+	setOwn6GID: {"own6_gid", pp6G, true, false, false},
+	setCnt:     {"cnt_out", pp, false, true, true},
+	setCntIn:   {"cnt_in", pp, false, true, true},
+	setDrop4:   {"drop4_out", pp4, true, true, false},
+	setDrop6:   {"drop6_out", pp6, true, true, false},
+	setDropIn4: {"drop4_in", pp4, true, true, false},
+	setDropIn6: {"drop6_in", pp6, true, true, false},
+	setCgOnly:  {"cg_only", pp, false, false, false},
+	setCgOnlyR: {"cg_only_r", pp, true, false, false},
+	setCg4Only: {"cg4_only", pp4, true, false, false},
+	setCg6Only: {"cg6_only", pp6, true, false, false},
 })
 
 // cgLevels is the level of each owner set of cgroups, by name.
@@ -141,10 +152,10 @@ var cgLevels = map[string]uint8{}
 func withCgroupSets(specs [numSets]setSpec) [numSets]setSpec {
 	for l := uint8(1); l <= model.MaxCgroupLevel; l++ {
 		n := strconv.Itoa(int(l))
-		specs[cgSet(l, cgExact)] = setSpec{"own_cg" + n, ppC, false, false}
-		specs[cgSet(l, cgRange)] = setSpec{"own_cg" + n + "_r", ppC, true, false}
-		specs[cgSet(l, cg4)] = setSpec{"own4_cg" + n, pp4C, true, false}
-		specs[cgSet(l, cg6)] = setSpec{"own6_cg" + n, pp6C, true, false}
+		specs[cgSet(l, cgExact)] = setSpec{"own_cg" + n, ppC, false, false, false}
+		specs[cgSet(l, cgRange)] = setSpec{"own_cg" + n + "_r", ppC, true, false, false}
+		specs[cgSet(l, cg4)] = setSpec{"own4_cg" + n, pp4C, true, false, false}
+		specs[cgSet(l, cg6)] = setSpec{"own6_cg" + n, pp6C, true, false, false}
 		for k := range cgKinds {
 			cgLevels[specs[cgSet(l, k)].name] = l
 		}
@@ -153,14 +164,13 @@ func withCgroupSets(specs [numSets]setSpec) [numSets]setSpec {
 }
 
 // DropDirection says which direction's drops a set counts: "in" or
-// "out", and "" for a set that is not a count set.
+// "out", and "" for a set that counts none (not a count or drop set).
 func DropDirection(set string) string {
-	for i := setCnt; i <= setCntIn6; i++ {
-		if specs[i].name == set {
-			if i >= setCntIn {
-				return "in"
+	for _, d := range dropSets {
+		for dir, i := range d {
+			if specs[i].name == set {
+				return [2]string{"out", "in"}[dir]
 			}
-			return "out"
 		}
 	}
 	return ""
@@ -169,7 +179,7 @@ func DropDirection(set string) string {
 // IsMembershipSet says whether a set is one of the membership sets (which
 // ports, and addresses, are reserved), which attribute the count sets' keys.
 func IsMembershipSet(set string) bool {
-	for m := range countSets {
+	for m := range dropSets {
 		if specs[m].name == set {
 			return true
 		}
@@ -233,12 +243,10 @@ func Compile(r *model.Resolved) *Ruleset {
 			declared[i] = true
 		}
 	}
-	// A count set (no elements: the kernel adds them) for each direction
-	// of each membership set in use.
-	for m, cnt := range countSets {
-		if len(elems[m]) > 0 {
-			declared[cnt[0]], declared[cnt[1]] = true, true
-		}
+	// The count sets (no elements: the kernel adds them) when the exact or
+	// range membership set is in use.
+	if len(elems[setRes])+len(elems[setResR]) > 0 {
+		declared[setCnt], declared[setCntIn] = true, true
 	}
 	var sets [numSets]*Set
 	rs := &Ruleset{Table: r.Settings.Table}
@@ -248,7 +256,7 @@ func Compile(r *model.Resolved) *Ruleset {
 		}
 		SortElements(e)
 		sp := specs[i]
-		sets[i] = &Set{Name: sp.name, Fields: sp.fields, Interval: sp.interval, Counter: sp.count, Dynamic: sp.count, Elements: e}
+		sets[i] = &Set{Name: sp.name, Fields: sp.fields, Interval: sp.interval, Counter: sp.counter, Dynamic: sp.dynamic, Elements: e}
 		rs.Sets = append(rs.Sets, sets[i])
 	}
 	c := compiling{sets: &sets, st: r.Settings, rootRule: rootRule}
@@ -324,6 +332,8 @@ func eachElement(res *model.Reservation, rootRule bool, add func(set int, e Elem
 				}
 				e := Element{Addr: addr, Proto: proto, Ports: ports, Comment: res.Name}
 				add(membership, e)
+				add(dropSets[membership][0], e)
+				add(dropSets[membership][1], e)
 				for _, id := range uids {
 					e.ID = id
 					add(ownU, e)
@@ -708,27 +718,32 @@ func synChain() *Chain {
 	return ch
 }
 
-// dropChain logs (rate-limited), counts and drops. A dropped packet's key
-// (protocol . port, with the address for address-scoped reservations) is
-// added to the direction's count set, whose elements each carry a counter:
-// the kernel keeps counters only for keys that were dropped, and status
-// and metrics attribute them to reservations through the membership sets
-// (Summarize). Counters on every element of sets as large as the
-// membership sets were half the kernel's work of loading a table. Should a
-// count set be full, the update fails, the rule does not match, and the
-// chain's last rule drops the packet uncounted: it fails closed.
+// dropChain logs (rate-limited), counts and drops. A dropped packet's
+// protocol . port is added to the direction's count set, whose elements
+// each carry a counter: the kernel keeps counters only for the keys it
+// dropped, and status and metrics attribute them to reservations through
+// the membership sets (Summarize). (Counters on every element of sets as
+// large as the membership sets were half the kernel's work of loading a
+// table.) Should a count set be full, the update fails, the rule does not
+// match, and the chain's last rule drops the packet uncounted: it fails
+// closed. The address-scoped reservations' drops are counted on the
+// elements of their drop sets (see CountSize).
 func (c *compiling) dropChain(name, prefix string, d direction) *Chain {
 	ch := &Chain{Name: name}
 	if c.st.Log.Enabled() {
 		ch.Rules = append(ch.Rules, Rule{LimitLog{Rate: c.st.Log, Prefix: prefix}})
 	}
-	for _, m := range []int{setRes, setResR, setRes4, setRes6} {
-		s := c.sets[m]
-		if s == nil {
-			continue
+	dir := pick(!d.output, 0, 1)
+	for _, m := range []int{setRes, setResR} {
+		if s := c.sets[m]; s != nil {
+			cnt := c.sets[dropSets[m][dir]]
+			ch.Rules = append(ch.Rules, Rule{Lookup{d.keys(s), s}, Update{d.keys(cnt), cnt}, Verdict{Kind: Drop}})
 		}
-		cnt := c.sets[countSets[m][pick(!d.output, 0, 1)]]
-		ch.Rules = append(ch.Rules, Rule{Lookup{d.keys(s), s}, Update{d.keys(cnt), cnt}, Verdict{Kind: Drop}})
+	}
+	for _, m := range []int{setRes4, setRes6} {
+		if s := c.sets[dropSets[m][dir]]; s != nil {
+			ch.Rules = append(ch.Rules, Rule{Lookup{d.keys(s), s}, Verdict{Kind: Drop}})
+		}
 	}
 	ch.Rules = append(ch.Rules, Rule{Verdict{Kind: Drop}})
 	return ch
@@ -739,4 +754,4 @@ func (c *compiling) dropChain(name, prefix string, d direction) *Chain {
 // kernel's table to be what it would compile now when both match; so any
 // change to Compile's output for the same policy must come with a new
 // Version. TestVersion fails when the goldens change and Version does not.
-const Version = 8
+const Version = 9

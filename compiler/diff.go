@@ -2,6 +2,7 @@ package compiler
 
 import (
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/portfw/portfw/model"
@@ -135,7 +136,7 @@ func skeleton(rs *Ruleset) string {
 			b.WriteString(" counter\n")
 		}
 		if s.Dynamic {
-			b.WriteString(" dynamic\n")
+			b.WriteString(" dynamic " + strconv.Itoa(int(s.Size())) + "\n")
 		}
 	}
 	for _, c := range rs.Chains {

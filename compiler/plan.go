@@ -500,7 +500,7 @@ func ruleChanges(old, new *Ruleset) []string {
 		switch o := oldSets[s.Name]; {
 		case o == nil:
 			out = append(out, "set "+s.Name+" is created")
-		case !slices.Equal(o.Fields, s.Fields) || o.Interval != s.Interval || o.Counter != s.Counter || o.Dynamic != s.Dynamic:
+		case !slices.Equal(o.Fields, s.Fields) || o.Interval != s.Interval || o.Counter != s.Counter || o.Dynamic != s.Dynamic || (s.Dynamic && o.Size() != s.Size()):
 			out = append(out, "set "+s.Name+" is declared anew")
 		}
 		delete(oldSets, s.Name)

@@ -48,6 +48,10 @@ type Set struct {
 	Dynamic  bool
 	Elements []Element
 	Counts   []Element // a dynamic set's elements as read back, with their counters
+	// MadeSize is the size the kernel says a dynamic set was made with,
+	// when read back (0 in compiled sets): a count set's size is fixed,
+	// so another one is a difference from the policy.
+	MadeSize uint32
 }
 
 // Capacity is the size a set of n exact elements is made with: room to
@@ -69,16 +73,14 @@ func Capacity(n int) uint32 {
 }
 
 // Size is the size the set is made with: its Capacity; for a count set
-// CountSize (half of it for address-scoped keys); 0 (none) for an
-// interval set.
+// CountSize (read back, MadeSize); 0 (none) for an interval set.
 func (s *Set) Size() uint32 {
 	switch {
 	case s.Interval:
 		return 0
+	case s.Dynamic && s.MadeSize != 0:
+		return s.MadeSize
 	case s.Dynamic:
-		if len(s.Fields) > 2 {
-			return CountSize / 2
-		}
 		return CountSize
 	}
 	return Capacity(len(s.Elements))

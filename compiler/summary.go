@@ -54,15 +54,12 @@ const Unlabelled = "(no reservation)"
 // Summarize lists the reservations in rs, sorted by name (elements of no
 // reservation as one named Unlabelled). Counters come
 // from the count sets, so they are non-zero only for a ruleset read back
-// from the kernel; a counted key goes to the reservation whose membership
-// set holds it (keys no reservation holds now, counted before an edit,
-// are left out). It is one pass over the elements with one accumulator
+// from the kernel: those on the drop sets' elements go to the element's
+// reservation, a count set's key to the reservation whose membership set
+// holds it (keys no reservation holds now, counted before an edit, are
+// left out). It is one pass over the elements with one accumulator
 // per reservation: at 10k reservations a table holds 50k elements.
 func Summarize(rs *Ruleset) []Summary {
-	type acc struct {
-		sum   Summary
-		ports []portItem
-	}
 	// Accumulators in a slice, found by name (and, for the runs of one
 	// reservation's elements that sets hold, by the last one used).
 	hint := 0 // reservations: about half the membership elements (two protocols)
@@ -84,9 +81,12 @@ func Summarize(rs *Ruleset) []Summary {
 	}
 	for _, s := range rs.Sets {
 		kind := 0 // membership
+		in := DropDirection(s.Name) == "in"
 		switch {
 		case s.Dynamic:
 			continue // counted below
+		case s.Counter:
+			kind = 1
 		case s.Has(FieldUID):
 			kind = 2
 		case s.Has(FieldGID):
@@ -107,6 +107,8 @@ func Summarize(rs *Ruleset) []Summary {
 			}
 			a := &accs[last]
 			switch kind {
+			case 1:
+				a.count(in, e.Packets, e.Bytes)
 			case 2:
 				a.sum.UIDs = append(a.sum.UIDs, e.ID)
 			case 3:
@@ -120,17 +122,7 @@ func Summarize(rs *Ruleset) []Summary {
 			}
 		}
 	}
-	attributeCounts(rs, func(name string, in bool, packets, bytes uint64) {
-		a := find(name)
-		a.sum.DroppedPackets += packets
-		a.sum.DroppedBytes += bytes
-		c := &a.sum.DroppedOut
-		if in {
-			c = &a.sum.DroppedIn
-		}
-		c.Packets += packets
-		c.Bytes += bytes
-	})
+	attributeCounts(rs, func(name string, in bool, packets, bytes uint64) { find(name).count(in, packets, bytes) })
 	byLo := func(a, b model.IDRange) int { return cmp.Compare(a.Lo, b.Lo) }
 	order := make([]int, len(accs))
 	for i := range order {
@@ -153,6 +145,24 @@ func Summarize(rs *Ruleset) []Summary {
 		out = append(out, s)
 	}
 	return out
+}
+
+// acc is Summarize's accumulator of one reservation.
+type acc struct {
+	sum   Summary
+	ports []portItem
+}
+
+// count adds dropped packets and bytes, of direction in or out.
+func (a *acc) count(in bool, packets, bytes uint64) {
+	a.sum.DroppedPackets += packets
+	a.sum.DroppedBytes += bytes
+	c := &a.sum.DroppedOut
+	if in {
+		c = &a.sum.DroppedIn
+	}
+	c.Packets += packets
+	c.Bytes += bytes
 }
 
 // portItem is a membership element's ports.
@@ -235,8 +245,8 @@ func (a netip4or6) text() string {
 // attributeCounts calls count for each counted key of rs's count sets with
 // the reservation the key is in: the comment of the membership element
 // that holds it, found as the drop chains' rules found it (exact ports,
-// port ranges, then the address-scoped sets of the key's family). The
-// membership sets are indexed only when something was counted.
+// then port ranges). The membership sets are indexed only when something
+// was counted.
 func attributeCounts(rs *Ruleset, count func(name string, in bool, packets, bytes uint64)) {
 	var sets []*Set
 	for _, s := range rs.Sets {
@@ -252,7 +262,7 @@ func attributeCounts(rs *Ruleset, count func(name string, in bool, packets, byte
 		port  uint16
 	}
 	exact := map[pp]string{}
-	var ranges, scoped []Element // ranges sorted by protocol and port
+	var ranges []Element // sorted by protocol and port
 	for _, s := range rs.Sets {
 		switch s.Name {
 		case specs[setRes].name:
@@ -261,8 +271,6 @@ func attributeCounts(rs *Ruleset, count func(name string, in bool, packets, byte
 			}
 		case specs[setResR].name:
 			ranges = append(ranges, s.Elements...)
-		case specs[setRes4].name, specs[setRes6].name:
-			scoped = append(scoped, s.Elements...)
 		}
 	}
 	slices.SortFunc(ranges, func(a, b Element) int {
@@ -270,14 +278,6 @@ func attributeCounts(rs *Ruleset, count func(name string, in bool, packets, byte
 	})
 	owner := func(k Element) (string, bool) {
 		port := k.Ports.Lo
-		if k.Addr.IsValid() {
-			for _, e := range scoped {
-				if e.Proto == k.Proto && e.Ports.Lo <= port && port <= e.Ports.Hi && e.Addr.Contains(k.Addr.Addr()) {
-					return e.Comment, true
-				}
-			}
-			return "", false
-		}
 		if name, ok := exact[pp{k.Proto, port}]; ok {
 			return name, true
 		}

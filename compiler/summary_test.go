@@ -54,9 +54,10 @@ reservations:
 }
 
 // TestSummarizeCounts: the count sets' keys go to the reservation whose
-// membership element holds them (exact, inside a range and at its ends,
-// inside an address prefix), by direction; keys no reservation holds (a
-// port counted before an edit removed it) are left out.
+// membership element holds them (exact, inside a range and at its ends),
+// by direction; keys no reservation holds (a port counted before an edit
+// removed it) are left out; the address-scoped reservations' counters are
+// their drop sets' elements'.
 func TestSummarizeCounts(t *testing.T) {
 	rs := testpolicy.Compile(t, `version: 1
 reservations:
@@ -101,8 +102,21 @@ reservations:
 	count("cnt_in", key("", model.UDP, 5060, 1), key("", model.TCP, 5060, 2), key("", model.UDP, 27015, 4), key("", model.UDP, 27030, 8),
 		key("", model.UDP, 27031, 1000), key("", model.TCP, 27020, 1000), key("", model.UDP, 65535, 16), key("", model.UDP, 9, 1000))
 	count("cnt_out", key("", model.UDP, 27022, 32))
-	count("cnt4_in", key("192.0.2.10", model.TCP, 80, 64), key("198.51.100.7", model.TCP, 80, 128), key("192.0.2.11", model.TCP, 80, 1000))
-	count("cnt6_out", key("2001:db8::1", model.TCP, 80, 256), key("2001:db8:1::1", model.TCP, 80, 1000))
+	// The address-scoped reservations count on their drop sets' elements.
+	counted := func(set, prefix string, packets uint64) {
+		for _, s := range rs.Sets {
+			for i, e := range s.Elements {
+				if s.Name == set && e.Addr == netip.MustParsePrefix(prefix) {
+					s.Elements[i].Packets, s.Elements[i].Bytes = packets, 100*packets
+					return
+				}
+			}
+		}
+		t.Fatalf("no element %s in %s", prefix, set)
+	}
+	counted("drop4_in", "192.0.2.10/32", 64)
+	counted("drop4_in", "198.51.100.0/24", 128)
+	counted("drop6_out", "2001:db8::/64", 256)
 	got := map[string]string{}
 	for _, s := range compiler.Summarize(rs) {
 		got[s.Name] = fmt.Sprintf("in %d/%d out %d/%d total %d/%d", s.DroppedIn.Packets, s.DroppedIn.Bytes, s.DroppedOut.Packets, s.DroppedOut.Bytes, s.DroppedPackets, s.DroppedBytes)

@@ -133,6 +133,12 @@ var fieldByType = map[string]compiler.Field{
 // and the text form sorts what it prints).
 func setOf(ks *nftables.Set) (*compiler.Set, error) {
 	s := &compiler.Set{Name: ks.Name, Interval: ks.Interval, Counter: ks.Counter, Dynamic: ks.Dynamic}
+	if ks.Dynamic {
+		s.MadeSize = ks.Size
+		if s.MadeSize == 0 {
+			s.MadeSize = 1<<32 - 1 // no size: unbounded, not a count set's
+		}
+	}
 	for _, t := range nftables.ConcatSetTypeElements(ks.KeyType) {
 		f, ok := fieldByType[t.Name]
 		if !ok {

@@ -76,3 +76,34 @@ reservations:
 		t.Error("ElementDelta accepted a change of settings")
 	}
 }
+
+// TestCountSetSize: a count set made with another size than the policy's
+// (by hand: it would count fewer keys) reads back as a difference in the
+// rules, so apply and the daemon replace the table; the table as nft -f
+// makes it from the compiled text is in sync.
+func TestCountSetSize(t *testing.T) {
+	testenv.RequireNetNS(t)
+	want := compileText(t, "version: 1\nreservations:\n  - { name: web, ports: [80], protocols: [tcp], owner: { users: [www-data] } }\n")
+	ns := testenv.NewNS(t)
+	c := open(t, ns)
+	text := want.String()
+	ns.Nft(t, text)
+	back, err := c.Read(want.Table)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := compiler.Diff(back, want); !d.InSync() {
+		t.Fatalf("the compiled text loaded by nft -f: %+v, want in sync", d)
+	}
+	small := strings.Replace(text, "\t\tsize 131072\n\t\tflags dynamic\n", "\t\tsize 1\n\t\tflags dynamic\n", 1)
+	if small == text {
+		t.Fatal("no count set of size 131072 in the compiled text")
+	}
+	ns.Nft(t, small)
+	if back, err = c.Read(want.Table); err != nil {
+		t.Fatal(err)
+	}
+	if d := compiler.Diff(back, want); d.InSync() || !d.RulesChanged {
+		t.Errorf("a count set of size 1: %+v, want the rules changed", d)
+	}
+}

@@ -206,24 +206,30 @@ func (f *Fake) Tamper(table string, edit func(rs *compiler.Ruleset) *compiler.Ru
 	f.bump()
 }
 
-// Count counts packets and bytes under key in the count set, as the drop
-// chains do for dropped packets: the key is added on its first count, and
-// the generation stays.
+// Count counts packets and bytes as the drop chains do for dropped
+// packets: in a count set under key (added on its first count), in a drop
+// set on the element with key's key. The generation stays.
 func (f *Fake) Count(table, set string, key compiler.Element, packets, bytes uint64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	key = key.Key()
 	for _, s := range f.tables[table].Sets {
-		if s.Name != set || !s.Dynamic {
+		if s.Name != set {
 			continue
 		}
-		key = key.Key()
-		i := slices.IndexFunc(s.Counts, func(x compiler.Element) bool { return x.Key() == key })
-		if i < 0 {
-			s.Counts = append(s.Counts, key)
-			i = len(s.Counts) - 1
+		elems := &s.Elements
+		if s.Dynamic {
+			elems = &s.Counts
 		}
-		s.Counts[i].Packets += packets
-		s.Counts[i].Bytes += bytes
+		i := slices.IndexFunc(*elems, func(x compiler.Element) bool { return x.Key() == key })
+		if i < 0 && s.Dynamic {
+			*elems = append(*elems, key)
+			i = len(*elems) - 1
+		}
+		if i >= 0 {
+			(*elems)[i].Packets += packets
+			(*elems)[i].Bytes += bytes
+		}
 	}
 }
 

@@ -833,7 +833,7 @@ func (e *Engine) recordedTable(st state.State, table string) (*compiler.Ruleset,
 			continue
 		}
 		k := kernel[s.Name]
-		if k == nil || !k.Dynamic || len(k.Elements) != 0 {
+		if k == nil || k.Dynamic != s.Dynamic || len(k.Elements) != len(s.Elements) {
 			return nil, nil
 		}
 		full.Sets[i], n = k, n+1
@@ -847,28 +847,40 @@ func (e *Engine) recordedTable(st state.State, table string) (*compiler.Ruleset,
 // isCountSet says whether a set holds drop counters.
 func isCountSet(set string) bool { return compiler.DropDirection(set) != "" }
 
-// Drops reads the drop counters of the table by reservation: its count
-// sets, and only when something was counted the membership sets that
-// attribute the counted keys.
+// Drops reads the drop counters of the table by reservation, the
+// reservations with none left out: its count and drop sets, and, when a
+// count set counted something, the membership sets that attribute its
+// keys, all of one generation (a commit in between could move a port to
+// another reservation).
 func (e *Engine) Drops(table string) ([]compiler.Summary, error) {
-	rs, err := e.Host.Tables.ReadSets(table, isCountSet)
-	if err != nil {
-		return nil, err
-	}
-	if !slices.ContainsFunc(rs.Sets, func(s *compiler.Set) bool { return len(s.Counts) > 0 }) {
-		return nil, nil
-	}
-	rs, err = e.Host.Tables.ReadSets(table, func(set string) bool { return isCountSet(set) || compiler.IsMembershipSet(set) })
-	if err != nil {
-		return nil, err
-	}
-	var out []compiler.Summary
-	for _, s := range compiler.Summarize(rs) {
-		if s.DroppedPackets > 0 || s.DroppedBytes > 0 {
-			out = append(out, s)
+	t := e.Host.Tables
+	for attempt := 0; ; attempt++ {
+		gen, err := t.Gen()
+		if err != nil {
+			return nil, err
 		}
+		rs, err := t.ReadSets(table, isCountSet)
+		if err != nil {
+			return nil, err
+		}
+		if slices.ContainsFunc(rs.Sets, func(s *compiler.Set) bool { return len(s.Counts) > 0 }) {
+			if rs, err = t.ReadSets(table, func(set string) bool { return isCountSet(set) || compiler.IsMembershipSet(set) }); err != nil {
+				return nil, err
+			}
+		}
+		if now, err := t.Gen(); err != nil {
+			return nil, err
+		} else if now != gen && attempt < 2 {
+			continue
+		}
+		var out []compiler.Summary
+		for _, s := range compiler.Summarize(rs) {
+			if s.DroppedPackets > 0 || s.DroppedBytes > 0 {
+				out = append(out, s)
+			}
+		}
+		return out, nil
 	}
-	return out, nil
 }
 
 // Unchanged reports whether applying the policy of these inputs again would

@@ -679,11 +679,14 @@ func TestGuardFailureChangesNothing(t *testing.T) {
 func TestStatusFromRecord(t *testing.T) {
 	w := newWorld(t)
 	w.e.Host.Snapshots, w.e.KeepSnapshot = w.store, true
-	text := policyText("bind_guard: off") + "  - name: app\n    ports: [8080, \"9000-9009\"]\n    addresses: [192.0.2.1]\n    owner: { users: [alice] }\n"
+	text := policyText("bind_guard: off") + "  - name: app\n    ports: [8080]\n    addresses: [192.0.2.1]\n    owner: { users: [alice] }\n" +
+		"  - name: range\n    ports: [\"9000-9009\"]\n    owner: { users: [alice] }\n"
 	w.mustApply(text)
+	// One count on a drop set's element (address-scoped), one in a count
+	// set (a port of a range).
 	addr := netip.MustParsePrefix("192.0.2.1/32")
-	w.tables.Count(model.DefaultTable, "cnt4_in", compiler.Element{Addr: addr, Proto: model.TCP, Ports: model.Port(8080)}, 3, 300)
-	w.tables.Count(model.DefaultTable, "cnt4_out", compiler.Element{Addr: addr, Proto: model.UDP, Ports: model.Port(9005)}, 3, 300)
+	w.tables.Count(model.DefaultTable, "drop4_in", compiler.Element{Addr: addr, Proto: model.TCP, Ports: model.Port(8080)}, 3, 300)
+	w.tables.Count(model.DefaultTable, "cnt_out", compiler.Element{Proto: model.UDP, Ports: model.Port(9005)}, 3, 300)
 	want, _ := w.tables.Read(model.DefaultTable)
 	w.e.last = nil // a new process: `portfw status`
 	reads, setReads := w.tables.Reads, w.tables.SetReads
@@ -722,6 +725,33 @@ func TestStatusFromRecord(t *testing.T) {
 	w.tables.Tamper("other", func(*compiler.Ruleset) *compiler.Ruleset { return &compiler.Ruleset{Table: "other"} })
 	if s, err := w.e.Status(""); err != nil || w.tables.Reads != reads+1 || s.Recorded != nil {
 		t.Fatalf("after another commit: %v, %d full reads, recorded %v", err, w.tables.Reads-reads, s.Recorded != nil)
+	}
+}
+
+// TestDrops: the metrics' read of the counters: a count set's keys by the
+// reservation whose ports hold them (a key of a port no longer reserved
+// left out), a drop set's elements by their own, and nothing for
+// reservations that dropped nothing.
+func TestDrops(t *testing.T) {
+	w := newWorld(t)
+	w.mustApply(policyText("bind_guard: off") + "  - name: app\n    ports: [8080]\n    addresses: [192.0.2.1]\n    owner: { users: [alice] }\n" +
+		"  - name: range\n    ports: [\"9000-9009\"]\n    owner: { users: [alice] }\n")
+	if got, err := w.e.Drops(model.DefaultTable); err != nil || len(got) != 0 {
+		t.Fatalf("before any drop: %+v, %v", got, err)
+	}
+	w.tables.Count(model.DefaultTable, "drop4_in", compiler.Element{Addr: netip.MustParsePrefix("192.0.2.1/32"), Proto: model.TCP, Ports: model.Port(8080)}, 2, 200)
+	w.tables.Count(model.DefaultTable, "cnt_out", compiler.Element{Proto: model.UDP, Ports: model.Port(9009)}, 5, 500)
+	w.tables.Count(model.DefaultTable, "cnt_out", compiler.Element{Proto: model.UDP, Ports: model.Port(9010)}, 7, 700)
+	got, err := w.e.Drops(model.DefaultTable)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sums := map[string]string{}
+	for _, s := range got {
+		sums[s.Name] = fmt.Sprintf("in %d/%d out %d/%d", s.DroppedIn.Packets, s.DroppedIn.Bytes, s.DroppedOut.Packets, s.DroppedOut.Bytes)
+	}
+	if want := map[string]string{"app": "in 2/200 out 0/0", "range": "in 0/0 out 5/500"}; !reflect.DeepEqual(sums, want) {
+		t.Errorf("drops %v, want %v", sums, want)
 	}
 }
 
