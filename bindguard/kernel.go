@@ -129,12 +129,23 @@ func innerSpec(name string, n int) *ebpf.MapSpec {
 }
 
 func outerSpec(name string) *ebpf.MapSpec {
+	spec := outerShape(name)
+	if name != mapNets {
+		spec.InnerMap = innerSpec(name, 1)
+	}
+	return spec
+}
+
+// outerShape is outerSpec without the inner maps' template, whose size
+// depends on the kernel (flexibleInner, a probe that waits for an RCU
+// grace period: 6 ms): what telling portfw's maps from others' needs.
+func outerShape(name string) *ebpf.MapSpec {
 	if name == mapNets {
 		return &ebpf.MapSpec{Name: mapNets, Type: ebpf.Hash, KeySize: netsKeySize, ValueSize: netsValueSize, MaxEntries: maxNets, Flags: unix.BPF_F_NO_PREALLOC}
 	}
 	// Two generations per namespace while an update is under way.
 	return &ebpf.MapSpec{Name: name, Type: ebpf.HashOfMaps, KeySize: outerKeySize, ValueSize: 4, MaxEntries: 2 * maxNets,
-		Flags: unix.BPF_F_NO_PREALLOC, InnerMap: innerSpec(name, 1)}
+		Flags: unix.BPF_F_NO_PREALLOC}
 }
 
 // newMaps creates the five maps, empty.
@@ -393,8 +404,12 @@ func ours(fam int, p *ebpf.Program, info *ebpf.ProgramInfo) (map[string]*ebpf.Ma
 			closeMaps(maps)
 			return nil, "its maps are not portfw's"
 		}
-		want := outerSpec(mi.Name)
-		if !slices.Contains(mapNames, mi.Name) || mi.Type != want.Type || mi.KeySize != want.KeySize || mi.ValueSize != want.ValueSize {
+		if !slices.Contains(mapNames, mi.Name) {
+			m.Close()
+			closeMaps(maps)
+			return nil, fmt.Sprintf("map %q is not portfw's", mi.Name)
+		}
+		if want := outerShape(mi.Name); mi.Type != want.Type || mi.KeySize != want.KeySize || mi.ValueSize != want.ValueSize {
 			m.Close()
 			closeMaps(maps)
 			return nil, fmt.Sprintf("map %q is not portfw's", mi.Name)
