@@ -119,16 +119,9 @@ func runApply(a *app, args []string) int {
 	}
 	c := res.Changes
 	// What the guard holds now is read while the plan is printed.
-	type guardRead struct {
-		info bindguard.Info
-		err  error
-	}
-	var guardInfo func() guardRead
+	var guardInfo func() (bindguard.Info, error)
 	if res.Guard == engine.GuardUpdated {
-		guardInfo = parallel.Go(func() guardRead {
-			info, err := e.Host.Guard.Applied()
-			return guardRead{info, err}
-		})
+		guardInfo = parallel.GoErr(e.Host.Guard.Applied)
 	}
 	switch {
 	case res.InSync():
@@ -154,8 +147,8 @@ func runApply(a *app, args []string) int {
 	}
 	switch res.Guard {
 	case engine.GuardUpdated:
-		if g := guardInfo(); g.err == nil {
-			fmt.Fprintf(a.stdout, "  bind guard: %s\n", describeBindGuard(newBindGuardJSON("", g.info)))
+		if info, err := guardInfo(); err == nil {
+			fmt.Fprintf(a.stdout, "  bind guard: %s\n", describeBindGuard(newBindGuardJSON("", info)))
 		}
 	case engine.GuardRemoved:
 		fmt.Fprintln(a.stdout, "  bind guard: removed (settings.bind_guard is off)")

@@ -803,28 +803,21 @@ func (e *Engine) recordedTable(st state.State, table string) (*compiler.Ruleset,
 	if err != nil || h.Snapshots == nil || st.Gen == 0 || st.Gen != gen || st.Table != table {
 		return nil, nil
 	}
-	type read struct {
-		rs  *compiler.Ruleset
-		err error
-	}
-	readCounts := parallel.Go(func() read {
-		rs, err := h.Tables.ReadSets(table, isCountSet)
-		return read{rs, err}
-	})
+	readCounts := parallel.GoErr(func() (*compiler.Ruleset, error) { return h.Tables.ReadSets(table, isCountSet) })
 	var full *compiler.Ruleset
 	rec := e.loadSnapshot(st, gen, table)
 	if rec != nil {
 		full = compiler.Compile(rec.resolved)
 	}
-	counts := readCounts()
-	if full == nil || counts.err != nil {
+	counts, err := readCounts()
+	if full == nil || err != nil {
 		return nil, nil
 	}
 	if now, err := h.Tables.Gen(); err != nil || now != gen {
 		return nil, nil // a commit meanwhile: the counters may be of another table
 	}
 	kernel := map[string]*compiler.Set{}
-	for _, s := range counts.rs.Sets {
+	for _, s := range counts.Sets {
 		kernel[s.Name] = s
 	}
 	n := 0
@@ -864,9 +857,11 @@ func (e *Engine) Drops(table string) ([]compiler.Summary, error) {
 			return nil, err
 		}
 		if slices.ContainsFunc(rs.Sets, func(s *compiler.Set) bool { return len(s.Counts) > 0 }) {
-			if rs, err = t.ReadSets(table, func(set string) bool { return isCountSet(set) || compiler.IsMembershipSet(set) }); err != nil {
+			members, err := t.ReadSets(table, compiler.IsMembershipSet)
+			if err != nil {
 				return nil, err
 			}
+			rs.Sets = append(rs.Sets, members.Sets...)
 		}
 		if now, err := t.Gen(); err != nil {
 			return nil, err
@@ -1087,15 +1082,7 @@ type Status struct {
 func (e *Engine) Status(table string) (Status, error) {
 	h := e.Host
 	var s Status
-	type guardRead struct {
-		info bindguard.Info
-		err  error
-	}
-	// The guard's maps are read beside the table.
-	guard := parallel.Go(func() guardRead {
-		info, err := e.guardStatus()
-		return guardRead{info, err}
-	})
+	guard := parallel.GoErr(e.guardStatus) // the guard's maps, beside the table
 	s.State, s.StateErr = h.State.Load()
 	if table == "" {
 		table = s.State.Table
@@ -1110,8 +1097,7 @@ func (e *Engine) Status(table string) (Status, error) {
 		}
 	}
 	s.Host, s.HostErr = tune.ReadHost(h.Sysctls)
-	g := guard()
-	s.Guard, s.GuardErr = g.info, g.err
+	s.Guard, s.GuardErr = guard()
 	return s, nil
 }
 
@@ -1124,11 +1110,12 @@ func (e *Engine) guardStatus() (bindguard.Info, error) {
 	if g == nil {
 		return bindguard.Info{}, bindguard.ErrNotSupported
 	}
-	if info, err := g.Status(); err == nil && info.Attached && info.Active {
+	info, err := g.Status()
+	if err == nil && info.Attached && info.Active {
 		return info, nil
 	}
 	if err := g.Supported(); err != nil {
 		return bindguard.Info{}, err
 	}
-	return g.Status()
+	return info, err
 }

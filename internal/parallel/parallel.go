@@ -54,3 +54,19 @@ func Go[T any](f func() T) func() T {
 	go func() { ch <- f() }()
 	return sync.OnceValue(func() T { return <-ch })
 }
+
+// GoErr is Go for a function that returns a value and an error.
+func GoErr[T any](f func() (T, error)) func() (T, error) {
+	type result struct {
+		v   T
+		err error
+	}
+	wait := Go(func() result {
+		v, err := f()
+		return result{v, err}
+	})
+	return func() (T, error) {
+		r := wait()
+		return r.v, r.err
+	}
+}

@@ -56,4 +56,11 @@ func TestGo(t *testing.T) {
 	if runs.Load() != 1 {
 		t.Fatalf("f ran %d times", runs.Load())
 	}
+	failed := errors.New("failed")
+	waitErr := GoErr(func() (int, error) { return 7, failed })
+	for range 2 {
+		if v, err := waitErr(); v != 7 || err != failed {
+			t.Fatalf("GoErr's wait = %d, %v; want 7, %v", v, err, failed)
+		}
+	}
 }
