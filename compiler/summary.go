@@ -52,13 +52,13 @@ func (g PortGroup) String() string {
 const Unlabelled = "(no reservation)"
 
 // Summarize lists the reservations in rs, sorted by name (elements of no
-// reservation as one named Unlabelled). Counters come
-// from the count sets, so they are non-zero only for a ruleset read back
-// from the kernel: those on the drop sets' elements go to the element's
+// reservation as one named Unlabelled). Counters come from the count and
+// drop sets, so they are non-zero only for a ruleset read back from the
+// kernel: those on the drop sets' elements go to the element's
 // reservation, a count set's key to the reservation whose membership set
 // holds it (keys no reservation holds now, counted before an edit, are
 // left out). It is one pass over the elements with one accumulator
-// per reservation: at 10k reservations a table holds 50k elements.
+// per reservation: at 10k reservations a table holds 40k elements.
 func Summarize(rs *Ruleset) []Summary {
 	// Accumulators in a slice, found by name (and, for the runs of one
 	// reservation's elements that sets hold, by the last one used).
@@ -70,14 +70,14 @@ func Summarize(rs *Ruleset) []Summary {
 	}
 	accs := make([]acc, 0, hint)
 	index := make(map[string]int, hint)
-	find := func(name string) *acc {
+	find := func(name string) int {
 		i, ok := index[name]
 		if !ok {
 			i = len(accs)
 			index[name] = i
 			accs = append(accs, acc{sum: Summary{Name: name}})
 		}
-		return &accs[i]
+		return i
 	}
 	for _, s := range rs.Sets {
 		kind := 0 // membership
@@ -102,8 +102,7 @@ func Summarize(rs *Ruleset) []Summary {
 				e.Comment = Unlabelled
 			}
 			if last < 0 || accs[last].sum.Name != e.Comment {
-				find(e.Comment)
-				last = index[e.Comment]
+				last = find(e.Comment)
 			}
 			a := &accs[last]
 			switch kind {
@@ -122,7 +121,7 @@ func Summarize(rs *Ruleset) []Summary {
 			}
 		}
 	}
-	attributeCounts(rs, func(name string, in bool, packets, bytes uint64) { find(name).count(in, packets, bytes) })
+	attributeCounts(rs, func(name string, in bool, packets, bytes uint64) { accs[find(name)].count(in, packets, bytes) })
 	byLo := func(a, b model.IDRange) int { return cmp.Compare(a.Lo, b.Lo) }
 	order := make([]int, len(accs))
 	for i := range order {

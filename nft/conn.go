@@ -325,7 +325,9 @@ func encodeDelta(e *encoded, d compiler.Delta) error {
 			if !ok {
 				return fmt.Errorf("encode delta: no declaration for set %s", name)
 			}
-			set, elems, err := newSet(t, &compiler.Set{Name: s.Name, Fields: s.Fields, Interval: s.Interval, Counter: s.Counter, Dynamic: s.Dynamic, Elements: pass.elems[name]})
+			decl := *s
+			decl.Elements = pass.elems[name]
+			set, elems, err := newSet(t, &decl)
 			if err != nil {
 				return fmt.Errorf("encode delta: %w", err)
 			}
