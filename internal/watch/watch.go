@@ -19,8 +19,10 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -86,6 +88,13 @@ type Config struct {
 	// Watchdog, when not zero, is how often to tell systemd the loop is
 	// alive ("WATCHDOG=1"): half of WatchdogSec=.
 	Watchdog time.Duration
+	// Collect collects garbage; nil is runtime.GC. The daemon runs it in
+	// the background after a reload when the collector would otherwise
+	// start during one of the next (see collect.go).
+	Collect func()
+	// Heap reads the runtime's heap figures; nil reads runtime/metrics
+	// (tests).
+	Heap func() Heap
 }
 
 // Observer hears what the daemon does.
@@ -125,6 +134,8 @@ type Daemon struct {
 	// rejectedWhy is the first error of the files on disk when they were
 	// rejected at the last reload ("" when they were valid).
 	rejectedWhy string
+	// collecting is set while Collect runs.
+	collecting atomic.Bool
 	// failure is the last failure logged, so that one that repeats is
 	// logged once and then every errorRepeat.
 	failure     string
@@ -151,6 +162,12 @@ func New(cfg Config) (*Daemon, error) {
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = clock.Real{}
+	}
+	if cfg.Collect == nil {
+		cfg.Collect = runtime.GC
+	}
+	if cfg.Heap == nil {
+		cfg.Heap = readHeap
 	}
 	return &Daemon{cfg: cfg}, nil
 }
@@ -527,6 +544,7 @@ func (d *Daemon) relevant(name string) bool {
 // reload reads the policy; a valid one becomes the good one and is
 // enforced, an invalid one is logged and changes nothing.
 func (d *Daemon) reload(reason string) {
+	defer d.collectAfter(d.cfg.Heap())
 	start := d.cfg.Clock.Now()
 	pol, res, err := d.cfg.Load(d.cfg.Path)
 	d.loadTook = d.cfg.Clock.Now().Sub(start)

@@ -244,6 +244,88 @@ func TestDebounce(t *testing.T) {
 	}
 }
 
+// TestCollectAfterReload: a reload, valid or not, that leaves the heap
+// near the collector's trigger is followed by a collection in the
+// background, and a reload while one still runs starts no second one; one
+// that leaves room starts none.
+func TestCollectAfterReload(t *testing.T) {
+	started := make(chan struct{}, 10)
+	release := make(chan struct{})
+	var allocated, room atomic.Uint64
+	room.Store(1 << 20)
+	h := start(t, policyA, func(c *Config) {
+		c.Collect = func() { started <- struct{}{}; <-release }
+		// Each reading 1 MiB more allocated; the trigger (at 70 of 100
+		// MiB) is room beyond the objects.
+		c.Heap = func() Heap {
+			return Heap{Allocated: allocated.Add(1 << 20), Objects: 70<<20 - room.Load(), Live: 0, Goal: 100 << 20}
+		}
+	})
+	waitStarted := func(what string) {
+		t.Helper()
+		select {
+		case <-started:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("no collection after %s", what)
+		}
+	}
+	waitStarted("the start")
+	h.edit(strings.Replace(policyA, "8080", "8081", 1))
+	h.advance(10 * time.Millisecond)
+	if !strings.Contains(h.table(), "tcp . 8081") {
+		t.Fatalf("the edit was not applied while a collection ran:\n%s", h.table())
+	}
+	select {
+	case <-started:
+		t.Fatal("a second collection started while the first ran")
+	case <-time.After(50 * time.Millisecond):
+	}
+	release <- struct{}{} // the first ends
+	h.edit(strings.Replace(policyA, "8080", "0", 1))
+	h.advance(10 * time.Millisecond)
+	waitStarted("a rejected reload")
+	release <- struct{}{}
+	room.Store(3 << 20) // more than two reloads of 1 MiB
+	h.edit(strings.Replace(policyA, "8080", "8082", 1))
+	h.advance(10 * time.Millisecond)
+	select {
+	case <-started:
+		t.Fatal("a collection ran while the heap had room for two more reloads")
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(release)
+}
+
+// TestHeapDue: when a collection is due, from the runtime's figures.
+func TestHeapDue(t *testing.T) {
+	const M = 1 << 20
+	for _, c := range []struct {
+		h         Heap
+		perReload uint64
+		want      bool
+	}{
+		{Heap{Objects: 40 * M, Live: 40 * M, Goal: 80 * M}, 6 * M, false}, // trigger at 68: room for 4
+		{Heap{Objects: 58 * M, Live: 40 * M, Goal: 80 * M}, 6 * M, true},  // 58 + 12 >= 68
+		{Heap{Objects: 56 * M, Live: 40 * M, Goal: 80 * M}, 6 * M, true},  // exactly at it
+		{Heap{Objects: 55 * M, Live: 40 * M, Goal: 80 * M}, 6 * M, false}, // 55 + 12 < 68
+		{Heap{Objects: 79 * M, Live: 40 * M, Goal: 80 * M}, 0, true},      // past the trigger
+		{Heap{Objects: 60 * M, Live: 40 * M, Goal: 40 * M}, 6 * M, false}, // no figures
+	} {
+		if got := c.h.due(c.perReload); got != c.want {
+			t.Errorf("%+v due after reloads of %d: %v, want %v", c.h, c.perReload, got, c.want)
+		}
+	}
+	// The runtime's figures are read, and its allocation count moves.
+	before := readHeap()
+	sink = make([]byte, 4*M)
+	after := readHeap()
+	if before.Goal == 0 || before.Objects == 0 || after.Allocated < before.Allocated+4*M {
+		t.Errorf("heap figures %+v, then %+v after allocating 4 MiB", before, after)
+	}
+}
+
+var sink []byte
+
 // TestLastGoodKept: an invalid policy changes nothing and is logged once
 // with its position; a later valid one applies.
 func TestLastGoodKept(t *testing.T) {
