@@ -739,6 +739,12 @@ func batchOf(kvs []kv) (keys, vals any, ok bool) {
 // deleteGenerations deletes the inner maps of cookie whose generation is
 // not in keep (all of them for a nil keep).
 func deleteGenerations(maps map[string]*ebpf.Map, cookie uint64, keep []uint32) error {
+	return deleteInner(maps, func(c uint64, gen uint32) bool { return c == cookie && !slices.Contains(keep, gen) })
+}
+
+// deleteInner deletes the inner maps, of every namespace and generation,
+// that stale says are.
+func deleteInner(maps map[string]*ebpf.Map, stale func(cookie uint64, gen uint32) bool) error {
 	// One outer map per goroutine: each deletion waits for a grace period
 	// (see Host.apply), and concurrent ones share it.
 	inners := mapNames[1:]
@@ -749,8 +755,7 @@ func deleteGenerations(maps map[string]*ebpf.Map, cookie uint64, keep []uint32) 
 			return fmt.Errorf("read map %s: %w", name, err)
 		}
 		for _, k := range keys {
-			c, gen := parseOuterKey(k)
-			if c != cookie || slices.Contains(keep, gen) {
+			if !stale(parseOuterKey(k)) {
 				continue
 			}
 			if err := maps[name].Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -861,20 +866,12 @@ func (h *Host) Sweep(alive func(cookie, inode uint64) (bool, error)) ([]uint64, 
 	}
 	// Inner maps of swept namespaces, and leftovers of an update that
 	// stopped halfway (a generation nets never switched to).
-	for _, name := range mapNames[1:] {
-		keys, err := allKeys(in.maps[name])
-		if err != nil {
-			return swept, fmt.Errorf("read map %s: %w", name, err)
-		}
-		for _, k := range keys {
-			c, gen := parseOuterKey(k)
-			if g, ok := current[c]; ok && (gen == g || gen+1 == g || (g == 1 && gen == ^uint32(0))) {
-				continue
-			}
-			if err := in.maps[name].Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-				return swept, fmt.Errorf("delete from map %s: %w", name, err)
-			}
-		}
+	err = deleteInner(in.maps, func(c uint64, gen uint32) bool {
+		g, ok := current[c]
+		return !ok || gen != g && gen+1 != g && (g != 1 || gen != ^uint32(0))
+	})
+	if err != nil {
+		return swept, err
 	}
 	if len(current) == 0 {
 		if err := h.detach(in); err != nil {

@@ -213,6 +213,14 @@ func TestGuardOneProgramForManyNamespaces(t *testing.T) {
 	if st := guardOp(t, spaces[8].Path, guardRequest{Op: "status", Cgroup: e.cg.Path}).Info; st.Namespaces != n-2 {
 		t.Errorf("the programs guard %d namespaces after one remove and one sweep, want %d", st.Namespaces, n-2)
 	}
+	// Its inner maps went with it, in all four outer maps; the others' stay.
+	innerCookies(t, e.cg.Path, func(name string, cookies map[uint64]int) {
+		if cookies[deleted] != 0 || len(cookies) != n-2 {
+			t.Errorf("map %s holds inner maps of %d namespaces after the sweep (%d of the deleted one), want %d and none",
+				name, len(cookies), cookies[deleted], n-2)
+		}
+	})
+	checkBinds(t, "squatter in namespace 6 after the sweep", spaces[6].Path, e.cg, e.squat, bindCase{"tcp4 0.0.0.0 20006", "EPERM"})
 	// The last remove detaches the programs.
 	for i, ns := range spaces {
 		if i == 5 || i == 7 {
@@ -306,6 +314,34 @@ func TestGuardUpdatesInPlace(t *testing.T) {
 		}
 	}
 	checkBinds(t, "owner of the 100th update's port", ns.Path, e.cg, e.squat, bindCase{"udp4 0.0.0.0 40100", "EPERM"}, bindCase{"udp4 0.0.0.0 40099", "ok"})
+}
+
+// innerCookies calls f with each outer map's name and how many inner maps
+// it holds by namespace cookie.
+func innerCookies(t *testing.T, cgroup string, f func(name string, cookies map[uint64]int)) {
+	t.Helper()
+	h, err := OpenHost(cgroup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	in, err := h.find()
+	if err != nil || in == nil {
+		t.Fatal(err)
+	}
+	defer in.close()
+	for _, name := range mapNames[1:] {
+		keys, err := allKeys(in.maps[name])
+		if err != nil {
+			t.Fatal(err)
+		}
+		cookies := map[uint64]int{}
+		for _, k := range keys {
+			c, _ := parseOuterKey(k)
+			cookies[c]++
+		}
+		f(name, cookies)
+	}
 }
 
 func endsWith(s, suffix string) bool {
