@@ -513,20 +513,38 @@ func (e *Engine) Sync(p *Plan, dry bool) (Result, error) {
 	table := p.Table
 	res := Result{Mode: ModeNone, Sysctls: p.Sysctls.Changes(), Guard: GuardUnchanged}
 	// The squatter listing runs beside the rest (a socket bound meanwhile
-	// is the race one bound just after always was); the sweep of dead
-	// namespaces' guard entries runs after the sync's own guard work, in
-	// this goroutine: the guard's Host is not safe for concurrent use.
+	// is the race one bound just after always was). The sweep of dead
+	// namespaces' guard entries starts once the sync's own guard work is
+	// through (the guard's Host is not safe for concurrent use, and
+	// nothing else here uses it after), beside the commit: its deletions
+	// each wait for an RCU grace period.
 	afterDone := func() {}
+	startSweep := func() {}
 	if !dry && !p.Quiet {
 		squatters := parallel.Go(func() (r Result) {
 			e.listSquatters(p, &r)
 			return r
 		})
 		defer squatters() // nothing runs past Sync
+		var swept func() Result
+		startSweep = func() {
+			if swept == nil {
+				swept = parallel.Go(func() (r Result) {
+					e.sweep(p, &r)
+					return r
+				})
+			}
+		}
+		defer func() {
+			if swept != nil {
+				swept()
+			}
+		}()
 		afterDone = func() {
-			e.sweep(p, &res)
-			r := squatters()
-			res.Squatters = r.Squatters
+			startSweep()
+			sw, r := swept(), squatters()
+			res.Swept, res.Squatters = sw.Swept, r.Squatters
+			res.Warnings = append(res.Warnings, sw.Warnings...)
 			res.Warnings = append(res.Warnings, r.Warnings...)
 		}
 	}
@@ -659,6 +677,9 @@ func (e *Engine) Sync(p *Plan, dry bool) (Result, error) {
 	}
 	if err := waitGuard(); err != nil {
 		return res, fmt.Errorf("install the bind guard: %w; nothing else was changed", err)
+	}
+	if p.Guard.On {
+		startSweep()
 	}
 	// 2. The state, before any sysctl changes: the values found, so that a
 	// crash from here on still leaves what to restore. With no sysctl to
