@@ -1,7 +1,9 @@
 package bench_test
 
 import (
+	"bufio"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -97,6 +99,27 @@ func BenchmarkPlanCreated(b *testing.B) {
 		b.Run(fmt.Sprint(n), func(b *testing.B) {
 			for b.Loop() {
 				compiler.Created(r, rs).Plan()
+			}
+		})
+	}
+}
+
+// BenchmarkPlanText: the lines a fresh apply prints, one per reservation
+// (Detail.AppendTo, as printChanges writes them).
+func BenchmarkPlanText(b *testing.B) {
+	for _, n := range sizes {
+		r := resolved(b, n)
+		plan := compiler.Created(r, compiler.Compile(r)).Plan()
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			b.ReportAllocs()
+			w := bufio.NewWriterSize(io.Discard, 64<<10)
+			var line []byte
+			for b.Loop() {
+				for _, d := range plan.Reservations {
+					line = append(d.AppendTo(append(line[:0], "  + "...)), '\n')
+					w.Write(line)
+				}
+				w.Flush()
 			}
 		})
 	}

@@ -17,11 +17,19 @@ type PortRange struct{ Lo, Hi uint16 }
 // Port is the range holding the one port p.
 func Port(p uint16) PortRange { return PortRange{p, p} }
 
-func (r PortRange) String() string {
-	if r.Lo == r.Hi {
-		return strconv.Itoa(int(r.Lo))
+func (r PortRange) String() string { return string(appendRange(nil, uint64(r.Lo), uint64(r.Hi))) }
+
+// AppendTo appends String's text to b.
+func (r PortRange) AppendTo(b []byte) []byte { return appendRange(b, uint64(r.Lo), uint64(r.Hi)) }
+
+// appendRange appends "lo" or "lo-hi".
+func appendRange(b []byte, lo, hi uint64) []byte {
+	b = strconv.AppendUint(b, lo, 10)
+	if lo != hi {
+		b = append(b, '-')
+		b = strconv.AppendUint(b, hi, 10)
 	}
-	return strconv.Itoa(int(r.Lo)) + "-" + strconv.Itoa(int(r.Hi))
+	return b
 }
 
 // Contains reports whether p is in the range.
@@ -36,12 +44,10 @@ type IDRange struct{ Lo, Hi uint32 }
 // ID is the range holding the one id.
 func ID(id uint32) IDRange { return IDRange{id, id} }
 
-func (r IDRange) String() string {
-	if r.Lo == r.Hi {
-		return strconv.FormatUint(uint64(r.Lo), 10)
-	}
-	return strconv.FormatUint(uint64(r.Lo), 10) + "-" + strconv.FormatUint(uint64(r.Hi), 10)
-}
+func (r IDRange) String() string { return string(appendRange(nil, uint64(r.Lo), uint64(r.Hi))) }
+
+// AppendTo appends String's text to b.
+func (r IDRange) AppendTo(b []byte) []byte { return appendRange(b, uint64(r.Lo), uint64(r.Hi)) }
 
 // Contains reports whether id is in the range.
 func (r IDRange) Contains(id uint32) bool { return r.Lo <= id && id <= r.Hi }
@@ -92,12 +98,17 @@ func ParsePorts(s string) (Ports, error) {
 }
 
 // String writes the set in the kernel's port list format: "8080,30000-30999".
-func (ps Ports) String() string {
-	parts := make([]string, len(ps))
+func (ps Ports) String() string { return string(ps.AppendTo(nil)) }
+
+// AppendTo appends String's text to b.
+func (ps Ports) AppendTo(b []byte) []byte {
 	for i, r := range ps {
-		parts[i] = r.String()
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = r.AppendTo(b)
 	}
-	return strings.Join(parts, ",")
+	return b
 }
 
 // MarshalText writes the kernel's format, for the state file.
