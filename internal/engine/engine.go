@@ -11,11 +11,9 @@
 package engine
 
 import (
-	"bytes"
 	"cmp"
 	"crypto/sha256"
 	"encoding/binary"
-	"encoding/gob"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -112,15 +110,6 @@ type Engine struct {
 	last *record
 }
 
-// snapshot is a record as Host.Snapshots stores it: a gob stream of its
-// body, known before the commit and encoded beside it, then the commit's
-// generation.
-type snapshot struct {
-	Table    string
-	Digest   string
-	Resolved *model.Resolved
-}
-
 // loadSnapshot returns the saved record when it describes the table the
 // kernel holds now: the state names the same generation, table and digest,
 // the generation is the kernel's, and the saved policy hashes to the
@@ -133,34 +122,26 @@ func (e *Engine) loadSnapshot(st state.State, gen uint32, table string) *record 
 	if err != nil || b == nil {
 		return nil
 	}
-	var s snapshot
-	var sgen uint32
-	dec := gob.NewDecoder(bytes.NewReader(b))
-	if dec.Decode(&s) != nil || dec.Decode(&sgen) != nil || s.Resolved == nil {
+	stable, sdigest, resolved, sgen, err := decodeSnapshot(b)
+	if err != nil || sgen != gen || stable != table || sdigest != st.Digest {
 		return nil
 	}
-	if sgen != gen || s.Table != table || s.Digest != st.Digest {
+	if d, _ := digests(resolved); d != sdigest {
 		return nil
 	}
-	if d, _ := digests(s.Resolved); d != s.Digest {
-		return nil
-	}
-	return &record{gen: sgen, table: s.Table, digest: s.Digest, resolved: s.Resolved}
+	return &record{gen: sgen, table: stable, digest: sdigest, resolved: resolved}
 }
 
 // pendingSnapshot is a snapshot whose body is being encoded.
 type pendingSnapshot struct {
-	buf     bytes.Buffer
-	enc     *gob.Encoder
-	encoded func() error // waits for the body's encoding
+	body func() []byte // waits for the body's encoding
 }
 
 // wait waits for the body's encoding; ps may be nil.
-func (ps *pendingSnapshot) wait() error {
-	if ps == nil {
-		return nil
+func (ps *pendingSnapshot) wait() {
+	if ps != nil {
+		ps.body()
 	}
-	return ps.encoded()
 }
 
 // startSnapshot encodes the body of the snapshot of a commit of resolved
@@ -170,20 +151,17 @@ func (e *Engine) startSnapshot(table, digest string, resolved *model.Resolved) *
 	if !e.KeepSnapshot || e.Host.Snapshots == nil {
 		return nil
 	}
-	ps := &pendingSnapshot{}
-	ps.enc = gob.NewEncoder(&ps.buf)
-	ps.encoded = parallel.Go(func() error { return ps.enc.Encode(snapshot{Table: table, Digest: digest, Resolved: resolved}) })
-	return ps
+	return &pendingSnapshot{body: parallel.Go(func() []byte { return appendSnapshotBody(nil, table, digest, resolved) })}
 }
 
 // finishSnapshot saves ps with the generation of its commit. A failure
 // costs the next apply a read of the table, nothing else: an old snapshot
 // names an older generation and is not used. ps may be nil.
 func (e *Engine) finishSnapshot(ps *pendingSnapshot, gen uint32) {
-	if ps == nil || ps.wait() != nil || ps.enc.Encode(gen) != nil {
+	if ps == nil {
 		return
 	}
-	e.Host.Snapshots.SaveSnapshot(ps.buf.Bytes())
+	e.Host.Snapshots.SaveSnapshot(binary.AppendUvarint(ps.body(), uint64(gen)))
 }
 
 // saveSnapshot saves r when the Engine keeps snapshots.
