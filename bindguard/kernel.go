@@ -520,7 +520,7 @@ func (h *Host) detach(in *installed) error {
 // inner maps, switched to with one write. Either way no bind ever sees a
 // port unguarded.
 func (h *Host) Apply(cookie, inode uint64, spec Spec) error {
-	_, err := h.apply(cookie, inode, func() Spec { return spec })
+	_, err := h.apply(cookie, inode, func() Spec { return spec }, nil)
 	return err
 }
 
@@ -534,8 +534,11 @@ type written struct {
 }
 
 // apply is Apply of the spec that spec returns, called once the kernel's
-// side is read (Namespace.Apply works the spec out meanwhile).
-func (h *Host) apply(cookie, inode uint64, spec func() Spec) (written, error) {
+// side is read (Namespace.Apply works the spec out meanwhile). bound, when
+// not nil, is how many entries each inner map (mapNames[1:] order) will
+// likely hold at most: a new generation's maps are then made and put into
+// the outer maps empty while the spec is worked out (see below).
+func (h *Host) apply(cookie, inode uint64, spec func() Spec, bound *[4]int) (written, error) {
 	unlock, err := h.lock()
 	if err != nil {
 		return written{}, err
@@ -564,16 +567,54 @@ func (h *Host) apply(cookie, inode uint64, spec func() Spec) (written, error) {
 	if next == 0 {
 		next = 1
 	}
-	e := encode(spec())
-	w := written{gen: next, num: func(id OwnerID) uint32 { return uint32(id) }}
-	// The four inner maps at once: each insertion into an outer map waits
-	// for an RCU grace period (the kernel lets running programs finish
-	// with the old value), 6-20 ms each here; concurrent ones share it.
+	// Each insertion into an outer map waits for an RCU grace period (the
+	// kernel lets running programs finish with the old value), 6-35 ms
+	// here; concurrent ones share it. With a bound, the four inner maps
+	// are made and inserted empty first, beside the spec's making, so the
+	// wait passes while the CPUs work; they are filled once it is known.
 	// Their order does not matter: binds read them only once the nets
-	// entry below names the generation.
+	// entry below names the generation. A map the spec outgrows is made
+	// again, of its size, after it (as without a bound).
 	inners := mapNames[1:]
+	var early [4]*ebpf.Map
+	var earlySize [4]int
+	defer func() {
+		for _, m := range early {
+			if m != nil {
+				m.Close() // the outer map holds it then
+			}
+		}
+	}()
+	published := func() error { return nil }
+	if bound != nil {
+		published = parallel.Go(func() error {
+			return parallel.Each(len(inners), len(inners), func(_, i int) error {
+				ms := innerSpec(inners[i], 2*bound[i]+64)
+				inner, err := ebpf.NewMap(ms)
+				if err != nil {
+					return err
+				}
+				if err := in.maps[inners[i]].Put(outerKey(cookie, next), inner); err != nil {
+					inner.Close()
+					return err
+				}
+				early[i], earlySize[i] = inner, int(ms.MaxEntries)
+				return nil
+			})
+		})
+	}
+	e := encode(spec())
+	published() // its failures are the maps below made again
+	w := written{gen: next, num: func(id OwnerID) uint32 { return uint32(id) }}
 	err = parallel.Each(len(inners), len(inners), func(_, i int) error {
 		name := inners[i]
+		if inner := early[i]; inner != nil && len(e.of(name)) <= earlySize[i] {
+			if err := put(inner, name, e.of(name)); err != nil {
+				return fmt.Errorf("update map %s: %w", name, err)
+			}
+			w.ids[i], w.size[i] = mapID(inner), len(e.of(name))
+			return nil
+		}
 		// Room to grow in place (updateInPlace) before the next generation.
 		inner, err := ebpf.NewMap(innerSpec(name, 2*len(e.of(name))+64))
 		if err != nil {

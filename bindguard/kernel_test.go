@@ -316,6 +316,61 @@ func TestGuardUpdatesInPlace(t *testing.T) {
 	checkBinds(t, "owner of the 100th update's port", ns.Path, e.cg, e.squat, bindCase{"udp4 0.0.0.0 40100", "EPERM"}, bindCase{"udp4 0.0.0.0 40099", "ok"})
 }
 
+// TestApplyBounds: a new generation's inner maps hold the spec's entries
+// whether they were made empty from a bound while the spec was worked out,
+// or made after it, or the spec outgrew the bound for some of them.
+func TestApplyBounds(t *testing.T) {
+	e := newGuardEnv(t)
+	h, err := OpenHost(e.cg.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	r := e.policy(true)
+	r.Reservations = append(r.Reservations, model.Reservation{Name: "many", Protocols: []model.Protocol{model.UDP},
+		Ports: []model.PortRange{{Lo: 41000, Hi: 41199}}, Owners: model.Owners{UIDs: []model.IDRange{model.ID(e.owner.UID)}}})
+	spec := FromResolved(r)
+	want := encode(spec)
+	bound := entryBounds(r)
+	for i, tc := range []struct {
+		name  string
+		bound *[4]int
+	}{{"no bound", nil}, {"its bound", &bound}, {"outgrown ports", &[4]int{0, 100, 100, 100}}, {"all outgrown", &[4]int{}}} {
+		cookie := uint64(1<<62 + i) // no namespace's: the entries are only read back
+		if _, err := h.apply(cookie, 1, func() Spec { return spec }, tc.bound); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		in, err := h.find()
+		if err != nil || in == nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		net, ok, err := lookupNet(in.maps[mapNets], cookie)
+		if err != nil || !ok {
+			t.Fatalf("%s: no nets entry (%v)", tc.name, err)
+		}
+		cur, err := readCurrent(in, cookie, net.gen)
+		if err != nil || cur == nil {
+			t.Fatalf("%s: read back: %v", tc.name, err)
+		}
+		for _, name := range mapNames[1:] {
+			kvs := want.of(name)
+			if len(cur.ents[name]) != len(kvs) {
+				t.Errorf("%s: map %s holds %d entries, want %d", tc.name, name, len(cur.ents[name]), len(kvs))
+			}
+			for _, kv := range kvs {
+				if v, ok := cur.ents[name][string(kv.k)]; !ok || string(v) != string(kv.v) {
+					t.Errorf("%s: map %s lacks entry %x", tc.name, name, kv.k)
+				}
+			}
+		}
+		cur.close()
+		in.close()
+		if found, err := h.Remove(cookie); err != nil || !found {
+			t.Fatalf("%s: remove: %v, %v", tc.name, found, err)
+		}
+	}
+}
+
 // innerCookies calls f with each outer map's name and how many inner maps
 // it holds by namespace cookie.
 func innerCookies(t *testing.T, cgroup string, f func(name string, cookies map[uint64]int)) {

@@ -104,7 +104,8 @@ func (n *Namespace) Apply(r *model.Resolved) error {
 	// The spec (20-30 ms at 10k reservations) is worked out while apply
 	// reads what the kernel holds.
 	spec := parallel.Go(func() Spec { return FromResolved(r) })
-	w, err := h.apply(n.cookie, n.inode, spec)
+	bound := entryBounds(r)
+	w, err := h.apply(n.cookie, n.inode, spec, &bound)
 	if err != nil {
 		return err
 	}

@@ -178,6 +178,45 @@ func FromResolved(r *model.Resolved) Spec {
 	return spec
 }
 
+// entryBounds is about how many entries r's spec puts in each inner map, in
+// mapNames[1:] order, from a pass over r without working the spec out:
+// what a new generation's maps are made for before the spec is known. At
+// most that for the ports and scopes; the owner sets' entries are counted
+// once per reservation (a set shared by many is fewer), but the sets that
+// address-scoped ports make by intersecting their owners' are not: a spec
+// that outgrows a bound only costs the apply a map made again.
+func entryBounds(r *model.Resolved) [4]int {
+	var b [4]int
+	for _, res := range r.All() {
+		protos := 0
+		for _, p := range res.Protocols {
+			if info, _ := p.Info(); info.BindHook {
+				protos++
+			}
+		}
+		if protos == 0 {
+			continue
+		}
+		ports := 0
+		for _, p := range res.Ports {
+			ports += p.Len()
+		}
+		b[0] += protos * ports
+		b[1] += protos * ports * len(res.Addresses)
+		b[2] += len(res.Owners.Cgroups)
+		for _, ids := range [][]model.IDRange{res.Owners.UIDs, res.Owners.GIDs, {model.ID(0)}} { // uid 0: root folded in
+			for _, id := range ids {
+				if id.Lo == id.Hi {
+					b[2]++
+				} else {
+					b[3] += len(idPrefixes(id.Lo, id.Hi))
+				}
+			}
+		}
+	}
+	return b
+}
+
 // claimsBound is how many (protocol, port) pairs r's reservations claim
 // on every address, at most: the room FromResolved makes for them.
 func claimsBound(r *model.Resolved) int {

@@ -254,3 +254,21 @@ func TestOpenRoot(t *testing.T) {
 		}
 	}
 }
+
+// TestEntryBounds: the ports and scopes a spec holds are never more than
+// entryBounds says; the owner sets' entries neither, where no port is
+// address-scoped (scoped ones may intersect owners into sets of their own).
+func TestEntryBounds(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	for i := range 200 {
+		r := randomResolved(rng, 1+rng.IntN(100))
+		b, e := entryBounds(r), encode(FromResolved(r))
+		scoped := slices.ContainsFunc(r.Reservations, func(res model.Reservation) bool { return len(res.Addresses) > 0 })
+		got := [4]int{len(e.ports), len(e.scopes), len(e.owners), len(e.ranges)}
+		for j, name := range mapNames[1:] {
+			if got[j] > b[j] && (j < 2 || !scoped) {
+				t.Fatalf("policy %d: %d entries in %s, bound %d", i, got[j], name, b[j])
+			}
+		}
+	}
+}
