@@ -490,36 +490,37 @@ func (e *Engine) Sync(p *Plan, dry bool) (Result, error) {
 	st := p.State
 	table := p.Table
 	res := Result{Mode: ModeNone, Sysctls: p.Sysctls.Changes(), Guard: GuardUnchanged}
-	// The squatter listing runs beside the rest (a socket bound meanwhile
-	// is the race one bound just after always was). The sweep of dead
-	// namespaces' guard entries starts once the sync's own guard work is
-	// through (the guard's Host is not safe for concurrent use, and
-	// nothing else here uses it after), beside the commit: its deletions
-	// each wait for an RCU grace period.
+	// The squatter listing and the sweep of dead namespaces' guard entries
+	// start once the sync's own guard work is through, beside the commit
+	// (whose kernel time leaves a CPU idle; the sweep's deletions each
+	// wait for an RCU grace period): the guard's Host is not safe for
+	// concurrent use, and nothing else here uses it after; and with the
+	// guard in, no squatter binds after the listing. (One bound meanwhile
+	// is the race one bound just after always was.)
 	afterDone := func() {}
-	startSweep := func() {}
+	startAfter := func() {}
 	if !dry && !p.Quiet {
-		squatters := parallel.Go(func() (r Result) {
-			e.listSquatters(p, &r)
-			return r
-		})
-		defer squatters() // nothing runs past Sync
-		var swept func() Result
-		startSweep = func() {
+		var swept, squatters func() Result
+		startAfter = func() {
 			if swept == nil {
+				squatters = parallel.Go(func() (r Result) {
+					e.listSquatters(p, &r)
+					return r
+				})
 				swept = parallel.Go(func() (r Result) {
 					e.sweep(p, &r)
 					return r
 				})
 			}
 		}
-		defer func() {
+		defer func() { // nothing runs past Sync
 			if swept != nil {
 				swept()
+				squatters()
 			}
 		}()
 		afterDone = func() {
-			startSweep()
+			startAfter()
 			sw, r := swept(), squatters()
 			res.Swept, res.Squatters = sw.Swept, r.Squatters
 			res.Warnings = append(res.Warnings, sw.Warnings...)
@@ -656,9 +657,7 @@ func (e *Engine) Sync(p *Plan, dry bool) (Result, error) {
 	if err := waitGuard(); err != nil {
 		return res, fmt.Errorf("install the bind guard: %w; nothing else was changed", err)
 	}
-	if p.Guard.On {
-		startSweep()
-	}
+	startAfter()
 	// 2. The state, before any sysctl changes: the values found, so that a
 	// crash from here on still leaves what to restore. With no sysctl to
 	// change there is nothing to record first (a crash after the commit
