@@ -85,6 +85,7 @@ func resolveCgroups(rs *policy.ReservationSpec, src Cgroups, srcErr error, field
 	if len(rs.Units)+len(rs.Cgroups) == 0 {
 		return nil
 	}
+	field += ".owner"
 	if src == nil {
 		var pos model.Pos
 		if len(rs.Units) > 0 {
