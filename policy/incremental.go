@@ -272,7 +272,7 @@ func parseBatch(file string, data []byte, items []item, first int, out []Reserva
 		nodes = seq.Content
 	}
 	for k, n := range nodes {
-		spec, _, ok := p.reservation(n, index("reservations", first+k))
+		spec, _, ok := p.reservation(n, pathOf("reservations").at(first+k))
 		if !ok || p.errs.Len() > 0 {
 			return false
 		}

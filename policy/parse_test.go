@@ -420,3 +420,28 @@ func TestAliasBomb(t *testing.T) {
 		t.Errorf("Parse error = %v, want the alias guard", err)
 	}
 }
+
+// TestFieldPath: a path made in pieces reads as the one written out,
+// however deep it goes.
+func TestFieldPath(t *testing.T) {
+	r := pathOf("reservations").at(3)
+	for _, tc := range []struct {
+		p    fieldPath
+		want string
+	}{
+		{pathOf(""), ""},
+		{pathOf("settings.log.rate"), "settings.log.rate"},
+		{r, "reservations[3]"},
+		{r.dot(".name"), "reservations[3].name"},
+		{r.dot(".ports").at(0), "reservations[3].ports[0]"},
+		{r.dot(".owner").dot(".users").at(12), "reservations[3].owner.users[12]"},
+		{r.dot(".owner").dot(".users").at(12).dot(".x").at(1), "reservations[3].owner.users[12].x[1]"},
+		{r.dot(".owner").dot(".users").dot(".deeper"), "reservations[3].owner.users.deeper"},
+		{pathOf("a").at(1).at(2), "a[1][2]"},
+		{pathOf("a").dot(".b").at(1).at(2), "a.b[1][2]"},
+	} {
+		if got := tc.p.String(); got != tc.want {
+			t.Errorf("%+v reads %q, want %q", tc.p, got, tc.want)
+		}
+	}
+}

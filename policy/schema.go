@@ -136,25 +136,25 @@ func (p *parser) parse(data []byte) (pol *Policy, body *yaml.Node) {
 }
 
 func (p *parser) policy(n *yaml.Node) *Policy {
-	vals, ok := p.mapping(n, "", "a mapping with version, settings and reservations at the top level", topKeys)
+	vals, ok := p.mapping(n, pathOf(""), "a mapping with version, settings and reservations at the top level", topKeys)
 	if !ok {
 		return nil
 	}
 	pol := &Policy{File: p.file}
 	if v := vals.get("version"); v == nil {
-		p.errorf(n, "version", `missing; add "version: 1"`)
+		p.errorf(n, pathOf("version"), `missing; add "version: 1"`)
 	} else {
 		p.version(v)
 	}
 	if v := vals.get("settings"); v != nil && p.dropIn {
-		p.errorf(keyNode(n, "settings"), "settings", "a drop-in holds only version and reservations; "+
+		p.errorf(keyNode(n, "settings"), pathOf("settings"), "a drop-in holds only version and reservations; "+
 			"settings belong in the main policy file, beside policy.d")
 		pol.Settings = model.DefaultSettings()
 	} else {
 		pol.Settings = p.settings(v)
 	}
 	if v := vals.get("reservations"); v != nil && !isNull(v) {
-		if items, ok := p.sequence(v, "reservations", "a list of reservations"); ok {
+		if items, ok := p.sequence(v, pathOf("reservations"), "a list of reservations"); ok {
 			pol.Reservations = p.reservations(items)
 		}
 	}
@@ -162,12 +162,12 @@ func (p *parser) policy(n *yaml.Node) *Policy {
 }
 
 func (p *parser) version(n *yaml.Node) {
-	s, ok := p.scalar(n, "version", "the number 1", "!!int")
+	s, ok := p.scalar(n, pathOf("version"), "the number 1", "!!int")
 	if !ok {
 		return
 	}
 	if s != "1" {
-		p.errorf(n, "version", "unsupported version %s; only version 1 exists", s)
+		p.errorf(n, pathOf("version"), "unsupported version %s; only version 1 exists", s)
 	}
 }
 
@@ -176,21 +176,21 @@ func (p *parser) settings(n *yaml.Node) model.Settings {
 	if n == nil || isNull(n) {
 		return s
 	}
-	vals, ok := p.mapping(n, "settings", "a mapping of settings", settingsKeys)
+	vals, ok := p.mapping(n, pathOf("settings"), "a mapping of settings", settingsKeys)
 	if !ok {
 		return s
 	}
 	if v := vals.get("table"); v != nil {
-		if t, ok := p.scalar(v, "settings.table", "a table name", "!!str"); ok {
+		if t, ok := p.scalar(v, pathOf("settings.table"), "a table name", "!!str"); ok {
 			if tableRE.MatchString(t) {
 				s.Table = t
 			} else {
-				p.errorf(v, "settings.table", "invalid table name %q; use a letter then up to 31 letters, digits or _", t)
+				p.errorf(v, pathOf("settings.table"), "invalid table name %q; use a letter then up to 31 letters, digits or _", t)
 			}
 		}
 	}
 	if v := vals.get("allow_root"); v != nil {
-		if b, ok := p.boolean(v, "settings.allow_root", "true or false"); ok {
+		if b, ok := p.boolean(v, pathOf("settings.allow_root"), "true or false"); ok {
 			s.AllowRoot = b
 		}
 	}
@@ -211,7 +211,7 @@ func (p *parser) settings(n *yaml.Node) model.Settings {
 
 func (p *parser) bindGuard(n *yaml.Node) model.BindGuardMode {
 	const field, want = "settings.bind_guard", "off, on or auto"
-	v, ok := p.scalar(n, field, want, "!!str", "!!bool")
+	v, ok := p.scalar(n, pathOf(field), want, "!!str", "!!bool")
 	if !ok {
 		return model.BindGuardAuto
 	}
@@ -233,14 +233,14 @@ func (p *parser) bindGuard(n *yaml.Node) model.BindGuardMode {
 	case "auto":
 		return model.BindGuardAuto
 	}
-	p.wrongType(n, field, want)
+	p.wrongType(n, pathOf(field), want)
 	return model.BindGuardAuto
 }
 
 func (p *parser) portStart(n *yaml.Node) model.PortStart {
 	const field, want = "settings.unprivileged_port_start", "auto, keep or a number 0..1024"
 	auto := model.PortStart{Mode: model.PortStartAuto}
-	v, ok := p.scalar(n, field, want, "!!str", "!!int")
+	v, ok := p.scalar(n, pathOf(field), want, "!!str", "!!int")
 	if !ok {
 		return auto
 	}
@@ -251,15 +251,15 @@ func (p *parser) portStart(n *yaml.Node) model.PortStart {
 		case "keep":
 			return model.PortStart{Mode: model.PortStartKeep}
 		}
-		p.wrongType(n, field, want)
+		p.wrongType(n, pathOf(field), want)
 		return auto
 	}
 	x, err := strconv.ParseUint(v, 10, 64)
 	switch {
 	case err != nil && errors.Is(err, strconv.ErrRange), err == nil && x > 1024:
-		p.errorf(n, field, "%s is out of range 0..1024", v)
+		p.errorf(n, pathOf(field), "%s is out of range 0..1024", v)
 	case err != nil:
-		p.wrongType(n, field, want)
+		p.wrongType(n, pathOf(field), want)
 	default:
 		return model.PortStart{Mode: model.PortStartFixed, Value: uint16(x)}
 	}
@@ -273,31 +273,31 @@ func (p *parser) log(n *yaml.Node) model.LogRate {
 	case isNull(n):
 		return model.DefaultLog
 	case n.Kind == yaml.ScalarNode && n.ShortTag() == "!!bool":
-		on, ok := p.boolean(n, "settings.log", want)
+		on, ok := p.boolean(n, pathOf("settings.log"), want)
 		if ok && !on {
 			return model.LogRate{}
 		}
 		return model.DefaultLog
 	}
-	vals, ok := p.mapping(n, "settings.log", want, logKeys)
+	vals, ok := p.mapping(n, pathOf("settings.log"), want, logKeys)
 	if !ok || vals.get("rate") == nil {
 		return model.DefaultLog
 	}
 	v := vals.get("rate")
-	s, ok := p.scalar(v, "settings.log.rate", "a rate N/second, N/minute, N/hour or N/day", "!!str")
+	s, ok := p.scalar(v, pathOf("settings.log.rate"), "a rate N/second, N/minute, N/hour or N/day", "!!str")
 	if !ok {
 		return model.DefaultLog
 	}
 	rate, err := parseRate(s)
 	if err != nil {
-		p.errorf(v, "settings.log.rate", "invalid rate %q: %v", s, err)
+		p.errorf(v, pathOf("settings.log.rate"), "invalid rate %q: %v", s, err)
 		return model.DefaultLog
 	}
 	return rate
 }
 
 func (p *parser) marks(n *yaml.Node, s *model.Settings) {
-	vals, ok := p.mapping(n, "settings.marks", "a mapping with owned and squatted", marksKeys)
+	vals, ok := p.mapping(n, pathOf("settings.marks"), "a mapping with owned and squatted", marksKeys)
 	if !ok {
 		return
 	}
@@ -307,13 +307,13 @@ func (p *parser) marks(n *yaml.Node, s *model.Settings) {
 			return false
 		}
 		field := "settings.marks." + key
-		text, ok := p.scalar(v, field, "a number with one bit set, such as 0x01000000", "!!int")
+		text, ok := p.scalar(v, pathOf(field), "a number with one bit set, such as 0x01000000", "!!int")
 		if !ok {
 			return false
 		}
 		x, err := strconv.ParseUint(strings.ReplaceAll(text, "_", ""), 0, 32)
 		if err != nil || x == 0 || x&(x-1) != 0 {
-			p.errorf(v, field, "%s is not a single bit of the 32-bit conntrack mark; use a power of two such as 0x01000000", text)
+			p.errorf(v, pathOf(field), "%s is not a single bit of the 32-bit conntrack mark; use a power of two such as 0x01000000", text)
 			return false
 		}
 		*dst = uint32(x)
@@ -326,7 +326,7 @@ func (p *parser) marks(n *yaml.Node, s *model.Settings) {
 		if squatted || !owned {
 			at, field = vals.get("squatted"), "settings.marks.squatted"
 		}
-		p.errorf(at, field, "owned and squatted must be different bits (both are 0x%08x)", s.MarkOwned)
+		p.errorf(at, pathOf(field), "owned and squatted must be different bits (both are 0x%08x)", s.MarkOwned)
 	}
 }
 
@@ -338,7 +338,7 @@ func (p *parser) reservations(items []*yaml.Node) []ReservationSpec {
 	}
 	first := make(map[string]seen, len(items))
 	for i, item := range items {
-		field := index("reservations", i)
+		field := pathOf("reservations").at(i)
 		r, nameNode, ok := p.reservation(item, field)
 		if !ok {
 			continue
@@ -346,7 +346,7 @@ func (p *parser) reservations(items []*yaml.Node) []ReservationSpec {
 		r.Index = i
 		if nameNode != nil {
 			if f, dup := first[r.Name]; dup {
-				p.errorf(nameNode, field+".name", "duplicate reservation name %q (first at line %d, reservations[%d])", r.Name, f.line, f.index)
+				p.errorf(nameNode, field.dot(".name"), "duplicate reservation name %q (first at line %d, reservations[%d])", r.Name, f.line, f.index)
 			} else {
 				first[r.Name] = seen{nameNode.Line, i}
 			}
@@ -358,7 +358,7 @@ func (p *parser) reservations(items []*yaml.Node) []ReservationSpec {
 
 // reservation parses one reservation. nameNode is nil when the name is
 // missing or invalid (and already reported).
-func (p *parser) reservation(n *yaml.Node, field string) (r ReservationSpec, nameNode *yaml.Node, ok bool) {
+func (p *parser) reservation(n *yaml.Node, field fieldPath) (r ReservationSpec, nameNode *yaml.Node, ok bool) {
 	n = deref(n)
 	vals, ok := p.mapping(n, field, "a reservation (a mapping with name, ports and owner)", reservationKeys)
 	if !ok {
@@ -366,41 +366,41 @@ func (p *parser) reservation(n *yaml.Node, field string) (r ReservationSpec, nam
 	}
 	r.Pos = p.pos(n)
 	if v := vals.get("name"); v == nil {
-		p.errorf(n, field+".name", "missing; every reservation needs a name")
-	} else if s, ok := p.scalar(v, field+".name", "a name", "!!str"); ok {
+		p.errorf(n, field.dot(".name"), "missing; every reservation needs a name")
+	} else if s, ok := p.scalar(v, field.dot(".name"), "a name", "!!str"); ok {
 		if nameRE.MatchString(s) {
 			r.Name, nameNode = s, deref(v)
 			r.namePos = p.pos(nameNode)
 		} else {
-			p.errorf(v, field+".name", "invalid name %q; use a letter then up to 63 letters, digits, _, . or -", s)
+			p.errorf(v, field.dot(".name"), "invalid name %q; use a letter then up to 63 letters, digits, _, . or -", s)
 		}
 	}
 	if v := vals.get("description"); v != nil && !isNull(v) {
-		if s, ok := p.scalar(v, field+".description", "a string", "!!str", "!!int", "!!float", "!!bool"); ok {
+		if s, ok := p.scalar(v, field.dot(".description"), "a string", "!!str", "!!int", "!!float", "!!bool"); ok {
 			r.Description = s
 		}
 	}
 	if v := vals.get("ports"); v == nil {
-		p.errorf(n, field+".ports", `missing; list the reserved ports, e.g. ports: [80, "8000-8080"]`)
+		p.errorf(n, field.dot(".ports"), `missing; list the reserved ports, e.g. ports: [80, "8000-8080"]`)
 	} else {
-		r.Ports = p.ports(v, field+".ports")
+		r.Ports = p.ports(v, field.dot(".ports"))
 	}
 	r.Protocols = model.DefaultProtocols
 	if v := vals.get("protocols"); v != nil {
-		r.Protocols = p.protocols(v, field+".protocols")
+		r.Protocols = p.protocols(v, field.dot(".protocols"))
 	}
 	if v := vals.get("owner"); v == nil {
-		p.errorf(n, field+".owner", "missing; every reservation needs an owner with users, groups, units or cgroups")
+		p.errorf(n, field.dot(".owner"), "missing; every reservation needs an owner with users, groups, units or cgroups")
 	} else {
-		p.owner(&r, v, field+".owner")
+		p.owner(&r, v, field.dot(".owner"))
 	}
 	if v := vals.get("addresses"); v != nil {
-		r.Addresses = p.addresses(v, field+".addresses")
+		r.Addresses = p.addresses(v, field.dot(".addresses"))
 	}
 	return r, nameNode, true
 }
 
-func (p *parser) ports(n *yaml.Node, field string) []model.PortRange {
+func (p *parser) ports(n *yaml.Node, field fieldPath) []model.PortRange {
 	items, ok := p.sequence(n, field, `a list of ports such as [80, "8000-8080"]`)
 	if !ok {
 		return nil
@@ -411,13 +411,13 @@ func (p *parser) ports(n *yaml.Node, field string) []model.PortRange {
 	}
 	out := make([]model.PortRange, 0, len(items))
 	for i, item := range items {
-		s, ok := p.scalar(item, index(field, i), `a port or a range such as "8000-8080"`, "!!int", "!!float", "!!str")
+		s, ok := p.scalar(item, field.at(i), `a port or a range such as "8000-8080"`, "!!int", "!!float", "!!str")
 		if !ok {
 			continue
 		}
 		lo, hi, err := parseRange(s, "port", 1, 65535)
 		if err != nil {
-			p.errorf(item, index(field, i), "%v", err)
+			p.errorf(item, field.at(i), "%v", err)
 			continue
 		}
 		out = append(out, model.PortRange{Lo: uint16(lo), Hi: uint16(hi)})
@@ -425,8 +425,14 @@ func (p *parser) ports(n *yaml.Node, field string) []model.PortRange {
 	return out
 }
 
-func (p *parser) protocols(n *yaml.Node, field string) []model.Protocol {
-	names := model.ProtocolNames()
+// protocolNames and protocolEntry are made once, not per reservation.
+var (
+	protocolNames = model.ProtocolNames()
+	protocolEntry = "a protocol name (" + protocolNames + ")"
+)
+
+func (p *parser) protocols(n *yaml.Node, field fieldPath) []model.Protocol {
+	names := protocolNames
 	items, ok := p.sequence(n, field, "a list of protocols such as [tcp, udp]")
 	if !ok {
 		return nil
@@ -437,13 +443,13 @@ func (p *parser) protocols(n *yaml.Node, field string) []model.Protocol {
 	}
 	var out []model.Protocol
 	for i, item := range items {
-		s, ok := p.scalar(item, index(field, i), "a protocol name ("+names+")", "!!str")
+		s, ok := p.scalar(item, field.at(i), protocolEntry, "!!str")
 		if !ok {
 			continue
 		}
 		proto, known := model.ProtocolByName(s)
 		if !known {
-			p.errorf(item, index(field, i), "unknown protocol %q; valid protocols are %s", s, names)
+			p.errorf(item, field.at(i), "unknown protocol %q; valid protocols are %s", s, names)
 			continue
 		}
 		out = append(out, proto)
@@ -451,7 +457,7 @@ func (p *parser) protocols(n *yaml.Node, field string) []model.Protocol {
 	return out
 }
 
-func (p *parser) owner(r *ReservationSpec, n *yaml.Node, field string) {
+func (p *parser) owner(r *ReservationSpec, n *yaml.Node, field fieldPath) {
 	const empty = "empty; list at least one user, group, unit or cgroup"
 	if isNull(n) {
 		p.errorf(n, field, empty)
@@ -462,10 +468,10 @@ func (p *parser) owner(r *ReservationSpec, n *yaml.Node, field string) {
 		return
 	}
 	var uok, gok, nok, cok bool
-	r.Users, uok = p.ids(vals.get("users"), field+".users", userIDs)
-	r.Groups, gok = p.ids(vals.get("groups"), field+".groups", groupIDs)
-	r.Units, nok = p.names(vals.get("units"), field+".units", `a list of systemd units such as [nginx.service, "app@*.service"]`, checkUnit)
-	r.Cgroups, cok = p.names(vals.get("cgroups"), field+".cgroups", `a list of cgroup paths such as ["/system.slice/app.service"]`, checkCgroup)
+	r.Users, uok = p.ids(vals.get("users"), field.dot(".users"), userIDs)
+	r.Groups, gok = p.ids(vals.get("groups"), field.dot(".groups"), groupIDs)
+	r.Units, nok = p.names(vals.get("units"), field.dot(".units"), `a list of systemd units such as [nginx.service, "app@*.service"]`, checkUnit)
+	r.Cgroups, cok = p.names(vals.get("cgroups"), field.dot(".cgroups"), `a list of cgroup paths such as ["/system.slice/app.service"]`, checkCgroup)
 	if uok && gok && nok && cok && len(r.Users)+len(r.Groups)+len(r.Units)+len(r.Cgroups) == 0 {
 		p.errorf(n, field, empty)
 	}
@@ -473,7 +479,7 @@ func (p *parser) owner(r *ReservationSpec, n *yaml.Node, field string) {
 
 // names parses a list of strings, each checked by check (which returns
 // why it is invalid, or ""). ok is false when an entry was wrong.
-func (p *parser) names(n *yaml.Node, field, want string, check func(string) string) (out []OwnerRef, ok bool) {
+func (p *parser) names(n *yaml.Node, field fieldPath, want string, check func(string) string) (out []OwnerRef, ok bool) {
 	if n == nil || isNull(n) {
 		return nil, true
 	}
@@ -482,13 +488,13 @@ func (p *parser) names(n *yaml.Node, field, want string, check func(string) stri
 		return nil, false
 	}
 	for i, item := range items {
-		s, good := p.scalar(item, index(field, i), "a string", "!!str")
+		s, good := p.scalar(item, field.at(i), "a string", "!!str")
 		if !good {
 			ok = false
 			continue
 		}
 		if why := check(s); why != "" {
-			p.errorf(item, index(field, i), "%s", why)
+			p.errorf(item, field.at(i), "%s", why)
 			ok = false
 			continue
 		}
@@ -511,7 +517,7 @@ func newIDKind(kind, id string) idKind {
 
 // ids parses a list of names, ids and id ranges. ok is false when an
 // entry was wrong, so that the caller does not also call the owner empty.
-func (p *parser) ids(n *yaml.Node, field string, k idKind) (out []OwnerRef, ok bool) {
+func (p *parser) ids(n *yaml.Node, field fieldPath, k idKind) (out []OwnerRef, ok bool) {
 	if n == nil || isNull(n) {
 		return nil, true
 	}
@@ -521,7 +527,7 @@ func (p *parser) ids(n *yaml.Node, field string, k idKind) (out []OwnerRef, ok b
 		return nil, false
 	}
 	for i, item := range items {
-		s, good := p.scalar(item, index(field, i), k.entry, "!!str", "!!int", "!!float")
+		s, good := p.scalar(item, field.at(i), k.entry, "!!str", "!!int", "!!float")
 		if !good {
 			ok = false
 			continue
@@ -529,7 +535,7 @@ func (p *parser) ids(n *yaml.Node, field string, k idKind) (out []OwnerRef, ok b
 		ref := OwnerRef{Pos: p.pos(deref(item))}
 		if deref(item).ShortTag() == "!!str" && !numericRE.MatchString(s) {
 			if s == "" || strings.TrimSpace(s) != s || strings.ContainsAny(s, ":\n\t\r") {
-				p.errorf(item, index(field, i), "invalid %s name %q", kind, s)
+				p.errorf(item, field.at(i), "invalid %s name %q", kind, s)
 				ok = false
 				continue
 			}
@@ -537,7 +543,7 @@ func (p *parser) ids(n *yaml.Node, field string, k idKind) (out []OwnerRef, ok b
 		} else {
 			lo, hi, err := parseRange(s, idName, 0, model.MaxID)
 			if err != nil {
-				p.errorf(item, index(field, i), "%v", err)
+				p.errorf(item, field.at(i), "%v", err)
 				ok = false
 				continue
 			}
@@ -548,7 +554,7 @@ func (p *parser) ids(n *yaml.Node, field string, k idKind) (out []OwnerRef, ok b
 	return out, ok
 }
 
-func (p *parser) addresses(n *yaml.Node, field string) []netip.Prefix {
+func (p *parser) addresses(n *yaml.Node, field fieldPath) []netip.Prefix {
 	items, ok := p.sequence(n, field, `a list of addresses or prefixes such as [192.0.2.10, "2001:db8::/64"]`)
 	if !ok {
 		return nil
@@ -559,13 +565,13 @@ func (p *parser) addresses(n *yaml.Node, field string) []netip.Prefix {
 	}
 	var out []netip.Prefix
 	for i, item := range items {
-		s, ok := p.scalar(item, index(field, i), "an IP address or prefix", "!!str")
+		s, ok := p.scalar(item, field.at(i), "an IP address or prefix", "!!str")
 		if !ok {
 			continue
 		}
 		pfx, err := parsePrefix(s)
 		if err != nil {
-			p.errorf(item, index(field, i), "%v", err)
+			p.errorf(item, field.at(i), "%v", err)
 			continue
 		}
 		out = append(out, pfx)
