@@ -484,8 +484,9 @@ func (r *report) markdown() string {
 	w("`portfw status` (the count sets read back for the drop counters, the guard's maps beside them, the rest compiled from portfw's record of its commit, ")
 	w("which the generation says the kernel still holds; the whole table read when it does not). *One-owner change*: then an apply of the policy with one ")
 	w("reservation's owner changed. At 100k every reservation has one protocol (ports 12000-61999, the ")
-	w("namespace's ephemeral range moved to 62000-65000). The one-shot commands run with a 200 MiB soft memory limit ")
-	w("(cmd/portfw: the collector works harder near it; at 100k a fresh apply's live heap comes close, below it the limit changes nothing).\n\n")
+	w("namespace's ephemeral range moved to 62000-65000). The one-shot commands run with GOGC 400 and a 200 MiB soft memory limit ")
+	w("(cmd/portfw: they allocate most of what they hold at once, so the collector waits for the heap to grow fivefold, and works harder ")
+	w("near the limit; at 100k a fresh apply's live heap comes close to it, below some 50k the limit changes nothing).\n\n")
 	w("| reservations | fresh | `nft -f` same ruleset | in sync | status | one-owner change | peak RSS fresh / change |\n|--:|--:|--:|--:|--:|--:|--:|\n")
 	for _, n := range []string{"1000", "10000", "100000"} {
 		mb := func(tool string) string {
