@@ -36,5 +36,7 @@ require (
 // back without their key. third_party/nftables is the pinned version with
 // that one case added, and a byte-identical, faster encoding of set
 // elements (a 10k table's elements queued in 21 ms, not 62), and sets read
-// back say whether they carry a counter (the count sets); see its README.
+// back say whether they carry a counter (the count sets), and a Conn's
+// queued commands can be moved to another (a transaction is queued while
+// the bind guard goes in, then sent); see its README.
 replace github.com/google/nftables => ./third_party/nftables

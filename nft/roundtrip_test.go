@@ -122,8 +122,14 @@ func applyAndReadBack(t *testing.T, rs *compiler.Ruleset) *testenv.NS {
 	if err := tx.Encode(); err != nil {
 		t.Fatalf("encode: %v", err)
 	}
-	if _, err := c.Commit(tx, 0); err != nil {
+	gen, err := c.Commit(tx, 0)
+	if err != nil {
 		t.Fatalf("apply: %v", err)
+	}
+	// Committed again, the same tx is queued again (its first commit
+	// took the messages Encode queued): a second, identical replace.
+	if again, err := c.Commit(tx, gen); err != nil || again == gen {
+		t.Fatalf("the same tx committed again: generation %d after %d, %v", again, gen, err)
 	}
 	back, err := c.Read(rs.Table)
 	if err != nil {

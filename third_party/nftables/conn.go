@@ -267,6 +267,25 @@ func (cc *Conn) CloseLasting() error {
 	return nil
 }
 
+// Append moves the commands buffered on from to the end of cc's buffer,
+// and from's error, if it has one and cc has none: commands can be
+// marshalled on a Conn that never dials (New without AsLasting) while
+// the caller waits for something else, then sent on a lasting one. from
+// must not be flushed meanwhile; the transaction IDs it allocated are its
+// own, so cc's buffer should be empty.
+func (cc *Conn) Append(from *Conn) {
+	from.mu.Lock()
+	msgs, err := from.messages, from.err
+	from.messages, from.err, from.allocatedIDs = nil, nil, 0
+	from.mu.Unlock()
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	cc.messages = append(cc.messages, msgs...)
+	if cc.err == nil {
+		cc.err = err
+	}
+}
+
 // Flush sends all buffered commands in a single batch to nftables.
 func (cc *Conn) Flush() error {
 	return cc.flush(0)
