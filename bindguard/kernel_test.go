@@ -298,21 +298,13 @@ func TestGuardUpdatesInPlace(t *testing.T) {
 		}
 	}
 	// Only two generations of the namespace's maps are ever kept.
-	h, err := OpenHost(e.cg.Path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	in, err := h.find()
-	if err != nil || in == nil {
-		t.Fatal(err)
-	}
-	defer in.close()
-	for _, name := range mapNames[1:] {
-		if keys, _ := allKeys(in.maps[name]); len(keys) > 2 {
-			t.Errorf("map %s holds %d generations after 100 updates, want at most 2", name, len(keys))
+	innerCookies(t, e.cg.Path, func(name string, cookies map[uint64]int) {
+		for _, n := range cookies {
+			if n > 2 {
+				t.Errorf("map %s holds %d generations after 100 updates, want at most 2", name, n)
+			}
 		}
-	}
+	})
 	checkBinds(t, "owner of the 100th update's port", ns.Path, e.cg, e.squat, bindCase{"udp4 0.0.0.0 40100", "EPERM"}, bindCase{"udp4 0.0.0.0 40099", "ok"})
 }
 
