@@ -4,11 +4,13 @@ import (
 	"cmp"
 	"fmt"
 	"net/netip"
+	"runtime"
 	"slices"
 	"sort"
 	"strconv"
 	"sync"
 
+	"github.com/portfw/portfw/internal/parallel"
 	"github.com/portfw/portfw/model"
 )
 
@@ -113,9 +115,27 @@ func (c Changes) makePlan() Plan {
 		olds, news = modelElements(src.oldM, c), modelElements(src.newM, c)
 	}
 	paths := cgroupPaths(src)
-	p.Reservations = make([]Detail, 0, len(c.Added)+len(c.Removed)+len(c.Changed))
-	add := func(names []string, a Action) {
-		for _, n := range names {
+	type job struct {
+		name string
+		a    Action
+	}
+	jobs := make([]job, 0, len(c.Added)+len(c.Removed)+len(c.Changed))
+	for _, list := range []struct {
+		names []string
+		a     Action
+	}{{c.Added, ActionAdd}, {c.Removed, ActionRemove}, {c.Changed, ActionChange}} {
+		for _, n := range list.names {
+			jobs = append(jobs, job{n, list.a})
+		}
+	}
+	// Each reservation's detail is its own (the maps above are only
+	// read): worked out on every CPU, in chunks, as a fresh apply of 100k
+	// prints them once the kernel's commit is through.
+	p.Reservations = make([]Detail, len(jobs))
+	const chunk = 1024
+	parallel.Each(runtime.GOMAXPROCS(0), (len(jobs)+chunk-1)/chunk, func(_, k int) error {
+		for i := k * chunk; i < min(len(jobs), (k+1)*chunk); i++ {
+			n, a := jobs[i].name, jobs[i].a
 			var d Detail
 			if created {
 				d = detailOf(n, a, footprint{}, modelFootprint(reservationsNamed(src.newM, n), src.newM.Settings.AllowRoot), nil, nil)
@@ -127,12 +147,10 @@ func (c Changes) makePlan() Plan {
 					cs[i].Path = paths[cs[i].ID]
 				}
 			}
-			p.Reservations = append(p.Reservations, d)
+			p.Reservations[i] = d
 		}
-	}
-	add(c.Added, ActionAdd)
-	add(c.Removed, ActionRemove)
-	add(c.Changed, ActionChange)
+		return nil
+	})
 	slices.SortFunc(p.Reservations, func(a, b Detail) int { return cmp.Compare(a.Name, b.Name) })
 	if src.oldM != nil && src.newM != nil {
 		p.Rules = settingChanges(src.oldM.Settings, src.newM.Settings)
