@@ -56,11 +56,20 @@ func setKeyType(s *compiler.Set) (nftables.SetDatatype, error) {
 }
 
 func newSet(t *nftables.Table, s *compiler.Set) (*nftables.Set, []nftables.SetElement, error) {
+	set, err := setHeader(t, s)
+	if err != nil {
+		return nil, nil, err
+	}
+	return set, setElements(s), nil
+}
+
+// setHeader is the set s declares, without its elements.
+func setHeader(t *nftables.Table, s *compiler.Set) (*nftables.Set, error) {
 	kt, err := setKeyType(s)
 	if err != nil {
-		return nil, nil, fmt.Errorf("set %s: %w", s.Name, err)
+		return nil, fmt.Errorf("set %s: %w", s.Name, err)
 	}
-	set := &nftables.Set{
+	return &nftables.Set{
 		Table:         t,
 		Name:          s.Name,
 		KeyType:       kt,
@@ -69,7 +78,11 @@ func newSet(t *nftables.Table, s *compiler.Set) (*nftables.Set, []nftables.SetEl
 		Counter:       s.Counter,
 		Dynamic:       s.Dynamic,
 		Size:          s.Size(),
-	}
+	}, nil
+}
+
+// setElements are s's elements as the library takes them.
+func setElements(s *compiler.Set) []nftables.SetElement {
 	elems := make([]nftables.SetElement, len(s.Elements))
 	// Every key (and end) of the set in one buffer: 60k elements were
 	// half a million small allocations.
@@ -77,7 +90,7 @@ func newSet(t *nftables.Table, s *compiler.Set) (*nftables.Set, []nftables.SetEl
 	for i, e := range s.Elements {
 		elems[i], buf = encodeElement(s, e, buf)
 	}
-	return set, elems, nil
+	return elems
 }
 
 // keyLen is the bytes encodeElement appends per element of s.

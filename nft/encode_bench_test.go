@@ -29,10 +29,25 @@ func BenchmarkQueueReplace(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		for _, step := range e.steps {
-			if err := step(nc); err != nil {
+		for _, st := range e.steps {
+			if err := st.queue(nc); err != nil {
 				b.Fatal(err)
 			}
+		}
+	}
+}
+
+// BenchmarkStage: the same, queued as Tx.Encode does, the sets on every
+// CPU.
+func BenchmarkStage(b *testing.B) {
+	r, err := gen.Spec{N: 10000, Ranges: 4, Port: 11111, UID: 65534}.Resolved()
+	if err != nil {
+		b.Fatal(err)
+	}
+	tx := new(Tx).Replace(compiler.Compile(r))
+	for b.Loop() {
+		if err := tx.Encode(); err != nil {
+			b.Fatal(err)
 		}
 	}
 }
