@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"slices"
 	"sync"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -767,12 +768,16 @@ func batchOf(kvs []kv) (keys, vals any, ok bool) {
 	ks, vs := len(kvs[0].k), len(kvs[0].v)
 	kt, vt := reflect.ArrayOf(ks, reflect.TypeFor[byte]()), reflect.ArrayOf(vs, reflect.TypeFor[byte]())
 	k, v := reflect.MakeSlice(reflect.SliceOf(kt), len(kvs), len(kvs)), reflect.MakeSlice(reflect.SliceOf(vt), len(kvs), len(kvs))
+	// Filled through their bytes: reflect.Copy per entry was a tenth of
+	// laying out 90k entries.
+	kb := unsafe.Slice((*byte)(k.UnsafePointer()), len(kvs)*ks)
+	vb := unsafe.Slice((*byte)(v.UnsafePointer()), len(kvs)*vs)
 	for i, e := range kvs {
 		if len(e.k) != ks || len(e.v) != vs {
 			return nil, nil, false
 		}
-		reflect.Copy(k.Index(i), reflect.ValueOf(e.k))
-		reflect.Copy(v.Index(i), reflect.ValueOf(e.v))
+		copy(kb[i*ks:], e.k)
+		copy(vb[i*vs:], e.v)
 	}
 	return k.Interface(), v.Interface(), true
 }
