@@ -525,8 +525,22 @@ func netlinkBytes(t *testing.T, ns *testenv.NS, args ...string) int {
 	}
 	ret := regexp.MustCompile(`= (\d+)$`)
 	total := 0
+	// With -f, a call another thread interrupts is split in two lines:
+	// "PID recvmsg(5<NETLINK:[NETFILTER:...]>, ... <unfinished ...>", then
+	// "PID <... recvmsg resumed>..., = N", which names no socket.
+	unfinished := map[string]bool{} // pids inside a netfilter receive
 	for _, line := range strings.Split(string(data), "\n") {
-		if !strings.Contains(line, "<NETLINK:[NETFILTER:") {
+		pid, _, _ := strings.Cut(line, " ")
+		netfilter := strings.Contains(line, "<NETLINK:[NETFILTER:")
+		switch {
+		case strings.HasSuffix(line, "<unfinished ...>"):
+			unfinished[pid] = netfilter
+			continue
+		case strings.Contains(line, " resumed>"):
+			netfilter = unfinished[pid]
+			delete(unfinished, pid)
+		}
+		if !netfilter {
 			continue
 		}
 		if m := ret.FindStringSubmatch(line); m != nil {
