@@ -118,7 +118,7 @@ func FromResolved(r *model.Resolved) Spec {
 	}
 	var blocks [256][]int32 // per protocol, per port: 1 + the index in hs
 	var protos []model.Protocol
-	hs := make([]holders, 0, claimsBound(r))
+	hs := make([]holders, 0, min(entryBounds(r)[0], 3<<16)) // the ports claimed, at most
 	for _, res := range r.All() {
 		eachHolder(res, in, func(k portKey, h holder) {
 			block := blocks[k.proto]
@@ -215,20 +215,6 @@ func entryBounds(r *model.Resolved) [4]int {
 		}
 	}
 	return b
-}
-
-// claimsBound is how many (protocol, port) pairs r's reservations claim
-// on every address, at most: the room FromResolved makes for them.
-func claimsBound(r *model.Resolved) int {
-	n := 0
-	for _, res := range r.All() {
-		ports := 0
-		for _, p := range res.Ports {
-			ports += p.Len()
-		}
-		n += ports * len(res.Protocols)
-	}
-	return min(n, 3<<16)
 }
 
 func sortSpec(spec *Spec) {
